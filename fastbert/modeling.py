@@ -1,0 +1,365 @@
+"""BERT on fastbert's fused ops, with transformers' classes, parameter names and outputs.
+
+Every module class here subclasses its transformers counterpart and replaces only ``forward``: the
+module tree, parameter names, initialisation, ``from_pretrained``/``save_pretrained``, weight tying and
+``isinstance`` checks are transformers' own. A model is built by transformers' constructor and then
+converted in place (:func:`convert_modules`), the same conversion :func:`fastbert.optimize` applies to a
+model a user already has.
+
+Padding-free execution: with a 0/1 ``attention_mask`` (any pattern, not only right padding) the real
+tokens are gathered once before the embeddings, every layer runs on packed tokens only, and the result
+is scattered back once. **Padded positions of ``last_hidden_state`` (and of ``hidden_states``) are
+zeros**, and head outputs at padded positions (token logits, MLM scores) are computed from those zeros.
+3-D/4-D masks, floating-point masks and ``output_attentions=True`` take an exact unfused path that
+follows transformers' eager attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
+from transformers.models.bert import modeling_bert as hf
+
+from fastbert import ops
+from fastbert.padding import PackedLayout, full_layout, gather, scatter, static_layout, unpad_layout
+from fastbert.validation import check_config_supported, validate_inputs
+
+
+# ============================================================================= how a layer attends
+@dataclass
+class PackedAttention:
+    """Packed tokens: sequence ``i`` is rows ``[cu_seqlens[i], cu_seqlens[i+1])``."""
+
+    cu_seqlens: Tensor
+    max_seqlen: int
+
+
+@dataclass
+class PaddedAttention:
+    """Padded ``(batch, seqlen)`` rows with an additive float mask broadcastable to
+    ``(batch, heads, seqlen, seqlen)`` (or None): transformers' eager attention."""
+
+    batch: int
+    seqlen: int
+    additive_mask: Optional[Tensor]
+
+
+def _dropout_args(module: nn.Dropout, device: torch.device):
+    p = float(module.p) if module.training else 0.0
+    return p, (ops.new_seed(device) if p > 0.0 else None)
+
+
+def _is_plain_linear(module: nn.Module) -> bool:
+    # Wrapped layers (PEFT LoRA, quantised linears) are called as modules so their extras apply.
+    return type(module) is nn.Linear
+
+
+def _linear_without_bias(dense: nn.Module, x: Tensor):
+    """``(x @ W.T, bias)`` so the bias can be fused into the next op; ``(dense(x), None)`` otherwise."""
+    if _is_plain_linear(dense):
+        return F.linear(x, dense.weight), dense.bias
+    return dense(x), None
+
+
+# ============================================================================= modules
+class BertEmbeddings(hf.BertEmbeddings):
+    def forward(self, input_ids: Optional[Tensor], token_type_ids: Tensor, position_ids: Tensor,
+                inputs_embeds: Optional[Tensor]) -> Tensor:
+        """Fused lookup + sum + LayerNorm + dropout of ``(tokens,)`` index vectors -> ``(tokens, hidden)``."""
+        if inputs_embeds is None and type(self.word_embeddings) is not nn.Embedding:
+            inputs_embeds, input_ids = self.word_embeddings(input_ids), None
+        device = position_ids.device
+        p, seed = _dropout_args(self.dropout, device)
+        padding_idx = self.word_embeddings.padding_idx if input_ids is not None else None
+        return ops.embeddings(
+            input_ids, inputs_embeds, position_ids, token_type_ids, self.word_embeddings.weight,
+            self.position_embeddings.weight, self.token_type_embeddings.weight, self.LayerNorm.weight,
+            self.LayerNorm.bias, self.LayerNorm.eps, p, seed, -1 if padding_idx is None else padding_idx,
+        )
+
+
+class BertSelfAttention(hf.BertSelfAttention):
+    def _qkv(self, hidden: Tensor) -> Tensor:
+        """One GEMM for q, k and v: ``(rows, hidden)`` -> ``(rows, 3 * hidden)``."""
+        linears = (self.query, self.key, self.value)
+        biases = [m.bias for m in linears]
+        if all(_is_plain_linear(m) for m in linears) and len({b is None for b in biases}) == 1:
+            weight = torch.cat([m.weight for m in linears])
+            return F.linear(hidden, weight, None if biases[0] is None else torch.cat(biases))
+        return torch.cat([m(hidden) for m in linears], dim=-1)
+
+    def forward(self, hidden: Tensor, attn) -> tuple[Tensor, Optional[Tensor]]:
+        """``(rows, hidden)`` -> ``(context (rows, hidden), probs or None)``."""
+        rows = hidden.shape[0]
+        heads, dim = self.num_attention_heads, self.attention_head_size
+        qkv = self._qkv(hidden).view(rows, 3, heads, dim)
+        p, seed = _dropout_args(self.dropout, hidden.device)
+        if isinstance(attn, PackedAttention):
+            context = ops.attention(qkv, attn.cu_seqlens, attn.max_seqlen, p, seed)
+            return context.reshape(rows, heads * dim), None
+        return _eager_attention(qkv, attn, self.dropout)
+
+
+def _eager_attention(qkv: Tensor, attn: PaddedAttention, dropout: nn.Dropout):
+    """transformers' eager attention on padded rows; returns the (pre-dropout) probabilities too."""
+    q, k, v = qkv.view(attn.batch, attn.seqlen, *qkv.shape[1:]).permute(2, 0, 3, 1, 4).unbind(0)
+    scores = torch.matmul(q, k.transpose(2, 3)) * (q.shape[-1] ** -0.5)
+    if attn.additive_mask is not None:
+        scores = scores + attn.additive_mask
+    probs = F.softmax(scores, dim=-1)
+    context = torch.matmul(dropout(probs), v).transpose(1, 2).reshape(attn.batch * attn.seqlen, -1)
+    return context, probs
+
+
+def _dense_dropout_residual_layernorm(module: nn.Module, hidden: Tensor, input_tensor: Tensor) -> Tensor:
+    """``LayerNorm(dropout(dense(hidden)) + input_tensor)``, bias and dropout fused into the LayerNorm."""
+    x, bias = _linear_without_bias(module.dense, hidden)
+    p, seed = _dropout_args(module.dropout, hidden.device)
+    ln = module.LayerNorm
+    return ops.residual_layernorm(x, bias, input_tensor, ln.weight, ln.bias, ln.eps, p, seed)
+
+
+class BertSelfOutput(hf.BertSelfOutput):
+    forward = _dense_dropout_residual_layernorm
+
+
+class BertOutput(hf.BertOutput):
+    forward = _dense_dropout_residual_layernorm
+
+
+class BertAttention(hf.BertAttention):
+    def forward(self, hidden: Tensor, attn) -> tuple[Tensor, Optional[Tensor]]:
+        context, probs = self.self(hidden, attn)
+        return self.output(context, hidden), probs
+
+
+class BertIntermediate(hf.BertIntermediate):
+    def forward(self, hidden: Tensor) -> Tensor:
+        """``gelu(dense(hidden))`` with the bias and exact GELU fused into the GEMM."""
+        if _is_plain_linear(self.dense):
+            return ops.linear_gelu(hidden, self.dense.weight, self.dense.bias)
+        return F.gelu(self.dense(hidden))
+
+
+class BertLayer(hf.BertLayer):
+    def forward(self, hidden: Tensor, attn) -> tuple[Tensor, Optional[Tensor]]:
+        """One encoder layer on ``(rows, hidden)``; returns ``(rows, hidden)`` and the probs (or None)."""
+        attention_output, probs = self.attention(hidden, attn)
+        return self.output(self.intermediate(attention_output), attention_output), probs
+
+
+class BertEncoder(hf.BertEncoder):
+    def forward(self, hidden: Tensor, attn, output_hidden_states: bool = False, output_attentions: bool = False):
+        """Runs every layer; returns ``(hidden, per-layer inputs + final or None, probs or None)``."""
+        all_hidden = [hidden] if output_hidden_states else None
+        all_probs = [] if output_attentions else None
+        for layer in self.layer:
+            hidden, probs = layer(hidden, attn)
+            if output_hidden_states:
+                all_hidden.append(hidden)
+            if output_attentions:
+                all_probs.append(probs)
+        return hidden, all_hidden, all_probs
+
+
+class BertPreTrainedModel(hf.BertPreTrainedModel):
+    """transformers' ``BertPreTrainedModel`` whose encoder runs on fastbert's fused ops."""
+
+    # fastbert records hidden states and attentions itself (transformers does it with hooks).
+    _can_record_outputs = {}
+    _keys_to_ignore_on_load_unexpected = [r"position_ids"]
+
+
+class BertModel(BertPreTrainedModel, hf.BertModel):
+    def forward(
+        self,
+        input_ids: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        token_type_ids: Optional[Tensor] = None,
+        position_ids: Optional[Tensor] = None,
+        inputs_embeds: Optional[Tensor] = None,
+        encoder_hidden_states: Optional[Tensor] = None,
+        encoder_attention_mask: Optional[Tensor] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ):
+        """Same arguments and outputs as ``transformers.BertModel.forward``.
+
+        input_ids / token_type_ids / position_ids: int ``(batch, seqlen)``; inputs_embeds:
+        ``(batch, seqlen, hidden)``; attention_mask: ``(batch, seqlen)`` 0/1 (packed, padding-free), or
+        ``(batch, seqlen, seqlen)`` / ``(batch, 1 or heads, seqlen, seqlen)`` (unfused path). Returns
+        ``last_hidden_state (batch, seqlen, hidden)`` with zeros at padded positions and
+        ``pooler_output (batch, hidden)``.
+        """
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        if encoder_hidden_states is not None or encoder_attention_mask is not None:
+            raise ValueError("fastbert runs BERT as an encoder only: encoder_hidden_states (cross-attention) "
+                             "is not supported")
+        compiling = torch.compiler.is_compiling()
+        batch, seqlen = validate_inputs(config, input_ids, inputs_embeds, attention_mask, token_type_ids,
+                                        position_ids, check_values=not compiling)
+        device = (input_ids if input_ids is not None else inputs_embeds).device
+        if position_ids is None:
+            position_ids = torch.arange(seqlen, device=device)
+        position_ids = position_ids.expand(batch, seqlen)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(batch, seqlen, dtype=torch.long, device=device)
+
+        packed = not output_attentions and (attention_mask is None or (
+            attention_mask.dim() == 2 and not attention_mask.is_floating_point()))
+        if packed:
+            layout = _packed_layout(attention_mask, batch, seqlen, device, compiling)
+            attn = PackedAttention(layout.cu_seqlens, layout.max_seqlen)
+        else:
+            layout = full_layout(batch, seqlen, device)
+            attn = PaddedAttention(batch, seqlen, _additive_mask(attention_mask, self.dtype))
+
+        hidden = self.embeddings(
+            gather(input_ids, layout) if input_ids is not None else None,
+            gather(token_type_ids, layout), gather(position_ids, layout),
+            gather(inputs_embeds, layout) if inputs_embeds is not None else None,
+        )
+        hidden, all_hidden, all_probs = self.encoder(hidden, attn, output_hidden_states, output_attentions)
+
+        real = _real_positions(attention_mask, packed)
+        sequence_output = _to_grid(hidden, layout, real)
+        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+        result = BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=sequence_output,
+            pooler_output=pooled_output,
+            hidden_states=tuple(_to_grid(h, layout, real) for h in all_hidden) if all_hidden else None,
+            attentions=tuple(all_probs) if all_probs else None,
+        )
+        return result if return_dict else result.to_tuple()
+
+
+def _packed_layout(mask: Optional[Tensor], batch: int, seqlen: int, device, compiling: bool) -> PackedLayout:
+    if mask is None:
+        return full_layout(batch, seqlen, device)
+    return static_layout(mask) if compiling else unpad_layout(mask)
+
+
+def _real_positions(mask: Optional[Tensor], packed: bool) -> Optional[Tensor]:
+    """Bool ``(batch, seqlen)`` of real tokens for the unfused path with a 2-D mask, else None."""
+    if packed or mask is None or mask.dim() != 2:
+        return None
+    return mask.bool()
+
+
+def _to_grid(hidden: Tensor, layout: PackedLayout, real: Optional[Tensor]) -> Tensor:
+    grid = scatter(hidden, layout)
+    return grid if real is None else grid * real[..., None].to(grid.dtype)
+
+
+def _additive_mask(mask: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    """transformers' mask semantics as an additive float mask broadcastable to (batch, heads, q, k).
+
+    2-D and 3-D masks: nonzero means attend. 4-D masks: boolean means attend-if-True; floating-point is
+    already additive and used as is.
+    """
+    if mask is None:
+        return None
+    if mask.dim() == 4 and mask.is_floating_point():
+        return mask.to(dtype)
+    keep = mask.bool()
+    if keep.dim() == 2:
+        keep = keep[:, None, None, :]
+    elif keep.dim() == 3:
+        keep = keep[:, None, :, :]
+    zero = torch.zeros((), dtype=dtype, device=mask.device)
+    return torch.where(keep, zero, torch.finfo(dtype).min)
+
+
+# ============================================================================= task heads
+# transformers' head classes with fastbert's encoder: their forward, losses and outputs are unchanged.
+class BertForSequenceClassification(BertPreTrainedModel, hf.BertForSequenceClassification):
+    pass
+
+
+class BertForTokenClassification(BertPreTrainedModel, hf.BertForTokenClassification):
+    pass
+
+
+class BertForQuestionAnswering(BertPreTrainedModel, hf.BertForQuestionAnswering):
+    pass
+
+
+class BertForMultipleChoice(BertPreTrainedModel, hf.BertForMultipleChoice):
+    pass
+
+
+class BertForMaskedLM(BertPreTrainedModel, hf.BertForMaskedLM):
+    pass
+
+
+class BertForNextSentencePrediction(BertPreTrainedModel, hf.BertForNextSentencePrediction):
+    pass
+
+
+class BertForPreTraining(BertPreTrainedModel, hf.BertForPreTraining):
+    pass
+
+
+# transformers class -> fastbert class, for every class whose forward fastbert replaces.
+FASTBERT_CLASSES: dict[type, type] = {
+    hf.BertEmbeddings: BertEmbeddings,
+    hf.BertSelfAttention: BertSelfAttention,
+    hf.BertSelfOutput: BertSelfOutput,
+    hf.BertAttention: BertAttention,
+    hf.BertIntermediate: BertIntermediate,
+    hf.BertOutput: BertOutput,
+    hf.BertLayer: BertLayer,
+    hf.BertEncoder: BertEncoder,
+    hf.BertModel: BertModel,
+    hf.BertForSequenceClassification: BertForSequenceClassification,
+    hf.BertForTokenClassification: BertForTokenClassification,
+    hf.BertForQuestionAnswering: BertForQuestionAnswering,
+    hf.BertForMultipleChoice: BertForMultipleChoice,
+    hf.BertForMaskedLM: BertForMaskedLM,
+    hf.BertForNextSentencePrediction: BertForNextSentencePrediction,
+    hf.BertForPreTraining: BertForPreTraining,
+}
+
+
+def convert_modules(model: nn.Module) -> int:
+    """Swaps, in place, the class of every transformers BERT module in ``model`` for fastbert's.
+
+    Parameters, buffers, hooks, device, dtype, mode and ``requires_grad`` are untouched (the objects
+    stay the same). Returns how many modules were converted; 0 when there was nothing left to do.
+    """
+    targets = [(m, FASTBERT_CLASSES[type(m)]) for m in model.modules() if type(m) in FASTBERT_CLASSES]
+    for module, _ in targets:  # refuse before touching anything
+        if isinstance(module, hf.BertPreTrainedModel):
+            check_config_supported(module.config)
+    for module, target in targets:
+        module.__class__ = target
+    return len(targets)
+
+
+def _build_then_convert(cls):
+    """Gives a fastbert model class transformers' constructor followed by :func:`convert_modules`."""
+    base = next(b for b in cls.__mro__[1:] if b in FASTBERT_CLASSES)
+
+    def __init__(self, config, *args, **kwargs):
+        check_config_supported(config)
+        base.__init__(self, config, *args, **kwargs)
+        convert_modules(self)
+
+    __init__.__doc__ = f"Builds ``transformers.{base.__name__}`` from ``config``, then converts it to fastbert."
+    cls.__init__ = __init__
+    return cls
+
+
+for _cls in set(FASTBERT_CLASSES.values()):
+    if issubclass(_cls, BertPreTrainedModel):
+        _build_then_convert(_cls)

@@ -1,0 +1,326 @@
+"""The one seam between the model and the kernels.
+
+Each fused op of the encoder is a ``torch.library`` custom op (opaque to ``torch.compile``, so
+``fullgraph=True`` works) with its backward registered as a second custom op. Each call picks its
+backend from ``FASTBERT_BACKEND``:
+
+- ``auto`` (default): Triton on CUDA tensors, PyTorch elsewhere;
+- ``triton``: always Triton (on the CPU this needs ``TRITON_INTERPRET=1`` set before triton loads);
+- ``torch``: always the pure-PyTorch implementation in :mod:`fastbert.torch_ops`.
+
+Triton implementations live in :mod:`fastbert.kernels` and register themselves with
+:func:`register_triton`; an op without a Triton kernel yet runs its PyTorch implementation.
+
+Dropout is never stored: each op takes ``dropout_p`` and an int64 ``seed`` tensor (drawn from
+torch's generator by :func:`new_seed`), and backward regenerates the same mask from it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from fastbert import torch_ops
+
+BACKENDS = ("auto", "triton", "torch")
+
+# op name -> {"fwd": callable, "bwd": callable} of the Triton implementation.
+_TRITON_IMPLS: dict[str, dict[str, Callable]] = {}
+_warned_missing: set[str] = set()
+
+
+def register_triton(op: str, fwd: Callable, bwd: Callable) -> None:
+    """Register the Triton forward/backward of ``op`` (same signature as the ``torch_ops`` pair)."""
+    _TRITON_IMPLS[op] = {"fwd": fwd, "bwd": bwd}
+
+
+def backend_name() -> str:
+    """The validated value of ``FASTBERT_BACKEND`` (default ``auto``)."""
+    name = os.environ.get("FASTBERT_BACKEND", "auto").strip().lower() or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"FASTBERT_BACKEND={name!r} is not one of {BACKENDS}")
+    return name
+
+
+def resolve_backend(device: torch.device) -> str:
+    """``"triton"`` or ``"torch"``: the backend ops on ``device`` run with."""
+    name = backend_name()
+    if name == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    return name
+
+
+def _impl(op: str, direction: str, device: torch.device) -> Callable:
+    if resolve_backend(device) == "triton":
+        _load_kernels()
+        if op in _TRITON_IMPLS:
+            return _TRITON_IMPLS[op][direction]
+        if backend_name() == "triton" and op not in _warned_missing:
+            _warned_missing.add(op)
+            warnings.warn(f"fastbert: no Triton kernel for op {op!r} yet; using the PyTorch implementation")
+    return getattr(torch_ops, f"{op}_{direction}")
+
+
+def _load_kernels() -> None:
+    # Importing the package lets each kernel module call register_triton().
+    import fastbert.kernels  # noqa: F401
+
+
+def new_seed(device: torch.device) -> Tensor:
+    """An int64 ``(1,)`` seed tensor drawn from torch's generator on ``device``."""
+    return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)
+
+
+def _grad_or_none(grad: Tensor, input: Optional[Tensor]) -> Optional[Tensor]:
+    # Custom ops return an empty tensor where autograd expects None (an absent input).
+    return None if input is None else grad
+
+
+# ============================================================================= attention
+@torch.library.custom_op("fastbert::attention", mutates_args=())
+def _attention(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float,
+               seed: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    return _impl("attention", "fwd", qkv.device)(qkv, cu_seqlens, max_seqlen, dropout_p, seed)
+
+
+@_attention.register_fake
+def _(qkv, cu_seqlens, max_seqlen, dropout_p, seed):
+    total, _, heads, dim = qkv.shape
+    return qkv.new_empty(total, heads, dim), qkv.new_empty(heads, total, dtype=torch.float32)
+
+
+@torch.library.custom_op("fastbert::attention_backward", mutates_args=())
+def _attention_backward(dout: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, cu_seqlens: Tensor,
+                        max_seqlen: int, dropout_p: float, seed: Optional[Tensor]) -> Tensor:
+    return _impl("attention", "bwd", qkv.device)(dout, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, seed)
+
+
+@_attention_backward.register_fake
+def _(dout, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, seed):
+    return torch.empty_like(qkv)
+
+
+def _attention_setup(ctx, inputs, output):
+    qkv, cu_seqlens, max_seqlen, dropout_p, seed = inputs
+    out, lse = output
+    ctx.save_for_backward(qkv, out, lse, cu_seqlens, seed)
+    ctx.max_seqlen, ctx.dropout_p = max_seqlen, dropout_p
+
+
+def _attention_grad(ctx, dout, dlse):
+    qkv, out, lse, cu_seqlens, seed = ctx.saved_tensors
+    dqkv = _attention_backward(dout.contiguous(), qkv, out, lse, cu_seqlens, ctx.max_seqlen, ctx.dropout_p, seed)
+    return dqkv, None, None, None, None
+
+
+_attention.register_autograd(_attention_grad, setup_context=_attention_setup)
+
+
+def attention(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float = 0.0,
+              seed: Optional[Tensor] = None) -> Tensor:
+    """Bidirectional softmax attention over packed sequences, scale ``1/sqrt(head_dim)``.
+
+    Args:
+        qkv: ``(total_tokens, 3, heads, head_dim)``, the fused QKV projection output (a view is fine).
+        cu_seqlens: int32 ``(batch + 1,)``, sequence ``b`` is tokens ``[cu[b], cu[b+1])``.
+        max_seqlen: an upper bound of the longest sequence.
+        dropout_p: dropout on the attention probabilities; needs ``seed`` when > 0.
+    Returns:
+        ``(total_tokens, heads, head_dim)`` in ``qkv``'s dtype.
+    """
+    return _attention(qkv, cu_seqlens, max_seqlen, dropout_p, seed)[0]
+
+
+# ============================================================================= residual + dropout + LayerNorm
+@torch.library.custom_op("fastbert::residual_layernorm", mutates_args=())
+def _residual_layernorm(x: Tensor, bias: Optional[Tensor], residual: Tensor, weight: Tensor, beta: Tensor,
+                        eps: float, dropout_p: float, seed: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    return _impl("residual_layernorm", "fwd", x.device)(x, bias, residual, weight, beta, eps, dropout_p, seed)
+
+
+@_residual_layernorm.register_fake
+def _(x, bias, residual, weight, beta, eps, dropout_p, seed):
+    rows = x.shape[0]
+    stats = x.new_empty(rows, dtype=torch.float32)
+    return torch.empty_like(x), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("fastbert::residual_layernorm_backward", mutates_args=())
+def _residual_layernorm_backward(
+    dy: Tensor, x: Tensor, bias: Optional[Tensor], residual: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor,
+    dropout_p: float, seed: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _impl("residual_layernorm", "bwd", x.device)(dy, x, bias, residual, weight, mean, rstd, dropout_p, seed)
+
+
+@_residual_layernorm_backward.register_fake
+def _(dy, x, bias, residual, weight, mean, rstd, dropout_p, seed):
+    dbias = x.new_empty(0) if bias is None else torch.empty_like(bias)
+    return (torch.empty_like(x), dbias, torch.empty_like(residual), torch.empty_like(weight),
+            torch.empty_like(weight))
+
+
+def _residual_layernorm_setup(ctx, inputs, output):
+    x, bias, residual, weight, beta, eps, dropout_p, seed = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, bias, residual, weight, mean, rstd, seed)
+    ctx.dropout_p = dropout_p
+
+
+def _residual_layernorm_grad(ctx, dy, dmean, drstd):
+    x, bias, residual, weight, mean, rstd, seed = ctx.saved_tensors
+    dx, dbias, dres, dweight, dbeta = _residual_layernorm_backward(
+        dy.contiguous(), x, bias, residual, weight, mean, rstd, ctx.dropout_p, seed)
+    return dx, _grad_or_none(dbias, bias), dres, dweight, dbeta, None, None, None
+
+
+_residual_layernorm.register_autograd(_residual_layernorm_grad, setup_context=_residual_layernorm_setup)
+
+
+def residual_layernorm(x: Tensor, bias: Optional[Tensor], residual: Tensor, weight: Tensor, beta: Tensor,
+                       eps: float, dropout_p: float = 0.0, seed: Optional[Tensor] = None) -> Tensor:
+    """``LayerNorm(dropout(x + bias) + residual)`` over the last dim, fp32 statistics.
+
+    Args:
+        x, residual: ``(..., hidden)``; ``bias``, ``weight``, ``beta``: ``(hidden,)``; ``bias`` may be None.
+    Returns:
+        ``(..., hidden)`` in ``x``'s dtype.
+    """
+    shape = x.shape
+    hidden = shape[-1]
+    y, _, _ = _residual_layernorm(x.reshape(-1, hidden), bias, residual.reshape(-1, hidden), weight, beta,
+                                  eps, dropout_p, seed)
+    return y.view(shape)
+
+
+# ============================================================================= linear + bias + GELU
+@torch.library.custom_op("fastbert::linear_gelu", mutates_args=())
+def _linear_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    return _impl("linear_gelu", "fwd", x.device)(x, weight, bias)
+
+
+@_linear_gelu.register_fake
+def _(x, weight, bias):
+    out = x.new_empty(x.shape[0], weight.shape[0])
+    return out, torch.empty_like(out)
+
+
+@torch.library.custom_op("fastbert::linear_gelu_backward", mutates_args=())
+def _linear_gelu_backward(dy: Tensor, x: Tensor, weight: Tensor, z: Tensor,
+                          has_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+    return _impl("linear_gelu", "bwd", x.device)(dy, x, weight, z, has_bias)
+
+
+@_linear_gelu_backward.register_fake
+def _(dy, x, weight, z, has_bias):
+    dbias = weight.new_empty(weight.shape[0] if has_bias else 0)
+    return torch.empty_like(x), torch.empty_like(weight), dbias
+
+
+def _linear_gelu_setup(ctx, inputs, output):
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight, output[1])
+    ctx.has_bias = bias is not None
+
+
+def _linear_gelu_grad(ctx, dy, dz):
+    x, weight, z = ctx.saved_tensors
+    dx, dweight, dbias = _linear_gelu_backward(dy.contiguous(), x, weight, z, ctx.has_bias)
+    return dx, dweight, dbias if ctx.has_bias else None
+
+
+_linear_gelu.register_autograd(_linear_gelu_grad, setup_context=_linear_gelu_setup)
+
+
+def linear_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``gelu(x @ weight.T + bias)`` with BERT's exact erf GELU.
+
+    Args:
+        x: ``(..., in_features)``; weight: ``(out_features, in_features)``; bias: ``(out_features,)`` or None.
+    Returns:
+        ``(..., out_features)`` in ``x``'s dtype.
+    """
+    lead = x.shape[:-1]
+    y, _ = _linear_gelu(x.reshape(-1, x.shape[-1]), weight, bias)
+    return y.view(*lead, weight.shape[0])
+
+
+# ============================================================================= embeddings
+@torch.library.custom_op("fastbert::embeddings", mutates_args=())
+def _embeddings(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], position_ids: Tensor,
+                token_type_ids: Tensor, word: Tensor, pos: Tensor, types: Tensor, weight: Tensor, beta: Tensor,
+                eps: float, dropout_p: float, seed: Optional[Tensor],
+                padding_idx: int) -> tuple[Tensor, Tensor, Tensor]:
+    return _impl("embeddings", "fwd", word.device)(input_ids, inputs_embeds, position_ids, token_type_ids, word,
+                                                  pos, types, weight, beta, eps, dropout_p, seed)
+
+
+@_embeddings.register_fake
+def _(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, beta, eps, dropout_p,
+      seed, padding_idx):
+    tokens = position_ids.shape[0]
+    stats = word.new_empty(tokens, dtype=torch.float32)
+    return word.new_empty(tokens, word.shape[1]), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("fastbert::embeddings_backward", mutates_args=())
+def _embeddings_backward(
+    dy: Tensor, input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], position_ids: Tensor,
+    token_type_ids: Tensor, word: Tensor, pos: Tensor, types: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor,
+    dropout_p: float, seed: Optional[Tensor], padding_idx: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _impl("embeddings", "bwd", word.device)(dy, input_ids, inputs_embeds, position_ids, token_type_ids,
+                                                  word, pos, types, weight, mean, rstd, dropout_p, seed,
+                                                  padding_idx)
+
+
+@_embeddings_backward.register_fake
+def _(dy, input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, mean, rstd,
+      dropout_p, seed, padding_idx):
+    dembeds = word.new_empty(0) if inputs_embeds is None else torch.empty_like(inputs_embeds)
+    dword = torch.empty_like(word) if inputs_embeds is None else word.new_empty(0)
+    return (dembeds, dword, torch.empty_like(pos), torch.empty_like(types), torch.empty_like(weight),
+            torch.empty_like(weight))
+
+
+def _embeddings_setup(ctx, inputs, output):
+    (input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, beta, eps, dropout_p,
+     seed, padding_idx) = inputs
+    ctx.save_for_backward(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight,
+                          output[1], output[2], seed)
+    ctx.dropout_p = dropout_p
+    ctx.padding_idx = padding_idx
+
+
+def _embeddings_grad(ctx, dy, dmean, drstd):
+    (input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, mean, rstd,
+     seed) = ctx.saved_tensors
+    dembeds, dword, dpos, dtypes, dweight, dbeta = _embeddings_backward(
+        dy.contiguous(), input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, mean,
+        rstd, ctx.dropout_p, seed, ctx.padding_idx)
+    return (None, _grad_or_none(dembeds, inputs_embeds), None, None, _grad_or_none(dword, input_ids), dpos,
+            dtypes, dweight, dbeta, None, None, None, None)
+
+
+_embeddings.register_autograd(_embeddings_grad, setup_context=_embeddings_setup)
+
+
+def embeddings(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], position_ids: Tensor,
+               token_type_ids: Tensor, word: Tensor, pos: Tensor, types: Tensor, weight: Tensor, beta: Tensor,
+               eps: float, dropout_p: float = 0.0, seed: Optional[Tensor] = None, padding_idx: int = -1) -> Tensor:
+    """``dropout(LayerNorm(word[input_ids] + pos[position_ids] + types[token_type_ids]))``.
+
+    Args:
+        input_ids, position_ids, token_type_ids: int64 ``(tokens,)``; ``input_ids`` may be None when
+            ``inputs_embeds`` ``(tokens, hidden)`` is given instead.
+        word, pos, types: the ``(rows, hidden)`` embedding tables; weight, beta: LayerNorm ``(hidden,)``.
+        padding_idx: the word row that gets no gradient (as in ``nn.Embedding``), -1 for none.
+    Returns:
+        ``(tokens, hidden)`` in the tables' dtype.
+    """
+    return _embeddings(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, beta,
+                       eps, dropout_p, seed, padding_idx)[0]

@@ -1,0 +1,91 @@
+"""Unpad once, run packed, pad once: the token layout of the padding-free encoder.
+
+A padded batch ``(batch, seqlen)`` with a 0/1 ``attention_mask`` becomes ``total_tokens`` packed rows
+plus ``cu_seqlens`` (int32, sequence ``i`` is rows ``[cu[i], cu[i+1])``) and ``max_seqlen``. Any 0/1
+mask works, not only right padding: the real tokens of each row keep their order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class PackedLayout:
+    """Where the packed rows came from in the padded ``(batch, seqlen)`` grid.
+
+    indices: int64 ``(rows,)`` flat grid positions of the packed rows, or None when every position is
+        a real token (the packed rows are then the grid itself, in order).
+    cu_seqlens: int32 ``(sequences + 1,)`` sequence boundaries over the packed rows.
+    max_seqlen: an upper bound of the longest sequence.
+    keep: bool ``(batch * seqlen,)`` mask of real positions, set when the packed rows include padding
+        (the static layout); those rows are zeroed when scattered back.
+    """
+
+    batch: int
+    seqlen: int
+    indices: Optional[Tensor]
+    cu_seqlens: Tensor
+    max_seqlen: int
+    keep: Optional[Tensor] = None
+
+
+def full_layout(batch: int, seqlen: int, device: torch.device) -> PackedLayout:
+    """Every position is a real token: no gather at all."""
+    cu = torch.arange(0, (batch + 1) * seqlen, seqlen, dtype=torch.int32, device=device)
+    return PackedLayout(batch, seqlen, None, cu, seqlen)
+
+
+def unpad_layout(mask: Tensor) -> PackedLayout:
+    """Packs only the real tokens of a 0/1 ``mask`` ``(batch, seqlen)``: the padding-free layout.
+
+    Reads the mask on the host once (``nonzero`` and the longest length).
+    """
+    batch, seqlen = mask.shape
+    real = mask.bool()
+    lengths = real.sum(1, dtype=torch.int32)
+    indices = torch.nonzero(real.flatten(), as_tuple=False).flatten()
+    if indices.numel() == batch * seqlen:
+        return full_layout(batch, seqlen, mask.device)
+    cu = torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
+    return PackedLayout(batch, seqlen, indices, cu, int(lengths.max().item()) if batch else 0)
+
+
+def static_layout(mask: Tensor) -> PackedLayout:
+    """A layout with static shapes for ``torch.compile``: no host read, no data-dependent size.
+
+    Every row keeps all ``seqlen`` slots, real tokens first (stable order), and its padding tail becomes
+    a sequence of its own, so real tokens attend only to real tokens while the token count stays
+    ``batch * seqlen``. Padding rows are computed and zeroed when scattered back.
+    """
+    batch, seqlen = mask.shape
+    real = mask.bool()
+    order = torch.sort((~real).to(torch.int8), dim=1, stable=True).indices
+    rows = torch.arange(batch, device=mask.device)[:, None] * seqlen
+    indices = (rows + order).flatten()
+    lengths = real.sum(1, dtype=torch.int32)
+    starts = torch.arange(batch, dtype=torch.int32, device=mask.device) * seqlen
+    bounds = torch.stack([starts, starts + lengths], dim=1).flatten()
+    cu = torch.cat([bounds, bounds.new_full((1,), batch * seqlen)])
+    return PackedLayout(batch, seqlen, indices, cu, seqlen, keep=real.flatten())
+
+
+def gather(x: Tensor, layout: PackedLayout) -> Tensor:
+    """``(batch, seqlen, ...)`` -> packed ``(rows, ...)``."""
+    flat = x.reshape(layout.batch * layout.seqlen, *x.shape[2:])
+    return flat if layout.indices is None else flat.index_select(0, layout.indices)
+
+
+def scatter(x: Tensor, layout: PackedLayout) -> Tensor:
+    """Packed ``(rows, ...)`` -> ``(batch, seqlen, ...)`` with zeros at padded positions."""
+    tail = x.shape[1:]
+    if layout.indices is None:
+        return x.reshape(layout.batch, layout.seqlen, *tail)
+    grid = x.new_zeros(layout.batch * layout.seqlen, *tail).index_copy(0, layout.indices, x)
+    if layout.keep is not None:
+        grid = grid * layout.keep.view(-1, *([1] * len(tail))).to(grid.dtype)
+    return grid.view(layout.batch, layout.seqlen, *tail)

@@ -1,0 +1,32 @@
+"""``fastbert.optimize``: convert a model the user already has, in place."""
+
+from __future__ import annotations
+
+from torch import nn
+from transformers.models.bert import modeling_bert as hf
+
+from fastbert.modeling import FASTBERT_CLASSES, convert_modules
+
+
+def optimize(model: nn.Module) -> nn.Module:
+    """Runs a transformers BERT model on fastbert's fused ops; returns the same object.
+
+    Accepts a transformers ``BertModel``/``BertFor*`` or any module containing one (a
+    sentence-transformers ``SentenceTransformer``, a custom wrapper). The conversion happens in place:
+    the same parameter objects stay (weights, device, dtype, ``requires_grad``, optimizer references),
+    and so do train/eval mode and hooks. Calling it again is a no-op.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` or holds no BERT model.
+        ValueError: the BERT config uses a setting fastbert cannot run exactly (decoder, cross-attention,
+            non-absolute positions, an activation other than exact GELU).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fastbert.optimize expects a torch.nn.Module, got {type(model).__name__}")
+    fastbert_types = tuple(set(FASTBERT_CLASSES.values()))
+    has_bert = any(isinstance(m, (hf.BertModel, hf.BertPreTrainedModel, *fastbert_types)) for m in model.modules())
+    if not has_bert:
+        raise TypeError(f"fastbert.optimize expects a BERT model (transformers BertModel/BertFor*, or a module "
+                        f"containing one), got {type(model).__name__}")
+    convert_modules(model)
+    return model

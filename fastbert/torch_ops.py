@@ -1,0 +1,248 @@
+"""The pure-PyTorch backend of the fused ops in :mod:`fastbert.ops`.
+
+Each op has an explicit forward and backward with the same contract as its Triton kernel: dropout
+masks are regenerated from a seed (never stored), LayerNorm statistics are fp32, and attention saves
+only the fp32 log-sum-exp per row. These functions run without autograd; :mod:`fastbert.ops` wires
+them into ``torch.library`` custom ops.
+
+Attention works on packed tokens (``cu_seqlens``); this backend scatters them into a padded
+``(batch, heads, max_seqlen, head_dim)`` layout internally, which costs nothing on the matmul-bound
+CPU path and keeps the math in a few batched matmuls.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_SQRT_HALF = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _NO_GRAD(like: Tensor) -> Tensor:
+    """Stand-in for "no gradient" in a custom op's tuple of outputs: an empty tensor."""
+    return like.new_empty(0)
+
+
+# ----------------------------------------------------------------------------- dropout masks
+def dropout_keep_mask(shape, p: float, seed: Tensor, device: torch.device) -> Tensor:
+    """Boolean keep-mask of ``shape``, a pure function of ``(seed, shape)``: P(keep) = 1 - p."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(seed.reshape(-1)[0].item()))
+    return torch.rand(shape, generator=generator, device=device) >= p
+
+
+def _apply_dropout(x: Tensor, p: float, seed: Tensor | None) -> Tensor:
+    if p == 0.0:
+        return x
+    keep = dropout_keep_mask(x.shape, p, seed, x.device)
+    return x * keep * (1.0 / (1.0 - p))
+
+
+# ----------------------------------------------------------------------------- exact GELU
+def gelu(z: Tensor) -> Tensor:
+    """BERT's exact GELU, ``z * Phi(z)`` with the erf form of the normal CDF."""
+    return F.gelu(z)
+
+
+def gelu_grad(z: Tensor) -> Tensor:
+    """d gelu(z) / dz = Phi(z) + z * phi(z), computed in fp32."""
+    z = z.float()
+    cdf = 0.5 * (1.0 + torch.erf(z * _SQRT_HALF))
+    pdf = torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
+    return cdf + z * pdf
+
+
+# ----------------------------------------------------------------------------- linear + GELU
+def linear_gelu_fwd(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``y = gelu(x @ weight.T + bias)``; returns ``(y, z)`` with ``z`` the pre-activation."""
+    z = F.linear(x, weight, bias)
+    return gelu(z), z
+
+
+def linear_gelu_bwd(dy: Tensor, x: Tensor, weight: Tensor, z: Tensor, has_bias: bool):
+    """Gradients ``(dx, dweight, dbias)`` of :func:`linear_gelu_fwd` from the saved ``z``.
+
+    Custom ops cannot return None: an absent gradient is an empty tensor (see :func:`_NO_GRAD`).
+    """
+    dz = (dy.float() * gelu_grad(z)).to(x.dtype)
+    dx = dz @ weight
+    dweight = dz.t() @ x
+    dbias = dz.sum(0, dtype=torch.float32).to(weight.dtype) if has_bias else _NO_GRAD(weight)
+    return dx, dweight, dbias
+
+
+# ----------------------------------------------------------------------------- residual + dropout + LayerNorm
+def residual_layernorm_fwd(x, bias, residual, weight, beta, eps: float, p: float, seed):
+    """``y = LayerNorm(dropout(x + bias) + residual)`` over the last dim of ``(rows, hidden)``.
+
+    Returns ``(y, mean, rstd)``; ``mean``/``rstd`` are fp32 ``(rows,)``; ``y`` has ``x``'s dtype.
+    """
+    h = x if bias is None else x + bias
+    s = _apply_dropout(h.float(), p, seed) + residual.float()
+    y, mean, rstd = torch.native_layer_norm(s, (s.shape[-1],), weight.float(), beta.float(), eps)
+    return y.to(x.dtype), mean.view(-1), rstd.view(-1)
+
+
+def residual_layernorm_bwd(dy, x, bias, residual, weight, mean, rstd, p: float, seed):
+    """Gradients ``(dx, dbias, dresidual, dweight, dbeta)``; the dropout mask is regenerated."""
+    hidden = x.shape[-1]
+    h = (x if bias is None else x + bias).float()
+    keep_scale = None
+    if p > 0.0:
+        keep_scale = dropout_keep_mask(h.shape, p, seed, h.device) * (1.0 / (1.0 - p))
+        h = h * keep_scale
+    s = h + residual.float()
+    ds, dweight, dbeta = torch.ops.aten.native_layer_norm_backward(
+        dy.float(), s, (hidden,), mean.view(-1, 1), rstd.view(-1, 1), weight.float(), None,
+        [True, True, True],
+    )
+    dh = ds if keep_scale is None else ds * keep_scale
+    dbias = dh.sum(0).to(bias.dtype) if bias is not None else _NO_GRAD(x)
+    return (dh.to(x.dtype), dbias, ds.to(residual.dtype), dweight.to(weight.dtype),
+            dbeta.to(weight.dtype))
+
+
+# ----------------------------------------------------------------------------- embeddings
+def _embedding_sum(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types):
+    base = inputs_embeds if inputs_embeds is not None else F.embedding(input_ids, word)
+    return base.float() + F.embedding(token_type_ids, types).float() + F.embedding(position_ids, pos).float()
+
+
+def embeddings_fwd(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types,
+                   weight, beta, eps: float, p: float, seed):
+    """``dropout(LayerNorm(word[ids] + pos[pids] + types[tids]))`` for ``(tokens,)`` index vectors.
+
+    ``inputs_embeds`` ``(tokens, hidden)`` replaces the word lookup when given. Returns
+    ``(y, mean, rstd)`` with fp32 ``(tokens,)`` statistics; ``y`` has the tables' dtype.
+    """
+    s = _embedding_sum(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types)
+    y, mean, rstd = torch.native_layer_norm(s, (s.shape[-1],), weight.float(), beta.float(), eps)
+    y = _apply_dropout(y, p, seed)
+    return y.to(word.dtype), mean.view(-1), rstd.view(-1)
+
+
+def embeddings_bwd(dy, input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types,
+                   weight, mean, rstd, p: float, seed, padding_idx: int):
+    """Gradients ``(dinputs_embeds, dword, dpos, dtypes, dweight, dbeta)``.
+
+    Table gradients are dense and accumulated with ``index_add`` (deterministic on the CPU);
+    the row ``padding_idx`` of ``dword`` stays zero, as with ``nn.Embedding(padding_idx=...)``.
+    """
+    hidden = word.shape[-1]
+    s = _embedding_sum(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types)
+    dln = dy.float()
+    if p > 0.0:
+        dln = dln * dropout_keep_mask(dln.shape, p, seed, dln.device) * (1.0 / (1.0 - p))
+    ds, dweight, dbeta = torch.ops.aten.native_layer_norm_backward(
+        dln, s, (hidden,), mean.view(-1, 1), rstd.view(-1, 1), weight.float(), None,
+        [True, True, True],
+    )
+    dinputs_embeds = dword = _NO_GRAD(word)
+    if inputs_embeds is not None:
+        dinputs_embeds = ds.to(inputs_embeds.dtype)
+    else:
+        dword = torch.zeros(word.shape, dtype=torch.float32, device=ds.device).index_add_(0, input_ids, ds)
+        if 0 <= padding_idx < word.shape[0]:
+            dword[padding_idx] = 0
+        dword = dword.to(word.dtype)
+    dpos = torch.zeros(pos.shape, dtype=torch.float32, device=ds.device).index_add_(0, position_ids, ds)
+    dtypes = torch.zeros(types.shape, dtype=torch.float32, device=ds.device).index_add_(0, token_type_ids, ds)
+    return (dinputs_embeds, dword, dpos.to(pos.dtype), dtypes.to(types.dtype),
+            dweight.to(weight.dtype), dbeta.to(weight.dtype))
+
+
+# ----------------------------------------------------------------------------- attention
+def _padded_layout(cu_seqlens: Tensor, max_seqlen: int, total: int):
+    """Map packed token ``t`` to its slot ``b * max_seqlen + i`` in a padded batch.
+
+    Returns ``(slots (total,), key_valid (batch, max_seqlen) bool)``.
+    """
+    cu = cu_seqlens.long()
+    lengths = cu[1:] - cu[:-1]
+    batch = lengths.numel()
+    seq_of_token = torch.repeat_interleave(torch.arange(batch, device=cu.device), lengths, output_size=total)
+    offset_in_seq = torch.arange(total, device=cu.device) - cu[seq_of_token]
+    slots = seq_of_token * max_seqlen + offset_in_seq
+    key_valid = torch.arange(max_seqlen, device=cu.device)[None, :] < lengths[:, None]
+    return slots, key_valid
+
+
+def _unpack_qkv(qkv: Tensor, slots: Tensor, batch: int, max_seqlen: int):
+    """``(tokens, 3, heads, dim)`` packed -> q, k, v each ``(batch, heads, max_seqlen, dim)``."""
+    _, three, heads, dim = qkv.shape
+    padded = qkv.new_zeros(batch * max_seqlen, three, heads, dim).index_copy_(0, slots, qkv)
+    return padded.view(batch, max_seqlen, three, heads, dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def _pack_rows(x: Tensor, slots: Tensor) -> Tensor:
+    """``(batch, heads, max_seqlen, ...)`` -> ``(tokens, heads, ...)`` at the packed slots."""
+    batch, heads, seqlen = x.shape[:3]
+    return x.transpose(1, 2).reshape(batch * seqlen, heads, *x.shape[3:]).index_select(0, slots)
+
+
+def _attention_probs(q, k, key_valid, scale: float):
+    """fp32 scores with padded keys at -inf; returns ``(scores, lse)``."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+    scores = scores.masked_fill(~key_valid[:, None, None, :], float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    # Query rows of an empty sequence see no key; give them a finite lse (they are never read).
+    lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    return scores, lse
+
+
+def attention_fwd(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, p: float, seed):
+    """Softmax attention of packed sequences, scale ``1/sqrt(head_dim)``, dropout ``p`` on the probs.
+
+    qkv: ``(tokens, 3, heads, head_dim)``; cu_seqlens: int32 ``(batch + 1,)``.
+    Returns ``(out (tokens, heads, head_dim), lse (heads, tokens) fp32)``.
+    """
+    total, _, heads, dim = qkv.shape
+    batch = cu_seqlens.numel() - 1
+    slots, key_valid = _padded_layout(cu_seqlens, max_seqlen, total)
+    q, k, v = _unpack_qkv(qkv, slots, batch, max_seqlen)
+    scores, lse = _attention_probs(q, k, key_valid, dim ** -0.5)
+    probs = torch.exp(scores - lse[..., None])
+    if p > 0.0:
+        probs = probs * dropout_keep_mask(probs.shape, p, seed, probs.device) * (1.0 / (1.0 - p))
+    out = torch.matmul(probs.to(v.dtype), v)
+    packed_lse = _pack_rows(lse[..., None], slots)[..., 0].t().contiguous()
+    return _pack_rows(out, slots), packed_lse
+
+
+def attention_bwd(dout, qkv, out, lse, cu_seqlens, max_seqlen: int, p: float, seed):
+    """Gradient of :func:`attention_fwd` w.r.t. ``qkv``, recomputing the probabilities from ``lse``.
+
+    FlashAttention-2's math: ``dS = P * (dP - rowsum(dO * O))``.
+    """
+    total, _, heads, dim = qkv.shape
+    batch = cu_seqlens.numel() - 1
+    scale = dim ** -0.5
+    slots, key_valid = _padded_layout(cu_seqlens, max_seqlen, total)
+    q, k, v = _unpack_qkv(qkv, slots, batch, max_seqlen)
+
+    def to_padded(x):  # (tokens, heads, ...) -> (batch, heads, max_seqlen, ...)
+        padded = x.new_zeros(batch * max_seqlen, *x.shape[1:]).index_copy_(0, slots, x)
+        return padded.view(batch, max_seqlen, *x.shape[1:]).transpose(1, 2)
+
+    do = to_padded(dout)
+    lse_p = to_padded(lse.t().contiguous())
+    delta = (do.float() * to_padded(out).float()).sum(-1)
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+    query_valid = key_valid[:, None, :, None]
+    probs = torch.exp(scores - lse_p[..., None]).masked_fill(~(query_valid & key_valid[:, None, None, :]), 0.0)
+    dprobs = torch.matmul(do, v.transpose(-1, -2)).float()
+    probs_dropped = probs
+    if p > 0.0:
+        keep_scale = dropout_keep_mask(probs.shape, p, seed, probs.device) * (1.0 / (1.0 - p))
+        probs_dropped = probs * keep_scale
+        dprobs = dprobs * keep_scale
+    dscores = probs * (dprobs - delta[..., None])
+    dq = torch.matmul(dscores.to(q.dtype), k) * scale
+    dk = torch.matmul(dscores.transpose(-1, -2).to(q.dtype), q) * scale
+    dv = torch.matmul(probs_dropped.transpose(-1, -2).to(v.dtype), do)
+    dqkv = torch.stack([_pack_rows(g, slots) for g in (dq, dk, dv)], dim=1)
+    return dqkv.to(qkv.dtype)
