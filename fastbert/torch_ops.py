@@ -156,42 +156,55 @@ def embeddings_bwd(dy, input_ids, inputs_embeds, position_ids, token_type_ids, w
 
 
 # ----------------------------------------------------------------------------- attention
-def _padded_layout(cu_seqlens: Tensor, max_seqlen: int, total: int):
-    """Map packed token ``t`` to its slot ``b * max_seqlen + i`` in a padded batch.
+class _PaddedLayout:
+    """Packed token ``t`` <-> slot ``b * max_seqlen + i`` of a padded ``(batch, max_seqlen)`` grid.
 
-    Returns ``(slots (total,), key_valid (batch, max_seqlen) bool)``.
+    When every sequence is exactly ``max_seqlen`` long (``total == batch * max_seqlen``) the packed
+    rows already are the grid and no index is built.
     """
-    cu = cu_seqlens.long()
-    lengths = cu[1:] - cu[:-1]
-    batch = lengths.numel()
-    seq_of_token = torch.repeat_interleave(torch.arange(batch, device=cu.device), lengths, output_size=total)
-    offset_in_seq = torch.arange(total, device=cu.device) - cu[seq_of_token]
-    slots = seq_of_token * max_seqlen + offset_in_seq
-    key_valid = torch.arange(max_seqlen, device=cu.device)[None, :] < lengths[:, None]
-    return slots, key_valid
+
+    def __init__(self, cu_seqlens: Tensor, max_seqlen: int, total: int):
+        cu = cu_seqlens.long()
+        self.batch, self.seqlen = cu.numel() - 1, max_seqlen
+        self.uniform = total == self.batch * max_seqlen
+        self.slots = self.key_valid = None
+        if not self.uniform:
+            lengths = cu[1:] - cu[:-1]
+            seq_of_token = torch.repeat_interleave(torch.arange(self.batch, device=cu.device), lengths,
+                                                   output_size=total)
+            offset_in_seq = torch.arange(total, device=cu.device) - cu[seq_of_token]
+            self.slots = seq_of_token * max_seqlen + offset_in_seq
+            self.key_valid = torch.arange(max_seqlen, device=cu.device)[None, :] < lengths[:, None]
+
+    def to_grid(self, x: Tensor) -> Tensor:
+        """``(total, heads, ...)`` -> ``(batch, heads, max_seqlen, ...)`` (zeros at padding)."""
+        if not self.uniform:
+            x = x.new_zeros(self.batch * self.seqlen, *x.shape[1:]).index_copy_(0, self.slots, x)
+        return x.view(self.batch, self.seqlen, *x.shape[1:]).transpose(1, 2)
+
+    def from_grid(self, x: Tensor) -> Tensor:
+        """``(batch, heads, max_seqlen, ...)`` -> ``(total, heads, ...)``."""
+        rows = x.transpose(1, 2).reshape(self.batch * self.seqlen, *x.shape[1:2], *x.shape[3:])
+        return rows if self.uniform else rows.index_select(0, self.slots)
+
+    def additive_mask(self, dtype: torch.dtype) -> Tensor | None:
+        """``(batch, 1, 1, max_seqlen)`` with -inf at padded keys, or None when there is no padding."""
+        if self.uniform:
+            return None
+        zero = torch.zeros((), dtype=dtype, device=self.key_valid.device)
+        return torch.where(self.key_valid, zero, float("-inf"))[:, None, None, :]
 
 
-def _unpack_qkv(qkv: Tensor, slots: Tensor, batch: int, max_seqlen: int):
-    """``(tokens, 3, heads, dim)`` packed -> q, k, v each ``(batch, heads, max_seqlen, dim)``."""
-    _, three, heads, dim = qkv.shape
-    padded = qkv.new_zeros(batch * max_seqlen, three, heads, dim).index_copy_(0, slots, qkv)
-    return padded.view(batch, max_seqlen, three, heads, dim).permute(2, 0, 3, 1, 4).unbind(0)
+def _split_qkv(qkv: Tensor, layout: _PaddedLayout):
+    """``(total, 3, heads, dim)`` -> q, k, v each ``(batch, heads, max_seqlen, dim)``."""
+    grid = layout.to_grid(qkv.flatten(1, 2))  # (batch, 3 * heads, max_seqlen, dim)
+    return grid.unflatten(1, (3, qkv.shape[2])).unbind(1)
 
 
-def _pack_rows(x: Tensor, slots: Tensor) -> Tensor:
-    """``(batch, heads, max_seqlen, ...)`` -> ``(tokens, heads, ...)`` at the packed slots."""
-    batch, heads, seqlen = x.shape[:3]
-    return x.transpose(1, 2).reshape(batch * seqlen, heads, *x.shape[3:]).index_select(0, slots)
-
-
-def _attention_probs(q, k, key_valid, scale: float):
-    """fp32 scores with padded keys at -inf; returns ``(scores, lse)``."""
+def _scores(q: Tensor, k: Tensor, layout: _PaddedLayout, scale: float) -> Tensor:
     scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
-    scores = scores.masked_fill(~key_valid[:, None, None, :], float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)
-    # Query rows of an empty sequence see no key; give them a finite lse (they are never read).
-    lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-    return scores, lse
+    mask = layout.additive_mask(torch.float32)
+    return scores if mask is None else scores + mask
 
 
 def attention_fwd(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, p: float, seed):
@@ -201,16 +214,23 @@ def attention_fwd(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, p: float, se
     Returns ``(out (tokens, heads, head_dim), lse (heads, tokens) fp32)``.
     """
     total, _, heads, dim = qkv.shape
-    batch = cu_seqlens.numel() - 1
-    slots, key_valid = _padded_layout(cu_seqlens, max_seqlen, total)
-    q, k, v = _unpack_qkv(qkv, slots, batch, max_seqlen)
-    scores, lse = _attention_probs(q, k, key_valid, dim ** -0.5)
-    probs = torch.exp(scores - lse[..., None])
-    if p > 0.0:
-        probs = probs * dropout_keep_mask(probs.shape, p, seed, probs.device) * (1.0 / (1.0 - p))
-    out = torch.matmul(probs.to(v.dtype), v)
-    packed_lse = _pack_rows(lse[..., None], slots)[..., 0].t().contiguous()
-    return _pack_rows(out, slots), packed_lse
+    scale = dim ** -0.5
+    layout = _PaddedLayout(cu_seqlens, max_seqlen, total)
+    q, k, v = _split_qkv(qkv, layout)
+    if p == 0.0 and qkv.device.type == "cpu":
+        # PyTorch's fused CPU attention also returns the log-sum-exp.
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, False, attn_mask=layout.additive_mask(q.dtype), scale=scale)
+    else:
+        scores = _scores(q, k, layout, scale)
+        lse = torch.logsumexp(scores, dim=-1)
+        probs = torch.exp(scores - lse[..., None])
+        if p > 0.0:
+            probs = probs * dropout_keep_mask(probs.shape, p, seed, probs.device) * (1.0 / (1.0 - p))
+        out = torch.matmul(probs.to(v.dtype), v)
+    # Rows that see no key (padding of an empty sequence) are never read; keep their lse finite.
+    lse = torch.nan_to_num(lse.float(), neginf=0.0, posinf=0.0)
+    return layout.from_grid(out), layout.from_grid(lse[..., None])[..., 0].t().contiguous()
 
 
 def attention_bwd(dout, qkv, out, lse, cu_seqlens, max_seqlen: int, p: float, seed):
@@ -219,21 +239,16 @@ def attention_bwd(dout, qkv, out, lse, cu_seqlens, max_seqlen: int, p: float, se
     FlashAttention-2's math: ``dS = P * (dP - rowsum(dO * O))``.
     """
     total, _, heads, dim = qkv.shape
-    batch = cu_seqlens.numel() - 1
     scale = dim ** -0.5
-    slots, key_valid = _padded_layout(cu_seqlens, max_seqlen, total)
-    q, k, v = _unpack_qkv(qkv, slots, batch, max_seqlen)
-
-    def to_padded(x):  # (tokens, heads, ...) -> (batch, heads, max_seqlen, ...)
-        padded = x.new_zeros(batch * max_seqlen, *x.shape[1:]).index_copy_(0, slots, x)
-        return padded.view(batch, max_seqlen, *x.shape[1:]).transpose(1, 2)
-
-    do = to_padded(dout)
-    lse_p = to_padded(lse.t().contiguous())
-    delta = (do.float() * to_padded(out).float()).sum(-1)
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
-    query_valid = key_valid[:, None, :, None]
-    probs = torch.exp(scores - lse_p[..., None]).masked_fill(~(query_valid & key_valid[:, None, None, :]), 0.0)
+    layout = _PaddedLayout(cu_seqlens, max_seqlen, total)
+    q, k, v = _split_qkv(qkv, layout)
+    do = layout.to_grid(dout)
+    delta = (do.float() * layout.to_grid(out).float()).sum(-1)
+    lse_grid = layout.to_grid(lse.t()[..., None])[..., 0]
+    # Padded query rows have dO = 0 and delta = 0, so zeroing their probabilities changes nothing real.
+    probs = torch.exp(_scores(q, k, layout, scale) - lse_grid[..., None])
+    if not layout.uniform:
+        probs = probs.masked_fill(~layout.key_valid[:, None, :, None], 0.0)
     dprobs = torch.matmul(do, v.transpose(-1, -2)).float()
     probs_dropped = probs
     if p > 0.0:
@@ -244,5 +259,5 @@ def attention_bwd(dout, qkv, out, lse, cu_seqlens, max_seqlen: int, p: float, se
     dq = torch.matmul(dscores.to(q.dtype), k) * scale
     dk = torch.matmul(dscores.transpose(-1, -2).to(q.dtype), q) * scale
     dv = torch.matmul(probs_dropped.transpose(-1, -2).to(v.dtype), do)
-    dqkv = torch.stack([_pack_rows(g, slots) for g in (dq, dk, dv)], dim=1)
+    dqkv = torch.stack([layout.from_grid(g) for g in (dq, dk, dv)], dim=1)
     return dqkv.to(qkv.dtype)
