@@ -270,3 +270,29 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert plain.keys() == checkpointed.keys()
     for key in plain:
         torch.testing.assert_close(checkpointed[key], plain[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_padding_free_false_matches_transformers_everywhere():
+    config = tiny_config()
+    reference, model = pair(transformers.BertForTokenClassification, fastbert.BertForTokenClassification, config)
+    reference.eval(), model.eval()
+    ids, types, mask = random_batch(config, padding="left")
+    want = reference(ids, token_type_ids=types, attention_mask=mask).logits
+    got = model(ids, token_type_ids=types, attention_mask=mask, padding_free=False).logits
+    assert (want - got).abs().max() <= ATOL  # padded positions included
+    packed = model(ids, token_type_ids=types, attention_mask=mask).logits
+    assert_close_on(mask, want, packed)
+
+
+def test_triton_backend_without_kernels_falls_back_with_a_warning(monkeypatch):
+    from fastbert import ops
+
+    monkeypatch.setenv("FASTBERT_BACKEND", "triton")
+    monkeypatch.setattr(ops, "_TRITON_IMPLS", {})
+    monkeypatch.setattr(ops, "_warned_missing", set())
+    config = tiny_config()
+    reference, model = pair(transformers.BertModel, fastbert.BertModel, config)
+    ids, types, mask = random_batch(config)
+    with pytest.warns(UserWarning, match="no Triton kernel"):
+        got = model.eval()(ids, attention_mask=mask).last_hidden_state
+    assert_close_on(mask, reference.eval()(ids, attention_mask=mask).last_hidden_state, got)
