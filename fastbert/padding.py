@@ -87,5 +87,5 @@ def scatter(x: Tensor, layout: PackedLayout) -> Tensor:
         return x.reshape(layout.batch, layout.seqlen, *tail)
     grid = x.new_zeros(layout.batch * layout.seqlen, *tail).index_copy(0, layout.indices, x)
     if layout.keep is not None:
-        grid = grid * layout.keep.view(-1, *([1] * len(tail))).to(grid.dtype)
+        grid = torch.where(layout.keep.view(-1, *([1] * len(tail))), grid, 0)  # zeros even for inf/NaN
     return grid.view(layout.batch, layout.seqlen, *tail)
