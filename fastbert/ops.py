@@ -28,14 +28,16 @@ from fastbert import torch_ops
 
 BACKENDS = ("auto", "triton", "torch")
 
-# op name -> {"fwd": callable, "bwd": callable} of the Triton implementation.
+# op name -> {"fwd": ..., "bwd": ..., optionally "inference_fwd": ...} of the Triton implementation.
 _TRITON_IMPLS: dict[str, dict[str, Callable]] = {}
 _warned_missing: set[str] = set()
 
 
-def register_triton(op: str, fwd: Callable, bwd: Callable) -> None:
-    """Register the Triton forward/backward of ``op`` (same signature as the ``torch_ops`` pair)."""
-    _TRITON_IMPLS[op] = {"fwd": fwd, "bwd": bwd}
+def register_triton(op: str, **impls: Callable) -> None:
+    """Register Triton implementations of ``op`` by direction (``fwd=``, ``bwd=``, ``inference_fwd=``),
+    each with the signature of the ``torch_ops`` function ``<op>_<direction>``; a direction left out
+    runs its PyTorch implementation."""
+    _TRITON_IMPLS.setdefault(op, {}).update(impls)
 
 
 def backend_name() -> str:
@@ -57,7 +59,7 @@ def resolve_backend(device: torch.device) -> str:
 def _impl(op: str, direction: str, device: torch.device) -> Callable:
     if resolve_backend(device) == "triton":
         _load_kernels()
-        if op in _TRITON_IMPLS:
+        if direction in _TRITON_IMPLS.get(op, {}):
             return _TRITON_IMPLS[op][direction]
         if backend_name() == "triton" and op not in _warned_missing:
             _warned_missing.add(op)
@@ -236,8 +238,20 @@ def _linear_gelu_grad(ctx, dy, dz):
 _linear_gelu.register_autograd(_linear_gelu_grad, setup_context=_linear_gelu_setup)
 
 
+@torch.library.custom_op("fastbert::linear_gelu_inference", mutates_args=())
+def _linear_gelu_inference(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    return _impl("linear_gelu", "inference_fwd", x.device)(x, weight, bias)
+
+
+@_linear_gelu_inference.register_fake
+def _(x, weight, bias):
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
 def linear_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """``gelu(x @ weight.T + bias)`` with BERT's exact erf GELU.
+
+    When no gradient is needed the pre-activation is not kept (GELU in place, one buffer).
 
     Args:
         x: ``(..., in_features)``; weight: ``(out_features, in_features)``; bias: ``(out_features,)`` or None.
@@ -245,7 +259,10 @@ def linear_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         ``(..., out_features)`` in ``x``'s dtype.
     """
     lead = x.shape[:-1]
-    y, _ = _linear_gelu(x.reshape(-1, x.shape[-1]), weight, bias)
+    x2 = x.reshape(-1, x.shape[-1])
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias))
+    y = _linear_gelu(x2, weight, bias)[0] if needs_grad else _linear_gelu_inference(x2, weight, bias)
     return y.view(*lead, weight.shape[0])
 
 

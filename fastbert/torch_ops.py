@@ -63,6 +63,11 @@ def linear_gelu_fwd(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Ten
     return gelu(z), z
 
 
+def linear_gelu_inference_fwd(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``gelu(x @ weight.T + bias)`` without keeping the pre-activation: GELU runs in place."""
+    return torch.ops.aten.gelu_(F.linear(x, weight, bias))
+
+
 def linear_gelu_bwd(dy: Tensor, x: Tensor, weight: Tensor, z: Tensor, has_bias: bool):
     """Gradients ``(dx, dweight, dbias)`` of :func:`linear_gelu_fwd` from the saved ``z``.
 
@@ -81,8 +86,11 @@ def residual_layernorm_fwd(x, bias, residual, weight, beta, eps: float, p: float
 
     Returns ``(y, mean, rstd)``; ``mean``/``rstd`` are fp32 ``(rows,)``; ``y`` has ``x``'s dtype.
     """
-    h = x if bias is None else x + bias
-    s = _apply_dropout(h.float(), p, seed) + residual.float()
+    # Few fresh buffers: large allocations (page faults) cost as much as a pass over memory on the CPU.
+    s = x.float() + (bias.float() if bias is not None else 0.0)
+    if p > 0.0:
+        s.mul_(dropout_keep_mask(s.shape, p, seed, s.device)).mul_(1.0 / (1.0 - p))
+    s.add_(residual)
     y, mean, rstd = torch.native_layer_norm(s, (s.shape[-1],), weight.float(), beta.float(), eps)
     return y.to(x.dtype), mean.view(-1), rstd.view(-1)
 

@@ -353,6 +353,18 @@ def test_linear_gelu_fp32_forward_backward(rows, in_f, out_f, with_bias):
         _close(bo.grad, b64.grad, 2e-5, 1e-5, "dbias")
 
 
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_linear_gelu_inference_path_matches_float64(with_bias):
+    """Without autograd the op keeps no pre-activation (GELU in place); same values."""
+    torch.manual_seed(29 + with_bias)
+    x, weight, bias = _lg_inputs(129, 384, 96, with_bias)
+    ref = _ref_linear_gelu(x.double(), weight.double(), None if bias is None else bias.double())
+    with torch.no_grad():
+        y = ops.linear_gelu(x, weight, bias)
+    _close(y, ref, 1e-5, 1e-5, "y")
+    assert torch.equal(y, ops.linear_gelu(x, weight, bias).detach())
+
+
 def test_linear_gelu_3d_input():
     torch.manual_seed(8)
     x, weight, bias = _lg_inputs(2 * 13, 96, 384)
@@ -568,6 +580,12 @@ def test_opcheck_linear_gelu(with_bias):
     torch.manual_seed(15)
     x, weight, bias = [None if t is None else t.requires_grad_() for t in _lg_inputs(5, 24, 40, with_bias)]
     _opcheck(torch.ops.fastbert.linear_gelu.default, (x, weight, bias))
+
+
+def test_opcheck_linear_gelu_inference():
+    torch.manual_seed(17)
+    x, weight, bias = _lg_inputs(5, 24, 40, True)
+    _opcheck(torch.ops.fastbert.linear_gelu_inference.default, (x, weight, bias))
 
 
 @pytest.mark.parametrize("use_embeds, p", [(False, 0.0), (True, 0.1)])
