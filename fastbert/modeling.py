@@ -176,6 +176,15 @@ class BertPreTrainedModel(hf.BertPreTrainedModel):
     _can_record_outputs = {}
     _keys_to_ignore_on_load_unexpected = [r"position_ids"]
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' ``from_pretrained``; checkpoints load through safetensors or
+        ``torch.load(weights_only=True)`` only (a pickle cannot run code)."""
+        if kwargs.get("weights_only", True) is not True:
+            raise ValueError("fastbert loads checkpoints through safetensors or torch.load(weights_only=True) "
+                             "only: weights_only=False is refused")
+        return super().from_pretrained(*args, **kwargs)
+
 
 class BertModel(BertPreTrainedModel, hf.BertModel):
     def forward(

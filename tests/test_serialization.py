@@ -53,3 +53,28 @@ def test_reexports():
     assert fastbert.BertTokenizer is transformers.BertTokenizer
     assert fastbert.BertTokenizerFast is transformers.BertTokenizerFast
     assert fastbert.AutoTokenizer is transformers.AutoTokenizer
+
+
+class _Payload:
+    """A pickled object that would run code on load if unpickling were unrestricted."""
+
+    def __reduce__(self):
+        return (print, ("payload ran",))
+
+
+def test_pickle_checkpoints_load_with_weights_only(tmp_path):
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = fastbert.BertModel(config)
+    model.config.save_pretrained(tmp_path / "plain")
+    torch.save(model.state_dict(), tmp_path / "plain" / "pytorch_model.bin")
+    loaded = fastbert.BertModel.from_pretrained(tmp_path / "plain")
+    assert torch.equal(loaded.embeddings.word_embeddings.weight, model.embeddings.word_embeddings.weight)
+
+    state = dict(model.state_dict(), evil=_Payload())
+    model.config.save_pretrained(tmp_path / "evil")
+    torch.save(state, tmp_path / "evil" / "pytorch_model.bin")
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl|unsupported"):
+        fastbert.BertModel.from_pretrained(tmp_path / "evil")
+    with pytest.raises(ValueError, match="weights_only"):
+        fastbert.BertModel.from_pretrained(tmp_path / "evil", weights_only=False)
