@@ -296,3 +296,24 @@ def test_triton_backend_without_kernels_falls_back_with_a_warning(monkeypatch):
     with pytest.warns(UserWarning, match="no Triton kernel"):
         got = model.eval()(ids, attention_mask=mask).last_hidden_state
     assert_close_on(mask, reference.eval()(ids, attention_mask=mask).last_hidden_state, got)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_error_at_most_twice_transformers(dtype):
+    """Against a float64 reference, fastbert in fp16/bf16 errs at most 2x what transformers does."""
+    config = tiny_config()
+    reference, model = pair(transformers.BertForSequenceClassification, fastbert.BertForSequenceClassification,
+                            config)
+    exact = transformers.BertForSequenceClassification(config).double()
+    exact.load_state_dict(reference.state_dict())
+    ids, types, mask = random_batch(config)
+    labels = torch.tensor([0, 1, 2, 1])
+    want = exact(ids, token_type_ids=types, attention_mask=mask, labels=labels)
+    theirs = reference.to(dtype)(ids, token_type_ids=types, attention_mask=mask, labels=labels)
+    ours = model.to(dtype)(ids, token_type_ids=types, attention_mask=mask, labels=labels)
+    assert ours.logits.dtype == dtype
+    err_theirs = (theirs.logits.double() - want.logits).abs().max().item()
+    err_ours = (ours.logits.double() - want.logits).abs().max().item()
+    assert err_ours <= 2 * err_theirs + 1e-6, (err_ours, err_theirs)
+    ours.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
