@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from fastbert import torch_ops
+from fastbert.validation import check_attention_inputs
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -58,6 +59,9 @@ def resolve_backend(device: torch.device) -> str:
 
 def _impl(op: str, direction: str, device: torch.device) -> Callable:
     if resolve_backend(device) == "triton":
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+            raise ValueError(f"FASTBERT_BACKEND=triton on {device.type} tensors needs the Triton interpreter: "
+                             "set TRITON_INTERPRET=1 before triton is imported")
         _load_kernels()
         if direction in _TRITON_IMPLS.get(op, {}):
             return _TRITON_IMPLS[op][direction]
@@ -123,17 +127,25 @@ _attention.register_autograd(_attention_grad, setup_context=_attention_setup)
 
 
 def attention(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float = 0.0,
-              seed: Optional[Tensor] = None) -> Tensor:
+              seed: Optional[Tensor] = None, check_values: bool = True) -> Tensor:
     """Bidirectional softmax attention over packed sequences, scale ``1/sqrt(head_dim)``.
+
+    The Triton kernel takes head dims up to 128; larger ones run the PyTorch implementation (one
+    warning). The two backends draw different (equally distributed) dropout masks from a seed.
 
     Args:
         qkv: ``(total_tokens, 3, heads, head_dim)``, the fused QKV projection output (a view is fine).
         cu_seqlens: int32 ``(batch + 1,)``, sequence ``b`` is tokens ``[cu[b], cu[b+1])``.
         max_seqlen: an upper bound of the longest sequence.
         dropout_p: dropout on the attention probabilities; needs ``seed`` when > 0.
+        check_values: also check ``cu_seqlens``' values (one host sync; skipped under ``torch.compile``).
     Returns:
         ``(total_tokens, heads, head_dim)`` in ``qkv``'s dtype.
     """
+    if qkv.dim() != 4 or qkv.shape[1] != 3:
+        raise ValueError(f"attention: qkv must be (total_tokens, 3, heads, head_dim), got shape {tuple(qkv.shape)}")
+    check_attention_inputs(*qkv.unbind(1), cu_seqlens, max_seqlen, dropout_p, seed,
+                           check_values and not torch.compiler.is_compiling())
     return _attention(qkv, cu_seqlens, max_seqlen, dropout_p, seed)[0]
 
 

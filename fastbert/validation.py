@@ -99,3 +99,46 @@ def _check_mask(mask: Tensor, batch: int, seqlen: int, heads: int) -> None:
     if not ok:
         raise ValueError(f"attention_mask has shape {shape}; expected ({batch}, {seqlen}), ({batch}, {seqlen}, "
                          f"{seqlen}) or ({batch} or 1, {heads} or 1, {seqlen}, {seqlen}) to match input_ids")
+
+
+_ATTENTION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_attention_inputs(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int,
+                           dropout_p: float, seed: Optional[Tensor], check_values: bool = True) -> None:
+    """Raises ``TypeError``/``ValueError`` naming the bad argument of a packed attention call.
+
+    q, k, v: ``(total_tokens, heads, head_dim)``. ``check_values`` also reads ``cu_seqlens`` (one host
+    sync): it must start at 0, never decrease, end at ``total_tokens`` and hold no sequence longer than
+    ``max_seqlen`` (a shorter bound would leave rows uncomputed).
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dtype not in _ATTENTION_DTYPES:
+            raise TypeError(f"attention: {name} must be float16, bfloat16 or float32, got {t.dtype}")
+        if t.dim() != 3:
+            raise ValueError(f"attention: {name} must be (total_tokens, heads, head_dim), got shape {tuple(t.shape)}")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(f"attention: q, k, v shapes disagree: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"attention: q, k, v dtypes disagree: {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.shape[-1] < 1:
+        raise ValueError(f"attention: head_dim must be positive, got {q.shape[-1]}")
+    if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise TypeError(f"attention: cu_seqlens must be a 1-D int32 tensor of batch + 1 >= 2 offsets, "
+                        f"got {cu_seqlens.dtype} of shape {tuple(cu_seqlens.shape)}")
+    if cu_seqlens.device != q.device:
+        raise ValueError(f"attention: cu_seqlens is on {cu_seqlens.device}, q on {q.device}")
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 1:
+        raise ValueError(f"attention: max_seqlen must be a positive int, got {max_seqlen!r}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p}")
+    if dropout_p > 0.0 and (seed is None or seed.dtype != torch.int64 or seed.numel() != 1):
+        raise ValueError("attention: dropout_p > 0 needs seed, an int64 tensor of one element")
+    if check_values:
+        cu = cu_seqlens.tolist()
+        lengths = [end - start for start, end in zip(cu[:-1], cu[1:])]
+        if cu[0] != 0 or min(lengths) < 0 or cu[-1] != q.shape[0]:
+            raise ValueError(f"attention: cu_seqlens must start at 0, never decrease and end at total_tokens="
+                             f"{q.shape[0]}; got {cu[:3]} ... {cu[-2:]}")
+        if max(lengths) > max_seqlen:
+            raise ValueError(f"attention: a sequence has {max(lengths)} tokens, more than max_seqlen={max_seqlen}")

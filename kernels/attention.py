@@ -1,0 +1,556 @@
+"""Fused softmax attention over packed sequences, FlashAttention-2 style, with dropout inside.
+
+Tokens of all sequences are packed along one axis (``cu_seqlens`` marks where each sequence starts),
+so no padding is ever computed. q, k and v are read by strides straight out of the fused QKV
+projection output ``(total_tokens, 3, heads, head_dim)``; the output ``(total_tokens, heads,
+head_dim)`` is ready for the output projection. No ``L x L`` tensor is ever stored: the forward keeps
+an fp32 online softmax (the scale folded into ``exp2``) and saves only the log-sum-exp per row.
+
+Dropout on the probabilities uses counter-based random numbers (``tl.rand``): element ``(head, query
+token i, key position j)`` draws from the seed tensor with the 64-bit counter ``(head * total + i) <<
+32 | j``. Any kernel can regenerate any element's mask bit, so the backward passes reuse the forward's
+mask without storing it, and the mask does not depend on block sizes.
+
+Backward is three kernels with no atomics (bitwise deterministic): ``delta = rowsum(dO * O)``, then
+dK/dV per key block (looping over queries), then dQ per query block (looping over keys).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import warnings
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from fastbert.validation import check_attention_inputs
+
+LOG2E = 1.4426950408889634
+MAX_HEAD_DIM = 128
+SINGLE_TILE_MAX_SEQLEN = 128
+
+
+# ============================================================================= shared device helpers
+@triton.jit
+def _dot(a, b, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # UPCAST: bf16 operands computed in fp32 (exact products, fp32 accumulation, as the tensor cores
+    # do), only for the Triton interpreter, whose bf16 tl.dot is broken (see _interpreter_needs_upcast).
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=INPUT_PRECISION)
+
+
+@triton.jit
+def _dropout_keep(seed, head, total_tokens, query_tokens, key_positions, dropout_p):
+    """Keep bits for the broadcast of ``query_tokens`` (global indices) and ``key_positions``."""
+    row = (head * total_tokens + query_tokens).to(tl.int64)
+    offsets = (row << 32) | key_positions.to(tl.int64)
+    return tl.rand(seed, offsets) >= dropout_p
+
+
+@triton.jit
+def _load_rows(base, tokens, valid, stride_t, offs_d, d_valid):
+    """A ``[len(tokens), BLOCK_D]`` tile of rows ``tokens`` (zeros where invalid)."""
+    ptrs = base + tokens.to(tl.int64)[:, None] * stride_t + offs_d[None, :]
+    return tl.load(ptrs, mask=valid[:, None] & d_valid[None, :], other=0.0)
+
+
+@triton.jit
+def _store_rows(base, tile, tokens, valid, stride_t, offs_d, d_valid):
+    ptrs = base + tokens.to(tl.int64)[:, None] * stride_t + offs_d[None, :]
+    tl.store(ptrs, tile.to(base.dtype.element_ty), mask=valid[:, None] & d_valid[None, :])
+
+
+# ============================================================================= forward
+@triton.jit(do_not_specialize=["total_tokens"])
+def _attention_fwd(
+    Q, K, V, Out, Lse, CuSeqlens, Seed,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    total_tokens, max_seqlen_bucket, sm_scale, dropout_p,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SINGLE_TILE: tl.constexpr, HAS_DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """One program: BLOCK_M queries of one (sequence, head). Grid ``(cdiv(max_seqlen, BLOCK_M), batch, heads)``."""
+    block_m, seq, head = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start = tl.load(CuSeqlens + seq)
+    seqlen = tl.load(CuSeqlens + seq + 1) - start
+    if block_m * BLOCK_M >= seqlen:
+        return
+    offs_m = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_valid = offs_m < seqlen
+    d_valid = offs_d < HEAD_DIM
+    qk_scale = sm_scale * LOG2E  # scores in log2 units: exp(x * scale) == exp2(x * qk_scale)
+    q = _load_rows(Q + head * stride_qh, start + offs_m, m_valid, stride_qt, offs_d, d_valid)
+    if HAS_DROPOUT:
+        seed = tl.load(Seed)
+
+    if SINGLE_TILE:  # the whole sequence fits one key tile: a plain softmax, no rescaling
+        n_valid = offs_n < seqlen
+        k = _load_rows(K + head * stride_kh, start + offs_n, n_valid, stride_kt, offs_d, d_valid)
+        v = _load_rows(V + head * stride_vh, start + offs_n, n_valid, stride_vt, offs_d, d_valid)
+        s = _dot(q, tl.trans(k), INPUT_PRECISION, UPCAST) * qk_scale
+        s = tl.where(n_valid[None, :], s, float("-inf"))
+        m_i = tl.max(s, 1)
+        p = tl.math.exp2(s - m_i[:, None])
+        l_i = tl.sum(p, 1)
+        if HAS_DROPOUT:
+            keep = _dropout_keep(seed, head, total_tokens, (start + offs_m)[:, None], offs_n[None, :], dropout_p)
+            p = tl.where(keep, p, 0.0)
+        acc = _dot(p.to(v.dtype), v, INPUT_PRECISION, UPCAST)
+    else:
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        for start_n in range(0, seqlen, BLOCK_N):
+            keys = start_n + offs_n
+            n_valid = keys < seqlen
+            k = _load_rows(K + head * stride_kh, start + keys, n_valid, stride_kt, offs_d, d_valid)
+            v = _load_rows(V + head * stride_vh, start + keys, n_valid, stride_vt, offs_d, d_valid)
+            s = _dot(q, tl.trans(k), INPUT_PRECISION, UPCAST) * qk_scale
+            s = tl.where(n_valid[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.math.exp2(m_i - m_new)
+            p = tl.math.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            if HAS_DROPOUT:
+                keep = _dropout_keep(seed, head, total_tokens, (start + offs_m)[:, None], keys[None, :], dropout_p)
+                p = tl.where(keep, p, 0.0)
+            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, INPUT_PRECISION, UPCAST)
+            m_i = m_new
+
+    out_scale = 1.0 / l_i
+    if HAS_DROPOUT:
+        out_scale = out_scale / (1.0 - dropout_p)
+    _store_rows(Out + head * stride_oh, acc * out_scale[:, None], start + offs_m, m_valid, stride_ot, offs_d, d_valid)
+    lse = (m_i + tl.math.log2(l_i)) / LOG2E  # natural-log log-sum-exp of the scaled scores
+    tl.store(Lse + head * total_tokens + start + offs_m, lse, mask=m_valid)
+
+
+# ============================================================================= backward
+@triton.jit(do_not_specialize=["total_tokens"])
+def _attention_bwd_preprocess(
+    Out, DOut, Delta, stride_ot, stride_oh, total_tokens,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """``delta[head, t] = sum_d dO[t, head, d] * O[t, head, d]`` in fp32. Grid ``(cdiv(T, BLOCK_T), heads)``."""
+    block_t, head = tl.program_id(0), tl.program_id(1)
+    tokens = block_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_d = tl.arange(0, BLOCK_D)
+    t_valid = tokens < total_tokens
+    d_valid = offs_d < HEAD_DIM
+    o = _load_rows(Out + head * stride_oh, tokens, t_valid, stride_ot, offs_d, d_valid)
+    do = _load_rows(DOut + head * stride_oh, tokens, t_valid, stride_ot, offs_d, d_valid)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(Delta + head * total_tokens + tokens, delta, mask=t_valid)
+
+
+@triton.jit(do_not_specialize=["total_tokens"])
+def _attention_bwd_dkdv(
+    Q, K, V, DOut, Lse, Delta, DK, DV, CuSeqlens, Seed,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    stride_gt, stride_gh,
+    total_tokens, max_seqlen_bucket, sm_scale, dropout_p,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """dK, dV of BLOCK_N keys of one (sequence, head), looping over all its queries.
+
+    Works on transposed tiles (keys x queries): ``dV = P^T dO``, ``dK = scale * dS^T Q`` with
+    ``dS = P * (dP - delta)`` and ``dP = dO V^T``. Grid ``(cdiv(max_seqlen, BLOCK_N), batch, heads)``.
+    """
+    block_n, seq, head = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start = tl.load(CuSeqlens + seq)
+    seqlen = tl.load(CuSeqlens + seq + 1) - start
+    if block_n * BLOCK_N >= seqlen:
+        return
+    keys = block_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    n_valid = keys < seqlen
+    d_valid = offs_d < HEAD_DIM
+    qk_scale = sm_scale * LOG2E
+    k = _load_rows(K + head * stride_kh, start + keys, n_valid, stride_kt, offs_d, d_valid)
+    v = _load_rows(V + head * stride_vh, start + keys, n_valid, stride_vt, offs_d, d_valid)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    if HAS_DROPOUT:
+        seed = tl.load(Seed)
+        drop_scale = 1.0 / (1.0 - dropout_p)
+    for start_m in range(0, seqlen, BLOCK_M):
+        queries = start_m + offs_m
+        m_valid = queries < seqlen
+        q = _load_rows(Q + head * stride_qh, start + queries, m_valid, stride_qt, offs_d, d_valid)
+        do = _load_rows(DOut + head * stride_oh, start + queries, m_valid, stride_ot, offs_d, d_valid)
+        lse = tl.load(Lse + head * total_tokens + start + queries, mask=m_valid, other=0.0)
+        delta = tl.load(Delta + head * total_tokens + start + queries, mask=m_valid, other=0.0)
+        s_t = _dot(k, tl.trans(q), INPUT_PRECISION, UPCAST) * qk_scale
+        p_t = tl.math.exp2(s_t - lse[None, :] * LOG2E)
+        p_t = tl.where(m_valid[None, :], p_t, 0.0)
+        dp_t = _dot(v, tl.trans(do), INPUT_PRECISION, UPCAST)
+        if HAS_DROPOUT:
+            keep_t = _dropout_keep(seed, head, total_tokens, (start + queries)[None, :], keys[:, None], dropout_p)
+            p_dropped_t = tl.where(keep_t, p_t * drop_scale, 0.0)
+            dp_t = tl.where(keep_t, dp_t * drop_scale, 0.0)
+        else:
+            p_dropped_t = p_t
+        dv += _dot(p_dropped_t.to(do.dtype), do, INPUT_PRECISION, UPCAST)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += _dot(ds_t.to(q.dtype), q, INPUT_PRECISION, UPCAST)
+    _store_rows(DK + head * stride_gh, dk * sm_scale, start + keys, n_valid, stride_gt, offs_d, d_valid)
+    _store_rows(DV + head * stride_gh, dv, start + keys, n_valid, stride_gt, offs_d, d_valid)
+
+
+@triton.jit(do_not_specialize=["total_tokens"])
+def _attention_bwd_dq(
+    Q, K, V, DOut, Lse, Delta, DQ, CuSeqlens, Seed,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    stride_gt, stride_gh,
+    total_tokens, max_seqlen_bucket, sm_scale, dropout_p,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """dQ of BLOCK_M queries of one (sequence, head), looping over all its keys:
+    ``dQ = scale * dS K``. Grid ``(cdiv(max_seqlen, BLOCK_M), batch, heads)``."""
+    block_m, seq, head = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start = tl.load(CuSeqlens + seq)
+    seqlen = tl.load(CuSeqlens + seq + 1) - start
+    if block_m * BLOCK_M >= seqlen:
+        return
+    queries = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_valid = queries < seqlen
+    d_valid = offs_d < HEAD_DIM
+    qk_scale = sm_scale * LOG2E
+    q = _load_rows(Q + head * stride_qh, start + queries, m_valid, stride_qt, offs_d, d_valid)
+    do = _load_rows(DOut + head * stride_oh, start + queries, m_valid, stride_ot, offs_d, d_valid)
+    lse = tl.load(Lse + head * total_tokens + start + queries, mask=m_valid, other=0.0)
+    delta = tl.load(Delta + head * total_tokens + start + queries, mask=m_valid, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if HAS_DROPOUT:
+        seed = tl.load(Seed)
+        drop_scale = 1.0 / (1.0 - dropout_p)
+    for start_n in range(0, seqlen, BLOCK_N):
+        keys = start_n + offs_n
+        n_valid = keys < seqlen
+        k = _load_rows(K + head * stride_kh, start + keys, n_valid, stride_kt, offs_d, d_valid)
+        v = _load_rows(V + head * stride_vh, start + keys, n_valid, stride_vt, offs_d, d_valid)
+        s = _dot(q, tl.trans(k), INPUT_PRECISION, UPCAST) * qk_scale
+        p = tl.math.exp2(s - lse[:, None] * LOG2E)
+        p = tl.where(n_valid[None, :], p, 0.0)
+        dp = _dot(do, tl.trans(v), INPUT_PRECISION, UPCAST)
+        if HAS_DROPOUT:
+            keep = _dropout_keep(seed, head, total_tokens, (start + queries)[:, None], keys[None, :], dropout_p)
+            dp = tl.where(keep, dp * drop_scale, 0.0)
+        ds = p * (dp - delta[:, None])
+        dq += _dot(ds.to(k.dtype), k, INPUT_PRECISION, UPCAST)
+    _store_rows(DQ + head * stride_gh, dq * sm_scale, start + queries, m_valid, stride_gt, offs_d, d_valid)
+
+
+@triton.jit(do_not_specialize=["total_tokens"])
+def _attention_dropout_mask(
+    Keep, CuSeqlens, Seed, total_tokens, dropout_p, max_seqlen,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Debug: writes the kernels' keep bits into ``Keep (heads, total_tokens, max_seqlen)`` (key position
+    ``j`` of query token ``i``). Grid ``(cdiv(max_seqlen, BLOCK_M), batch, heads)``."""
+    block_m, seq, head = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start = tl.load(CuSeqlens + seq)
+    seqlen = tl.load(CuSeqlens + seq + 1) - start
+    seed = tl.load(Seed)
+    queries = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    for start_n in range(0, seqlen, BLOCK_N):
+        keys = start_n + tl.arange(0, BLOCK_N)
+        keep = _dropout_keep(seed, head, total_tokens, (start + queries)[:, None], keys[None, :], dropout_p)
+        ptrs = Keep + (head * total_tokens + start + queries).to(tl.int64)[:, None] * max_seqlen + keys[None, :]
+        tl.store(ptrs, keep.to(tl.int8), mask=(queries[:, None] < seqlen) & (keys[None, :] < seqlen))
+
+
+# ============================================================================= launch configuration
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _interpreter_needs_upcast() -> bool:
+    """Whether the interpreter's bf16 ``tl.dot`` is wrong (triton 3.9.0 multiplies the raw bits):
+    probed once on a 16x16 product, so a fixed triton stops the workaround by itself."""
+    a = torch.arange(256, dtype=torch.float32).reshape(16, 16).div(64).to(torch.bfloat16)
+    out = torch.empty(16, 16, dtype=torch.float32)
+    _bf16_dot_probe[(1,)](a, out)
+    return not torch.allclose(out, a.float() @ a.float(), rtol=1e-3, atol=1e-3)
+
+
+@triton.jit
+def _bf16_dot_probe(A, Out):
+    idx = tl.arange(0, 16)[:, None] * 16 + tl.arange(0, 16)[None, :]
+    a = tl.load(A + idx)
+    tl.store(Out + idx, tl.dot(a, a))
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    return dtype == torch.bfloat16 and _interpreting() and _interpreter_needs_upcast()
+
+
+def _input_precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"  # ignored for fp16/bf16 operands
+
+
+def _block_d(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def _seqlen_bucket(max_seqlen: int) -> int:
+    return max(16, triton.next_power_of_2(max_seqlen))
+
+
+def _fwd_configs() -> list[triton.Config]:
+    return [
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=3),
+    ]
+
+
+def _single_tile_configs() -> list[triton.Config]:
+    return [
+        triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=1),
+        triton.Config({"BLOCK_M": 128}, num_warps=8, num_stages=1),
+        triton.Config({"BLOCK_M": 32}, num_warps=4, num_stages=1),
+    ]
+
+
+def _bwd_configs() -> list[triton.Config]:
+    return [
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+        triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+    ]
+
+
+def _prune_for_head_dim(configs, named_args, **kwargs):
+    """Large tiles at head_dim 128 spill registers; keep the smaller ones there."""
+    block_d = named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 16))
+    if block_d <= 64:
+        return configs
+    kept = [c for c in configs if c.kwargs.get("BLOCK_M", 64) * c.kwargs.get("BLOCK_N", 64) <= 64 * 64
+            or c.num_warps >= 8]
+    return kept or configs[:1]
+
+
+# The autotune key is bucketed (next power of two of max_seqlen), so a new batch shape reuses the tuning.
+_TUNE_KEY = ["max_seqlen_bucket", "HEAD_DIM", "HAS_DROPOUT"]
+_fwd_tuned = triton.autotune(_fwd_configs(), key=_TUNE_KEY,
+                             prune_configs_by={"early_config_prune": _prune_for_head_dim})(_attention_fwd)
+_fwd_single_tuned = triton.autotune(_single_tile_configs(), key=_TUNE_KEY)(_attention_fwd)
+_dkdv_tuned = triton.autotune(_bwd_configs(), key=_TUNE_KEY,
+                              prune_configs_by={"early_config_prune": _prune_for_head_dim})(_attention_bwd_dkdv)
+_dq_tuned = triton.autotune(_bwd_configs(), key=_TUNE_KEY,
+                            prune_configs_by={"early_config_prune": _prune_for_head_dim})(_attention_bwd_dq)
+
+
+def _use_autotune(device: torch.device) -> bool:
+    # Different tiles sum in different orders; deterministic mode pins one config across processes.
+    return device.type == "cuda" and not _interpreting() and not torch.are_deterministic_algorithms_enabled()
+
+
+def _launch(tuned, kernel, configs, grid_of, *args, **kwargs):
+    """Runs ``tuned`` on a GPU; otherwise ``kernel`` with the first config (interpreter, deterministic mode)."""
+    if _use_autotune(args[0].device):
+        tuned[grid_of](*args, **kwargs)
+        return
+    config = configs[0]
+    meta = {**kwargs, **config.kwargs}
+    kernel[grid_of(meta)](*args, **meta, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+# ============================================================================= input checks
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float,
+                 seed: Optional[Tensor], check_values: bool = True) -> None:
+    """:func:`fastbert.validation.check_attention_inputs` plus the kernels' own limits (head_dim <= 128,
+    CUDA tensors or the interpreter); raises before any kernel runs."""
+    check_attention_inputs(q, k, v, cu_seqlens, max_seqlen, dropout_p, seed, check_values)
+    if q.shape[-1] > MAX_HEAD_DIM:
+        raise ValueError(f"attention: head_dim must be at most {MAX_HEAD_DIM}, got {q.shape[-1]}")
+    if q.device.type != "cuda" and not _interpreting():
+        raise ValueError(f"attention: the Triton kernels need CUDA tensors (got {q.device}); on the CPU set "
+                         "TRITON_INTERPRET=1 before triton is imported")
+
+
+# ============================================================================= launchers
+def _strides(t: Tensor) -> tuple[int, int]:
+    return t.stride(0), t.stride(1)
+
+
+def _last_dim_contiguous(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def attention_forward(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int,
+                      dropout_p: float = 0.0, seed: Optional[Tensor] = None, out: Optional[Tensor] = None,
+                      lse: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """Launches the forward kernel (inputs already checked), into ``out``/``lse`` when given.
+
+    Args:
+        q, k, v: ``(total_tokens, heads, head_dim)``, any strides with a unit last stride (views of a
+            packed QKV tensor are read in place).
+        cu_seqlens: int32 ``(batch + 1,)``; max_seqlen: the longest sequence (an upper bound is fine).
+    Returns:
+        ``out`` ``(total_tokens, heads, head_dim)`` in q's dtype, ``lse`` fp32 ``(heads, total_tokens)``.
+    """
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    total, heads, head_dim = q.shape
+    if out is None:
+        out = torch.empty(total, heads, head_dim, dtype=q.dtype, device=q.device)
+    if lse is None:
+        lse = torch.empty(heads, total, dtype=torch.float32, device=q.device)
+    batch = cu_seqlens.numel() - 1
+    if total == 0:
+        return out, lse
+    single = max_seqlen <= SINGLE_TILE_MAX_SEQLEN
+    meta = dict(HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), SINGLE_TILE=single, HAS_DROPOUT=dropout_p > 0.0,
+                INPUT_PRECISION=_input_precision(q.dtype), UPCAST=_upcast(q.dtype))
+    if single:
+        meta["BLOCK_N"] = _seqlen_bucket(max_seqlen)
+    grid = lambda m: (triton.cdiv(max_seqlen, m["BLOCK_M"]), batch, heads)  # noqa: E731
+    args = (q, k, v, out, lse, cu_seqlens, seed if seed is not None else cu_seqlens,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+            total, _seqlen_bucket(max_seqlen), head_dim ** -0.5, float(dropout_p))
+    if single:
+        _launch(_fwd_single_tuned, _attention_fwd, _single_tile_configs(), grid, *args, **meta)
+    else:
+        _launch(_fwd_tuned, _attention_fwd, _fwd_configs(), grid, *args, **meta)
+    return out, lse
+
+
+def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                       cu_seqlens: Tensor, max_seqlen: int, dropout_p: float, seed: Optional[Tensor],
+                       dq: Tensor, dk: Tensor, dv: Tensor) -> None:
+    """Launches the backward kernels, writing into ``dq``, ``dk``, ``dv`` ``(total_tokens, heads, head_dim)``
+    views that share one pair of token/head strides (e.g. slices of one ``(T, 3, H, D)`` buffer)."""
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    dout, out = dout.contiguous(), out.contiguous()
+    total, heads, head_dim = q.shape
+    if total == 0:
+        return
+    assert dq.stride() == dk.stride() == dv.stride() and dq.stride(-1) == 1
+    batch = cu_seqlens.numel() - 1
+    block_d = _block_d(head_dim)
+    delta = torch.empty(heads, total, dtype=torch.float32, device=q.device)
+    block_t = 64
+    _attention_bwd_preprocess[(triton.cdiv(total, block_t), heads)](
+        out, dout, delta, *_strides(out), total, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=block_t)
+
+    meta = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, HAS_DROPOUT=dropout_p > 0.0,
+                INPUT_PRECISION=_input_precision(q.dtype), UPCAST=_upcast(q.dtype))
+    seed_arg = seed if seed is not None else cu_seqlens
+    common = (*_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dq),
+              total, _seqlen_bucket(max_seqlen), head_dim ** -0.5, float(dropout_p))
+    _launch(_dkdv_tuned, _attention_bwd_dkdv, _bwd_configs(),
+            lambda m: (triton.cdiv(max_seqlen, m["BLOCK_N"]), batch, heads),
+            q, k, v, dout, lse, delta, dk, dv, cu_seqlens, seed_arg, *common, **meta)
+    _launch(_dq_tuned, _attention_bwd_dq, _bwd_configs(),
+            lambda m: (triton.cdiv(max_seqlen, m["BLOCK_M"]), batch, heads),
+            q, k, v, dout, lse, delta, dq, cu_seqlens, seed_arg, *common, **meta)
+
+
+def dropout_mask(cu_seqlens: Tensor, heads: int, max_seqlen: int, dropout_p: float, seed: Tensor) -> Tensor:
+    """Debug: the kernels' keep mask, bool ``(heads, total_tokens, max_seqlen)``; entry ``[h, i, j]`` is
+    key position ``j`` of query token ``i``'s sequence (only ``j < len(sequence)`` is meaningful)."""
+    total = int(cu_seqlens[-1])
+    keep = torch.zeros(heads, total, max_seqlen, dtype=torch.int8, device=cu_seqlens.device)
+    grid = (triton.cdiv(max_seqlen, 32), cu_seqlens.numel() - 1, heads)
+    _attention_dropout_mask[grid](keep, cu_seqlens, seed, total, float(dropout_p), max_seqlen,
+                                  BLOCK_M=32, BLOCK_N=32)
+    return keep.bool()
+
+
+# ============================================================================= autograd and op adapters
+class FusedAttention(torch.autograd.Function):
+    """Autograd wrapper of the kernels for standalone use (the model goes through ``fastbert.ops``)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, dropout_p, seed):
+        out, lse = attention_forward(q, k, v, cu_seqlens, max_seqlen, dropout_p, seed)
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, seed)
+        ctx.max_seqlen, ctx.dropout_p = max_seqlen, dropout_p
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, cu_seqlens, seed = ctx.saved_tensors
+        grads = torch.empty(3, *q.shape, dtype=q.dtype, device=q.device).transpose(0, 1)  # (T, 3, H, D)
+        dq, dk, dv = grads.unbind(1)
+        attention_backward(dout, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen, ctx.dropout_p, seed, dq, dk, dv)
+        return dq, dk, dv, None, None, None, None
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float = 0.0,
+              seed: Optional[Tensor] = None) -> Tensor:
+    """Softmax attention of packed sequences with the Triton kernels, differentiable in q, k, v.
+
+    Args:
+        q, k, v: ``(total_tokens, heads, head_dim)`` fp16/bf16/fp32, head_dim <= 128.
+        cu_seqlens: int32 ``(batch + 1,)`` sequence offsets; max_seqlen: the longest sequence.
+        dropout_p: dropout on the probabilities; ``seed``: int64 ``(1,)`` tensor, needed when > 0.
+    Returns:
+        ``(total_tokens, heads, head_dim)`` in q's dtype.
+    """
+    check_inputs(q, k, v, cu_seqlens, max_seqlen, dropout_p, seed)
+    return FusedAttention.apply(q, k, v, cu_seqlens, max_seqlen, dropout_p, seed)
+
+
+def attention_reference(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, dropout_p: float = 0.0,
+                        keep: Optional[Tensor] = None) -> Tensor:
+    """The same math in PyTorch, per sequence, in q's dtype: ``dropout(softmax(q k^T / sqrt(d))) v``.
+
+    ``keep`` is a ``(heads, total_tokens, max_seqlen)`` bool mask as from :func:`dropout_mask`.
+    """
+    outs = []
+    cu = cu_seqlens.tolist()
+    for start, end in zip(cu[:-1], cu[1:]):
+        qs, ks, vs = (t[start:end].transpose(0, 1) for t in (q, k, v))  # (heads, n, dim)
+        probs = torch.softmax(qs @ ks.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+        if keep is not None:
+            probs = probs * keep[:, start:end, :end - start].to(probs.dtype) / (1.0 - dropout_p)
+        outs.append((probs @ vs).transpose(0, 1))
+    return torch.cat(outs) if outs else q.new_empty(q.shape)
+
+
+def _qkv_forward(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float, seed):
+    """``fastbert.ops`` adapter: packed ``(T, 3, H, D)`` -> ``(out, lse)``."""
+    q, k, v = qkv.unbind(1)
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return _fallback("fwd")(qkv, cu_seqlens, max_seqlen, dropout_p, seed)
+    return attention_forward(q, k, v, cu_seqlens, max_seqlen, dropout_p, seed)
+
+
+def _qkv_backward(dout, qkv, out, lse, cu_seqlens, max_seqlen: int, dropout_p: float, seed):
+    """``fastbert.ops`` adapter: the ``(T, 3, H, D)`` gradient of :func:`_qkv_forward`."""
+    if qkv.shape[-1] > MAX_HEAD_DIM:
+        return _fallback("bwd")(dout, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, seed)
+    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    q, k, v = qkv.unbind(1)
+    attention_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, seed, *dqkv.unbind(1))
+    return dqkv
+
+
+@functools.lru_cache(maxsize=None)
+def _fallback(direction: str):
+    """Head dims over 128 (documented): the PyTorch implementation, with one warning."""
+    from fastbert import torch_ops
+
+    warnings.warn(f"fastbert: attention head_dim > {MAX_HEAD_DIM} has no Triton kernel; using PyTorch")
+    return getattr(torch_ops, f"attention_{direction}")

@@ -1,0 +1,303 @@
+"""The Triton attention kernels (``kernels/attention.py``) against float64 references.
+
+On the CPU the kernels run in the Triton interpreter (``TRITON_INTERPRET=1``, set in conftest); with a
+GPU the same tests run the compiled kernels, plus the ``cuda``-marked ones at BERT-base sizes.
+Low-precision results are judged against the error PyTorch itself makes doing the same math in
+that dtype. bf16 ``tl.dot`` is wrong in triton 3.9.0's interpreter, so there the kernels compute bf16
+products in fp32 (what the tensor cores do); :func:`test_interpreter_bf16_workaround_is_probed`
+keeps that switch honest.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastbert import ops
+from fastbert.kernels import attention as A
+from tests.conftest import DEVICE
+
+MIXED = [1, 7, 65, 127, 128, 129, 384, 513]  # the issue's packed batch: single-token to multi-tile
+SHORT = [1, 7, 65, 127, 128]  # max_seqlen <= 128: the single-tile path
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+NAN = float("nan")
+
+
+def _cu(lengths) -> torch.Tensor:
+    offsets = [0]
+    for n in lengths:
+        offsets.append(offsets[-1] + n)
+    return torch.tensor(offsets, dtype=torch.int32, device=DEVICE)
+
+
+def _qkv(lengths, heads, head_dim, dtype, seed=0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(sum(lengths), 3, heads, head_dim, generator=gen).to(DEVICE, dtype)
+
+
+def _run(qkv, lengths, max_seqlen=None, dropout_p=0.0, seed=None, dout=None):
+    """Kernel forward and backward; outputs and gradients are poisoned with NaN first."""
+    q, k, v = qkv.unbind(1)
+    cu = _cu(lengths)
+    max_seqlen = max_seqlen or max(lengths)
+    A.check_inputs(q, k, v, cu, max_seqlen, dropout_p, seed)
+    out = torch.full(q.shape, NAN, dtype=q.dtype, device=DEVICE)
+    lse = torch.full((q.shape[1], q.shape[0]), NAN, device=DEVICE)
+    out, lse = A.attention_forward(q, k, v, cu, max_seqlen, dropout_p, seed, out=out, lse=lse)
+    if dout is None:
+        return out, None
+    dqkv = torch.full_like(qkv, NAN)
+    A.attention_backward(dout, q, k, v, out, lse, cu, max_seqlen, dropout_p, seed, *dqkv.unbind(1))
+    return out, dqkv
+
+
+def _reference(qkv, lengths, dout=None, keep=None, dropout_p=0.0):
+    """``attention_reference`` with autograd in qkv's dtype; returns ``(out, dqkv)``."""
+    leaf = qkv.detach().clone().requires_grad_(dout is not None)
+    out = A.attention_reference(*leaf.unbind(1), _cu(lengths), dropout_p, keep)
+    if dout is None:
+        return out.detach(), None
+    out.backward(dout.to(out.dtype))
+    return out.detach(), leaf.grad
+
+
+def _max_err(actual, expected) -> float:
+    assert torch.isfinite(actual).all(), "non-finite values (an unwritten element?)"
+    return (actual.double() - expected.double()).abs().max().item()
+
+
+def _check_against_float64(qkv, lengths, max_seqlen=None, what=""):
+    """Forward and dqkv (same upstream gradient) vs float64; low precision within 2x PyTorch's own error."""
+    dout = torch.randn(qkv.shape[0], *qkv.shape[2:], generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    out, dqkv = _run(qkv, lengths, max_seqlen, dout=dout.to(qkv.dtype))
+    out64, dqkv64 = _reference(qkv.double(), lengths, dout)
+    if qkv.dtype == torch.float32:
+        assert _max_err(out, out64) <= 2e-5, what
+        assert _max_err(dqkv, dqkv64) <= 5e-5 * max(1.0, dqkv64.abs().max().item()), what
+        return
+    out_lowp, dqkv_lowp = _reference(qkv, lengths, dout)
+    _assert_lowp_error(out, out_lowp, out64, f"{what} out")
+    _assert_lowp_error(dqkv, dqkv_lowp, dqkv64, f"{what} dqkv")
+
+
+def _assert_lowp_error(ours, theirs, exact, what):
+    """RMS error at most 2x PyTorch's; max error at most 2x PyTorch's plus one rounding step (ulp) of
+    the largest value: at bf16's 8 bits a max error is mostly which element lands one ulp off."""
+    rms = lambda t: (t.double() - exact).pow(2).mean().sqrt().item()  # noqa: E731
+    assert rms(ours) <= 2 * rms(theirs), f"{what}: RMS error {rms(ours):.3g} vs PyTorch's {rms(theirs):.3g}"
+    ulp = torch.finfo(ours.dtype).eps * 2.0 ** torch.log2(exact.abs().max()).floor().item()
+    err, err_torch = _max_err(ours, exact), _max_err(theirs, exact)
+    assert err <= 2 * err_torch + ulp, f"{what}: max error {err:.3g} vs PyTorch's {err_torch:.3g} (ulp {ulp:.3g})"
+
+
+# ============================================================================= exactness
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_mixed_lengths_match_float64(dtype):
+    """One packed batch of lengths 1..513 (single-token, tail tiles, several key tiles), head_dim 64."""
+    _check_against_float64(_qkv(MIXED, 1, 64, dtype), MIXED, what=f"{dtype}")
+
+
+@pytest.mark.parametrize("head_dim", [16, 32, 48, 128])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_head_dims_match_float64(head_dim, dtype):
+    """Head dims below, at and between powers of two (48 is masked up to 64) on a multi-tile batch."""
+    lengths = [1, 7, 129, 200]
+    _check_against_float64(_qkv(lengths, 2, head_dim, dtype, seed=head_dim), lengths, what=f"d={head_dim}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("head_dim", [32, 80])
+def test_single_tile_path_matches_float64(dtype, head_dim):
+    """max_seqlen <= 128 takes the single-tile kernel; an upper bound of 300 takes the tiled one."""
+    qkv = _qkv(SHORT, 2, head_dim, dtype, seed=3)
+    _check_against_float64(qkv, SHORT, what="single tile")
+    _check_against_float64(qkv, SHORT, max_seqlen=300, what="tiled, max_seqlen an upper bound")
+
+
+@pytest.mark.parametrize("kind", ["fwd", "single", "bwd"])
+def test_every_autotune_config_is_exact(kind, monkeypatch):
+    """Each config the autotuner may pick on a GPU gives the same answer (here run one by one)."""
+    lengths = [1, 7, 65, 150] if kind != "single" else [1, 7, 65, 100]
+    qkv = _qkv(lengths, 2, 48, torch.float32, seed=5)
+    configs = {"fwd": A._fwd_configs, "single": A._single_tile_configs, "bwd": A._bwd_configs}[kind]()
+    for config in configs:
+        monkeypatch.setattr(A, {"fwd": "_fwd_configs", "single": "_single_tile_configs",
+                                "bwd": "_bwd_configs"}[kind], lambda c=config: [c])
+        _check_against_float64(qkv, lengths, what=str(config))
+
+
+def test_strided_qkv_view_is_read_in_place():
+    """q, k, v as strided views of a wider projection output (no copies) give the same result."""
+    lengths = [5, 1, 17, 140]
+    wide = torch.randn(sum(lengths), 3 * 2 * 32 + 9, device=DEVICE)
+    qkv = wide[:, 4:4 + 3 * 2 * 32].view(-1, 3, 2, 32)
+    assert not qkv.is_contiguous()
+    _check_against_float64(qkv, lengths, what="strided view")
+
+
+def test_interpreter_bf16_workaround_is_probed():
+    """The bf16 upcast is on exactly when the interpreter's bf16 dot is broken, and never on a GPU."""
+    if DEVICE.type == "cuda":
+        assert not A._upcast(torch.bfloat16)
+        return
+    a = torch.randn(16, 16).to(torch.bfloat16)
+    out = torch.empty(16, 16)
+    A._bf16_dot_probe[(1,)](a, out)
+    broken = not torch.allclose(out, a.float() @ a.float(), rtol=1e-2, atol=1e-2)
+    assert A._upcast(torch.bfloat16) == broken
+    assert not A._upcast(torch.float16) and not A._upcast(torch.float32)
+
+
+# ============================================================================= dropout
+def test_dropout_keep_rate():
+    p = 0.27
+    lengths = [1, 300, 129, 64]
+    cu = _cu(lengths)
+    keep = A.dropout_mask(cu, 4, max(lengths), p, torch.tensor([77], device=DEVICE))
+    kept = count = 0
+    for start, n in zip(cu.tolist(), lengths):
+        block = keep[:, start:start + n, :n]
+        kept, count = kept + int(block.sum()), count + block.numel()
+    assert count > 400_000
+    assert abs(kept / count - (1 - p)) < 0.01
+    assert not keep[:, :, :].all(dim=0).all()  # heads draw different bits
+
+
+@pytest.mark.parametrize("max_seqlen", [64, 200], ids=["single_tile", "tiled"])
+def test_forward_applies_the_debug_mask(max_seqlen):
+    """With v = identity rows, out[i, h, j] reads the kernel's dropped probability of key j: it is zero
+    exactly where :func:`dropout_mask` says dropped (both kernel paths)."""
+    p, heads = 0.3, 2
+    lengths = [64, 1, 33, 64]
+    seed = torch.tensor([1234], device=DEVICE)
+    qkv = _qkv(lengths, heads, 64, torch.float32) * 0.5
+    start = 0
+    for n in lengths:
+        qkv[start:start + n, 2] = torch.eye(n, 64, device=DEVICE)[:, None, :]
+        start += n
+    out, _ = _run(qkv, lengths, max_seqlen, p, seed)
+    keep = A.dropout_mask(_cu(lengths), heads, max_seqlen, p, seed)
+    start = 0
+    for n in lengths:
+        got = out[start:start + n, :, :n].permute(1, 0, 2) != 0  # (heads, query, key)
+        assert torch.equal(got, keep[:, start:start + n, :n])
+        start += n
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("p", [0.1, 0.27])
+def test_dropout_backward_uses_the_forward_mask(p, dtype):
+    """Forward and all gradients match the reference run with the kernel's own mask."""
+    lengths = [9, 1, 140, 40]
+    seed = ops.new_seed(DEVICE)
+    qkv = _qkv(lengths, 2, 48, dtype, seed=11)
+    keep = A.dropout_mask(_cu(lengths), 2, max(lengths), p, seed)
+    dout = torch.randn(qkv.shape[0], 2, 48, device=DEVICE)
+    out, dqkv = _run(qkv, lengths, dropout_p=p, seed=seed, dout=dout.to(dtype))
+    out64, dqkv64 = _reference(qkv.double(), lengths, dout, keep, p)
+    if dtype == torch.float32:
+        assert _max_err(out, out64) <= 2e-5 and _max_err(dqkv, dqkv64) <= 1e-4
+    else:
+        out_lowp, dqkv_lowp = _reference(qkv, lengths, dout, keep, p)
+        _assert_lowp_error(out, out_lowp, out64, "out")
+        _assert_lowp_error(dqkv, dqkv_lowp, dqkv64, "dqkv")
+
+
+def test_same_seed_is_bitwise_deterministic():
+    lengths = [7, 130, 65]
+    qkv = _qkv(lengths, 2, 32, torch.float16)
+    dout = torch.randn(qkv.shape[0], 2, 32, device=DEVICE).half()
+    seed = torch.tensor([5], device=DEVICE)
+    first = _run(qkv, lengths, dropout_p=0.2, seed=seed, dout=dout)
+    second = _run(qkv, lengths, dropout_p=0.2, seed=seed.clone(), dout=dout)
+    other = _run(qkv, lengths, dropout_p=0.2, seed=seed + 1, dout=dout)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert not torch.equal(first[0], other[0])
+
+
+# ============================================================================= bad input
+def _bad_call(**changes):
+    lengths = [3, 5]
+    qkv = _qkv(lengths, 2, 16, torch.float32)
+    args = dict(q=qkv[:, 0], k=qkv[:, 1], v=qkv[:, 2], cu_seqlens=_cu(lengths), max_seqlen=5, dropout_p=0.0,
+                seed=None)
+    args.update(changes)
+    return lambda: A.attention(**args)
+
+
+@pytest.mark.parametrize("changes, error, match", [
+    (dict(k=torch.randn(8, 2, 32, device=DEVICE)), ValueError, "shapes disagree"),
+    (dict(v=torch.randn(8, 3, 16, device=DEVICE)), ValueError, "shapes disagree"),
+    (dict(q=torch.ones(8, 2, 16, dtype=torch.int32, device=DEVICE)), TypeError, "float16, bfloat16 or float32"),
+    (dict(cu_seqlens=torch.tensor([0, 5, 3], dtype=torch.int32, device=DEVICE)), ValueError, "never decrease"),
+    (dict(cu_seqlens=torch.tensor([0, 3, 7], dtype=torch.int32, device=DEVICE)), ValueError, "end at total_tokens"),
+    (dict(cu_seqlens=torch.tensor([0, 3, 8])), TypeError, "int32"),
+    (dict(max_seqlen=4), ValueError, "more than max_seqlen"),
+    (dict(dropout_p=0.1), ValueError, "needs seed"),
+    (dict(dropout_p=1.0), ValueError, "dropout_p"),
+])
+def test_bad_input_raises_before_any_kernel(changes, error, match):
+    with pytest.raises(error, match=match):
+        _bad_call(**changes)()
+
+
+def test_head_dim_over_128():
+    """The kernel API refuses it; the op falls back to PyTorch (documented) with a warning."""
+    qkv = _qkv([3, 5], 1, 160, torch.float32)
+    with pytest.raises(ValueError, match="head_dim must be at most 128"):
+        _bad_call(q=qkv[:, 0], k=qkv[:, 1], v=qkv[:, 2])()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FASTBERT_BACKEND", "triton")
+        with pytest.warns(UserWarning, match="head_dim > 128"):
+            out = ops.attention(qkv, _cu([3, 5]), 5)
+    torch.testing.assert_close(out, _reference(qkv, [3, 5])[0])
+
+
+def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.setenv("FASTBERT_BACKEND", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    qkv = torch.randn(8, 3, 2, 16)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        ops.attention(qkv, torch.tensor([0, 8], dtype=torch.int32), 8)
+
+
+# ============================================================================= the op and the model
+def test_op_triton_backend_matches_torch_backend(monkeypatch):
+    lengths = [1, 7, 130, 65]
+    qkv = _qkv(lengths, 3, 32, torch.float32).requires_grad_()
+    dout = torch.randn(qkv.shape[0], 3, 32, device=DEVICE)
+    results = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv("FASTBERT_BACKEND", backend)
+        qkv.grad = None
+        out = ops.attention(qkv, _cu(lengths), max(lengths))
+        out.backward(dout)
+        results[backend] = (out.detach(), qkv.grad.clone())
+    torch.testing.assert_close(results["triton"][0], results["torch"][0], atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(results["triton"][1], results["torch"][1], atol=1e-5, rtol=1e-5)
+
+
+def test_opcheck_with_the_triton_backend(monkeypatch):
+    monkeypatch.setenv("FASTBERT_BACKEND", "triton")
+    lengths = [3, 9]
+    qkv = _qkv(lengths, 2, 16, torch.float32).requires_grad_()
+    torch.library.opcheck(torch.ops.fastbert.attention.default,
+                          (qkv, _cu(lengths), max(lengths), 0.1, torch.tensor([3], device=DEVICE)),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+# ============================================================================= native kernels at BERT-base sizes
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (the CPU runs these kernels above)")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("max_len", [128, 512])
+def test_bert_base_sizes_on_gpu(dtype, max_len):
+    gen = torch.Generator().manual_seed(max_len)
+    lengths = torch.randint(max_len // 4, max_len + 1, (32,), generator=gen).tolist()
+    qkv = _qkv(lengths, 12, 64, dtype)
+    _check_against_float64(qkv, lengths, what=f"BERT-base {dtype} max {max_len}")
+    dout = torch.randn(qkv.shape[0], 12, 64, device=DEVICE, dtype=dtype)
+    seed = torch.tensor([9], device=DEVICE)
+    first = _run(qkv, lengths, dropout_p=0.1, seed=seed, dout=dout)
+    again = _run(qkv, lengths, dropout_p=0.1, seed=seed, dout=dout)
+    assert torch.equal(first[1], again[1])
