@@ -15,7 +15,7 @@ import torch
 
 from fastbert import ops
 from fastbert.kernels import attention as A
-from tests.conftest import DEVICE
+from conftest import DEVICE
 
 MIXED = [1, 7, 65, 127, 128, 129, 384, 513]  # the packed batch: single-token to multi-tile
 SHORT = [1, 7, 65, 127, 128]  # max_seqlen <= 128: the single-tile path
