@@ -1,0 +1,125 @@
+"""The Triton attention kernel against ``torch.nn.functional.scaled_dot_product_attention`` (GPU only).
+
+Batch 32, 12 heads, head dim 64, max length 128/256/512, fp16 and bf16:
+- ``full``: every sequence max-length long (SDPA without a mask, so its flash backend);
+- ``variable``: lengths uniform in [max/4, max]; SDPA gets padded tensors and a key mask (its best
+  backend that takes a mask), fastbert the packed tokens.
+Both sides are credited with the same useful FLOPs (real tokens only): forward ``4 * sum(L^2) * H * D``,
+backward 2.5x that. Timing: ``triton.testing.do_bench`` (median, warm-up, L2 flushed).
+Goals: >= 1.0x SDPA at full length, >= 1.5x on variable lengths.
+Run: ``python -m benchmarks.bench_attention [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+BATCH, HEADS, HEAD_DIM = 32, 12, 64
+MAX_LENS = (128, 256, 512)
+GOALS = {"full": 1.0, "variable": 1.5}
+
+
+def sample_lengths(kind: str, max_len: int, batch: int = BATCH, seed: int = 0) -> list[int]:
+    if kind == "full":
+        return [max_len] * batch
+    gen = torch.Generator().manual_seed(seed + max_len)
+    return torch.randint(max_len // 4, max_len + 1, (batch,), generator=gen).tolist()
+
+
+def attention_flops(lengths, heads: int, head_dim: int, backward: bool) -> float:
+    """Useful FLOPs: two ``L x L x D`` matmuls forward, five backward (2.5x)."""
+    forward = 4.0 * sum(n * n for n in lengths) * heads * head_dim
+    return forward * 3.5 if backward else forward
+
+
+def _inputs(lengths, dtype, device):
+    total, max_len = sum(lengths), max(lengths)
+    qkv = torch.randn(total, 3, HEADS, HEAD_DIM, device=device, dtype=dtype)
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32, device=device)
+    padded = torch.zeros(len(lengths), max_len, 3, HEADS, HEAD_DIM, device=device, dtype=dtype)
+    valid = torch.arange(max_len, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
+    padded[valid] = qkv
+    q, k, v = (t.transpose(1, 2).contiguous() for t in padded.unbind(2))  # (batch, heads, max_len, dim)
+    mask = None if all(n == max_len for n in lengths) else valid[:, None, None, :]
+    return qkv, cu, max_len, (q, k, v), mask
+
+
+def measure(kind: str, max_len: int, dtype, device) -> dict:
+    """TFLOP/s of fastbert and SDPA, forward and forward+backward, for one case."""
+    from triton.testing import do_bench
+
+    from fastbert import ops
+
+    lengths = sample_lengths(kind, max_len)
+    qkv, cu, max_seqlen, (q, k, v), mask = _inputs(lengths, dtype, device)
+    qkv.requires_grad_(True)
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    dout_packed = torch.randn(qkv.shape[0], HEADS, HEAD_DIM, device=device, dtype=dtype)
+    dout_padded = torch.randn_like(q)
+
+    def ours():
+        return ops.attention(qkv, cu, max_seqlen, check_values=False)
+
+    def sdpa():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    result = {"kind": kind, "max_len": max_len, "dtype": str(dtype).replace("torch.", ""),
+              "real_tokens": sum(lengths), "padded_tokens": len(lengths) * max_len}
+    for direction, backward in (("fwd", False), ("fwd_bwd", True)):
+        flops = attention_flops(lengths, HEADS, HEAD_DIM, backward)
+        for name, fn, dout in (("fastbert", ours, dout_packed), ("sdpa", sdpa, dout_padded)):
+            if backward:
+                run = lambda fn=fn, dout=dout: fn().backward(dout)  # noqa: E731
+            else:
+                run = lambda fn=fn: fn()  # noqa: E731
+            with torch.set_grad_enabled(backward):
+                ms = do_bench(run, grad_to_none=[qkv, q, k, v])
+            result[f"{name}_{direction}_ms"] = ms
+            result[f"{name}_{direction}_tflops"] = flops / ms / 1e9
+        result[f"speedup_{direction}"] = result[f"sdpa_{direction}_ms"] / result[f"fastbert_{direction}_ms"]
+    return result
+
+
+def _table(results: list[dict]) -> str:
+    lines = ["| dtype | lengths | max | fwd TFLOP/s (fastbert / SDPA) | fwd x | fwd+bwd TFLOP/s | fwd+bwd x | goal |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(
+            f"| {r['dtype']} | {r['kind']} | {r['max_len']} | {r['fastbert_fwd_tflops']:.0f} / {r['sdpa_fwd_tflops']:.0f} "
+            f"| {r['speedup_fwd']:.2f} | {r['fastbert_fwd_bwd_tflops']:.0f} / {r['sdpa_fwd_bwd_tflops']:.0f} "
+            f"| {r['speedup_fwd_bwd']:.2f} | >= {GOALS[r['kind']]} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench-out")
+    parser.add_argument("--dtypes", default="float16,bfloat16")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_attention: skipped: it times the Triton kernel against SDPA's CUDA kernels and needs a "
+              "GPU; on the CPU the kernel only runs in the Triton interpreter, whose timings mean nothing.")
+        return 0
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    results = [measure(kind, max_len, getattr(torch, name), device)
+               for name in args.dtypes.split(",") for max_len in MAX_LENS for kind in ("full", "variable")]
+    table = _table(results)
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "results": results}
+    (out / "bench_attention.json").write_text(json.dumps(record, indent=2))
+    (out / "bench_attention.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
