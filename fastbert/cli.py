@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import subprocess
 import sys
 
 
@@ -31,12 +33,61 @@ def _info(_args) -> int:
     return 0
 
 
+def _archs(text: str) -> tuple:
+    try:
+        archs = tuple(dict.fromkeys(int(a) for a in text.split(",") if a.strip()))
+    except ValueError:
+        archs = ()
+    if not archs or any(a not in (80, 90) for a in archs):
+        raise argparse.ArgumentTypeError(f"{text!r}: give 80, 90 or 80,90")
+    return archs
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+def _check_kernels(args) -> int:
+    if "TRITON_INTERPRET" in os.environ:
+        # @triton.jit made interpreter objects in this process; compile in one without TRITON_INTERPRET.
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        done = subprocess.run([sys.executable, "-m", "fastbert.cli", *args.argv], env=env,
+                              stdout=subprocess.PIPE, text=True)
+        sys.stdout.write(done.stdout)
+        return done.returncode
+    from fastbert.check_kernels import check_kernels, format_report
+
+    def progress(row, done, total):
+        result = "OK" if row.ok else f"FAIL({row.error.splitlines()[0]})"
+        print(f"[{done}/{total}] {row.kernel} {row.label} sm_{row.arch}: {result} ({row.seconds:.1f}s)",
+              file=sys.stderr, flush=True)
+
+    rows = check_kernels(args.arch, args.jobs, args.match, on_row=progress)
+    if not rows:
+        which = f" matching {args.match!r}" if args.match else ""
+        print(f"no Triton kernel variants{which} are registered for AOT checks "
+              "(see fastbert.check_kernels.register_aot)")
+        return 2
+    print(format_report(rows))
+    return 0 if all(r.ok for r in rows) else 1
+
+
 def main(argv=None) -> int:
     """Entry point of the ``fastbert`` console script."""
     parser = argparse.ArgumentParser(prog="fastbert", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, device and the backend the fused ops will use").set_defaults(run=_info)
+    check = sub.add_parser("check-kernels", help="compile every registered Triton kernel for sm_80/sm_90 "
+                           "without a GPU and report registers, spills, shared memory and tensor cores")
+    check.add_argument("--arch", type=_archs, default=(80, 90), help="comma-separated: 80, 90 (default 80,90)")
+    check.add_argument("--jobs", type=_positive, default=None, help="compile processes (default: CPU count)")
+    check.add_argument("--match", default=None, help="only variants whose op, kernel or label contains this")
+    check.set_defaults(run=_check_kernels)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     return args.run(args)
 
 

@@ -1,0 +1,315 @@
+"""Ahead-of-time compilation of every registered Triton kernel for sm_80 and sm_90, without a GPU.
+
+Kernel modules in :mod:`fastbert.kernels` describe the variants they launch with :func:`register_aot`;
+:func:`check_kernels` compiles each one with ``triton.compile`` for every requested architecture and
+reads the resources of the result with the CUDA tools bundled with triton: registers and the stack
+frame (``cuobjdump -res-usage``), spill stores/loads (``ptxas -v`` on triton's PTX), shared memory
+(triton's metadata and ``cuobjdump``) and tensor-core instructions (``cuobjdump -sass``).
+
+A build fails on a compile error, any spilling or local memory, or more shared memory than one block
+may opt in to. ``fastbert check-kernels`` prints the table (:func:`format_report`).
+
+Nothing here imports triton at module import, so kernel modules can register in any process; the
+compiling happens in worker processes where ``TRITON_INTERPRET`` is not in effect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import re
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Sequence
+
+ARCHS = (80, 90)
+# The most shared memory one block may opt in to (cudaDevAttrMaxSharedMemoryPerBlockOptin).
+SMEM_LIMITS = {80: 166912, 90: 232448}
+
+_MMA = re.compile(r"\b(?:HMMA|IMMA|BMMA|HGMMA|IGMMA|QGMMA|BGMMA)\b")
+_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+@dataclass(frozen=True)
+class AotVariant:
+    """One compiled form of a kernel, as the launcher would run it.
+
+    ``signature`` maps every argument of ``kernel`` (a raw ``@triton.jit`` function, not an autotuner)
+    to a triton type (``"*fp16"``, ``"*bf16"``, ``"*fp32"``, ``"*i32"``, ``"*i64"``, ``"i32"``, ``"i64"``,
+    ``"fp32"``...) or ``"constexpr"``; ``constexprs`` gives the constexpr values. At launch the JIT
+    specializes on the arguments that are multiples of 16 (pointers: 16-byte aligned), which changes
+    vectorization and software pipelining; ``divisible_by_16`` names those arguments, ``None`` meaning
+    every pointer argument (as torch allocates them) and no integer.
+    """
+
+    kernel: object
+    signature: dict
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+    label: str
+    divisible_by_16: Optional[tuple] = None
+
+
+@dataclass(frozen=True)
+class Row:
+    """The outcome of compiling one variant for one architecture; ``error`` says why it is not ``ok``.
+
+    ``spill_bytes`` counts the spill stores ptxas reports, ``local_bytes`` the local memory of a thread
+    (its stack frame, where spills go), ``shared_bytes`` the shared memory of a block.
+    """
+
+    op: str
+    kernel: str
+    label: str
+    arch: int
+    num_warps: int
+    num_stages: int
+    regs: int = 0
+    spill_bytes: int = 0
+    local_bytes: int = 0
+    shared_bytes: int = 0
+    smem_limit: int = 0
+    tensor_cores: bool = False
+    ok: bool = False
+    error: Optional[str] = None
+    seconds: float = 0.0
+
+
+_REGISTRY: dict[str, list[Callable[[], Iterable[AotVariant]]]] = {}
+
+
+def register_aot(op: str, variants: Callable[[], Iterable[AotVariant]]) -> None:
+    """Register a callable listing the :class:`AotVariant` s of ``op``; it is only called by the checks."""
+    factories = _REGISTRY.setdefault(op, [])
+    if variants not in factories:
+        factories.append(variants)
+
+
+def registered_variants() -> list[tuple[str, AotVariant]]:
+    """``(op, variant)`` for every registered variant, after importing :mod:`fastbert.kernels`."""
+    import fastbert.kernels  # noqa: F401
+
+    return [(op, v) for op, factories in _REGISTRY.items() for factory in factories for v in factory()]
+
+
+def check_kernels(archs: Sequence[int] = ARCHS, jobs: Optional[int] = None, match: Optional[str] = None,
+                  on_row: Optional[Callable[[Row, int, int], None]] = None) -> list[Row]:
+    """Compile the registered variants whose op, kernel name or label contains ``match``."""
+    variants = [(op, v) for op, v in registered_variants()
+                if match is None or any(match in s for s in (op, _kernel_name(v.kernel), v.label))]
+    return check_variants(variants, archs, jobs, on_row)
+
+
+def check_variants(variants: Iterable[tuple[str, AotVariant]], archs: Sequence[int] = ARCHS,
+                   jobs: Optional[int] = None,
+                   on_row: Optional[Callable[[Row, int, int], None]] = None) -> list[Row]:
+    """Compile each ``(op, variant)`` for each architecture in ``jobs`` processes; rows in that order.
+
+    ``on_row(row, done, total)`` is called as each build finishes, in the order they finish.
+    """
+    variants = list(variants)
+    for arch in archs:
+        if arch not in SMEM_LIMITS:
+            raise ValueError(f"arch {arch} is not one of {tuple(SMEM_LIMITS)}")
+    tasks = [(op, _describe(v), arch) for op, v in variants for arch in archs]
+    if not tasks:
+        return []
+    workers = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
+    context = _mp_context(variants)
+    with _environ_without("TRITON_INTERPRET"), \
+            ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+        futures = {pool.submit(_compile_row, *task): i for i, task in enumerate(tasks)}
+        rows = [None] * len(tasks)
+        for done, future in enumerate(as_completed(futures), 1):
+            i = futures[future]
+            rows[i] = _result(future, *tasks[i])
+            if on_row is not None:
+                on_row(rows[i], done, len(tasks))
+        return rows
+
+
+def format_report(rows: Sequence[Row]) -> str:
+    """The table of ``rows`` and a summary line, as ``fastbert check-kernels`` prints it."""
+    header = ("op", "kernel", "variant", "arch", "warps/stages", "regs", "spill B", "smem B / limit",
+              "tensor cores", "time", "result")
+    table = [header] + [(r.op, r.kernel, r.label, f"sm_{r.arch}", f"{r.num_warps}/{r.num_stages}",
+                         str(r.regs), str(r.spill_bytes), f"{r.shared_bytes} / {r.smem_limit}",
+                         "yes" if r.tensor_cores else "no", f"{r.seconds:.1f}s",
+                         "OK" if r.ok else f"FAIL({r.error.splitlines()[0]})") for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    for r in rows:
+        if not r.ok and "\n" in r.error:
+            lines += ["", f"{r.kernel} [{r.label}] sm_{r.arch}:", *("    " + s for s in r.error.splitlines()[1:])]
+    return "\n".join(lines + ["", summary(rows)])
+
+
+def summary(rows: Sequence[Row]) -> str:
+    """One line: how many variants compiled for which archs, and either the maxima or the failures."""
+    if not rows:
+        return "no variants compiled"
+    archs = ", ".join(f"sm_{a}" for a in dict.fromkeys(r.arch for r in rows))
+    n = len({(r.op, r.kernel, r.label, r.num_warps, r.num_stages) for r in rows})
+    compiled = f"{n} variant{'s' if n != 1 else ''} compiled for {archs}"
+    failed = [r for r in rows if not r.ok]
+    if not failed:
+        return (f"{compiled}: all OK, max regs {max(r.regs for r in rows)}, zero spills, "
+                f"max smem {max(r.shared_bytes for r in rows)} B")
+    names = ", ".join(f"{r.kernel} [{r.label}] sm_{r.arch}" for r in failed)
+    return f"{compiled}: {len(failed)} of {len(rows)} builds FAILED: {names}"
+
+
+def _kernel_name(kernel) -> str:
+    return getattr(getattr(kernel, "fn", kernel), "__name__", repr(kernel))
+
+
+def _describe(v: AotVariant) -> dict:
+    """A picklable description of ``v``: workers import the kernel again by module and name."""
+    fn = getattr(v.kernel, "fn", v.kernel)
+    return dict(module=fn.__module__, qualname=fn.__qualname__, signature=dict(v.signature),
+                constexprs=dict(v.constexprs), num_warps=v.num_warps, num_stages=v.num_stages, label=v.label,
+                divisible_by_16=v.divisible_by_16)
+
+
+def _mp_context(variants):
+    """``fork`` where triton and the kernels were loaded for compiling, else ``spawn``.
+
+    Under ``TRITON_INTERPRET`` @triton.jit makes interpreter objects, triton's own ``tl.sum`` & co
+    included, so a forked worker could not compile. Spawned workers import everything again, the main
+    module too: scripts calling this need an ``if __name__ == "__main__"`` guard.
+    """
+    import multiprocessing
+
+    from triton.language import standard
+    from triton.runtime.jit import JITFunction
+
+    forkable = all(isinstance(f, JITFunction) for f in [standard.sum, *(v.kernel for _, v in variants)])
+    if forkable and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+@contextlib.contextmanager
+def _environ_without(name: str):
+    """Leave ``name`` out of the environment that the worker processes started meanwhile inherit."""
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
+
+
+def _init_worker() -> None:
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+
+def _result(future, op, desc, arch) -> Row:
+    try:
+        return future.result()
+    except Exception as e:  # a worker that died, e.g. LLVM crashing
+        return _failed(op, desc, arch, f"worker failed: {type(e).__name__}: {e}")
+
+
+def _failed(op, desc, arch, error, seconds=0.0) -> Row:
+    return Row(op, desc["qualname"].rsplit(".", 1)[-1], desc["label"], arch, desc["num_warps"],
+               desc["num_stages"], smem_limit=SMEM_LIMITS[arch], ok=False, error=error, seconds=seconds)
+
+
+def _compile_row(op: str, desc: dict, arch: int) -> Row:
+    start = time.perf_counter()
+    step = "compile error"
+    try:
+        ck = _compile(desc, arch)
+        step = "resource check failed"
+        regs, stack, cubin_shared, local, tensor_cores = _cubin_resources(ck.asm["cubin"], ck.metadata.name)
+        spill_stores, spill_loads = _ptxas_spills(ck.asm["ptx"], arch, ck.metadata.enable_fp_fusion)
+    except Exception as e:
+        message = str(e).strip() or type(e).__name__
+        headline = message.splitlines()[-1].strip()
+        return _failed(op, desc, arch, f"{step}: {headline}\n{message}", time.perf_counter() - start)
+    shared = max(ck.metadata.shared, cubin_shared)
+    local_bytes = stack + local
+    problems = []
+    if spill_stores or spill_loads:
+        problems.append(f"spills {spill_stores} B stored, {spill_loads} B loaded")
+    elif local_bytes:
+        problems.append(f"{local_bytes} B local memory")
+    if shared > SMEM_LIMITS[arch]:
+        problems.append(f"smem {shared} B > {SMEM_LIMITS[arch]} B")
+    return Row(op, ck.metadata.name, desc["label"], arch, desc["num_warps"], desc["num_stages"], regs,
+               spill_stores, local_bytes, shared, SMEM_LIMITS[arch], tensor_cores, not problems,
+               "; ".join(problems) or None, time.perf_counter() - start)
+
+
+def _compile(desc: dict, arch: int):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    kernel = importlib.import_module(desc["module"])
+    for part in desc["qualname"].split("."):
+        kernel = getattr(kernel, part)
+    if not isinstance(kernel, JITFunction):
+        raise TypeError(f"{desc['module']}.{desc['qualname']} is a {type(kernel).__name__}, not a triton "
+                        "JITFunction (was TRITON_INTERPRET set when it was imported?)")
+    names = kernel.arg_names
+    if set(desc["signature"]) != set(names):
+        raise ValueError(f"signature names {sorted(desc['signature'])} are not the kernel's arguments {names}")
+    signature = {name: desc["signature"][name] for name in names}
+    aligned = desc["divisible_by_16"]
+    if aligned is None:
+        aligned = [name for name, t in signature.items() if t.startswith("*")]
+    attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in aligned}
+    source = ASTSource(kernel, signature, constexprs=desc["constexprs"], attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": desc["num_warps"], "num_stages": desc["num_stages"]})
+
+
+def _cubin_resources(cubin: bytes, name: str):
+    """``(regs, stack, shared, local, tensor_cores)`` of kernel ``name`` in ``cubin``."""
+    from triton import knobs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        usage = _run([knobs.nvidia.cuobjdump.path, "-res-usage", path])
+        sass = _run([knobs.nvidia.cuobjdump.path, "-sass", path])
+    found = re.search(rf"Function {re.escape(name)}:\s+REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage)
+    if found is None:
+        raise RuntimeError(f"no resource usage of {name} in cuobjdump output:\n{usage}")
+    regs, stack, shared, local = map(int, found.groups())
+    return regs, stack, shared, local, bool(_MMA.search(sass))
+
+
+def _ptxas_spills(ptx: str, arch: int, fp_fusion: bool):
+    """``(spill store bytes, spill load bytes)`` that the ptxas triton uses reports for ``ptx``, summed
+    over its functions, given triton's flags."""
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "kernel.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        fmad = [] if fp_fusion else ["--fmad=false"]
+        log = _run([get_ptxas(arch).path, "-lineinfo", *fmad, "-v", "--regAllocOptLevel=2",
+                    f"--gpu-name={sm_arch_from_capability(arch)}", src, "-o", os.path.join(tmp, "kernel.o")])
+    found = _SPILLS.findall(log)
+    if not found:
+        raise RuntimeError(f"no spill counts in ptxas output:\n{log}")
+    return sum(int(stores) for stores, _ in found), sum(int(loads) for _, loads in found)
+
+
+def _run(cmd: list) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{os.path.basename(cmd[0])} exited with {done.returncode}:\n{done.stdout}{done.stderr}")
+    return done.stdout + done.stderr
