@@ -2,12 +2,19 @@
 
 One file per fused op: ``_<op>_fwd``/``_<op>_bwd`` kernels, a launcher, the autograd Function and a
 small PyTorch reference of the same math. Importing this package registers each op's launchers with
-:func:`fastbert.ops.register_triton`; ops without a kernel yet run their PyTorch implementation
-(:mod:`fastbert.torch_ops`).
+:func:`fastbert.ops.register_triton` and its compile variants with
+:func:`fastbert.check_kernels.register_aot`; ops without a kernel yet run their PyTorch
+implementation (:mod:`fastbert.torch_ops`).
 """
 
-from fastbert.ops import register_triton
+# From a source checkout this folder is also importable as a top-level ``kernels``, a name transformers
+# probes for the hub's kernels package (it imports it when no version metadata is found): under that
+# name it stays an empty package, so triton is not loaded and nothing registers twice.
+if __name__ == "fastbert.kernels":
+    from fastbert.check_kernels import register_aot
+    from fastbert.ops import register_triton
 
-from . import attention
+    from . import attention
 
-register_triton("attention", fwd=attention._qkv_forward, bwd=attention._qkv_backward)
+    register_triton("attention", fwd=attention._qkv_forward, bwd=attention._qkv_backward)
+    register_aot("attention", attention.aot_variants)

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from fastbert.validation import check_attention_inputs
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: jit functions may read it
 MAX_HEAD_DIM = 128
 SINGLE_TILE_MAX_SEQLEN = 128
 
@@ -54,16 +54,30 @@ def _dropout_keep(seed, head, total_tokens, query_tokens, key_positions, dropout
 
 
 @triton.jit
-def _load_rows(base, tokens, valid, stride_t, offs_d, d_valid):
-    """A ``[len(tokens), BLOCK_D]`` tile of rows ``tokens`` (zeros where invalid)."""
-    ptrs = base + tokens.to(tl.int64)[:, None] * stride_t + offs_d[None, :]
-    return tl.load(ptrs, mask=valid[:, None] & d_valid[None, :], other=0.0)
+def _load_rows(base, rows, valid, stride_t, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A ``[len(rows), BLOCK_D]`` tile (zeros where invalid); ``base`` already points at the sequence's
+    first token, so the per-element offsets stay 32-bit."""
+    ptrs = base + rows[:, None] * stride_t + offs_d[None, :]
+    if HEAD_DIM == BLOCK_D:
+        return tl.load(ptrs, mask=valid[:, None], other=0.0)
+    return tl.load(ptrs, mask=valid[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
 
 
 @triton.jit
-def _store_rows(base, tile, tokens, valid, stride_t, offs_d, d_valid):
-    ptrs = base + tokens.to(tl.int64)[:, None] * stride_t + offs_d[None, :]
-    tl.store(ptrs, tile.to(base.dtype.element_ty), mask=valid[:, None] & d_valid[None, :])
+def _store_rows(base, tile, rows, valid, stride_t, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    ptrs = base + rows[:, None] * stride_t + offs_d[None, :]
+    if HEAD_DIM == BLOCK_D:
+        tl.store(ptrs, tile.to(base.dtype.element_ty), mask=valid[:, None])
+    else:
+        tl.store(ptrs, tile.to(base.dtype.element_ty), mask=valid[:, None] & (offs_d < HEAD_DIM)[None, :])
+
+
+@triton.jit
+def _seq_ptrs(Q, K, V, start, head, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh):
+    """Pointers to the first token of the sequence at ``start`` in head ``head`` (64-bit, once)."""
+    first = start.to(tl.int64)
+    return (Q + first * stride_qt + head * stride_qh, K + first * stride_kt + head * stride_kh,
+            V + first * stride_vt + head * stride_vh)
 
 
 # ============================================================================= forward
@@ -86,16 +100,17 @@ def _attention_fwd(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     m_valid = offs_m < seqlen
-    d_valid = offs_d < HEAD_DIM
+    q_seq, k_seq, v_seq = _seq_ptrs(Q, K, V, start, head, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh)
+    out_seq = Out + start.to(tl.int64) * stride_ot + head * stride_oh
     qk_scale = sm_scale * LOG2E  # scores in log2 units: exp(x * scale) == exp2(x * qk_scale)
-    q = _load_rows(Q + head * stride_qh, start + offs_m, m_valid, stride_qt, offs_d, d_valid)
+    q = _load_rows(q_seq, offs_m, m_valid, stride_qt, offs_d, HEAD_DIM, BLOCK_D)
     if HAS_DROPOUT:
         seed = tl.load(Seed)
 
     if SINGLE_TILE:  # the whole sequence fits one key tile: a plain softmax, no rescaling
         n_valid = offs_n < seqlen
-        k = _load_rows(K + head * stride_kh, start + offs_n, n_valid, stride_kt, offs_d, d_valid)
-        v = _load_rows(V + head * stride_vh, start + offs_n, n_valid, stride_vt, offs_d, d_valid)
+        k = _load_rows(k_seq, offs_n, n_valid, stride_kt, offs_d, HEAD_DIM, BLOCK_D)
+        v = _load_rows(v_seq, offs_n, n_valid, stride_vt, offs_d, HEAD_DIM, BLOCK_D)
         s = _dot(q, tl.trans(k), INPUT_PRECISION, UPCAST) * qk_scale
         s = tl.where(n_valid[None, :], s, float("-inf"))
         m_i = tl.max(s, 1)
@@ -112,8 +127,8 @@ def _attention_fwd(
         for start_n in range(0, seqlen, BLOCK_N):
             keys = start_n + offs_n
             n_valid = keys < seqlen
-            k = _load_rows(K + head * stride_kh, start + keys, n_valid, stride_kt, offs_d, d_valid)
-            v = _load_rows(V + head * stride_vh, start + keys, n_valid, stride_vt, offs_d, d_valid)
+            k = _load_rows(k_seq, keys, n_valid, stride_kt, offs_d, HEAD_DIM, BLOCK_D)
+            v = _load_rows(v_seq, keys, n_valid, stride_vt, offs_d, HEAD_DIM, BLOCK_D)
             s = _dot(q, tl.trans(k), INPUT_PRECISION, UPCAST) * qk_scale
             s = tl.where(n_valid[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -129,7 +144,7 @@ def _attention_fwd(
     out_scale = 1.0 / l_i
     if HAS_DROPOUT:
         out_scale = out_scale / (1.0 - dropout_p)
-    _store_rows(Out + head * stride_oh, acc * out_scale[:, None], start + offs_m, m_valid, stride_ot, offs_d, d_valid)
+    _store_rows(out_seq, acc * out_scale[:, None], offs_m, m_valid, stride_ot, offs_d, HEAD_DIM, BLOCK_D)
     lse = (m_i + tl.math.log2(l_i)) / LOG2E  # natural-log log-sum-exp of the scaled scores
     tl.store(Lse + head * total_tokens + start + offs_m, lse, mask=m_valid)
 
@@ -142,12 +157,13 @@ def _attention_bwd_preprocess(
 ):
     """``delta[head, t] = sum_d dO[t, head, d] * O[t, head, d]`` in fp32. Grid ``(cdiv(T, BLOCK_T), heads)``."""
     block_t, head = tl.program_id(0), tl.program_id(1)
-    tokens = block_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    rows = tl.arange(0, BLOCK_T)
+    tokens = block_t * BLOCK_T + rows
     offs_d = tl.arange(0, BLOCK_D)
     t_valid = tokens < total_tokens
-    d_valid = offs_d < HEAD_DIM
-    o = _load_rows(Out + head * stride_oh, tokens, t_valid, stride_ot, offs_d, d_valid)
-    do = _load_rows(DOut + head * stride_oh, tokens, t_valid, stride_ot, offs_d, d_valid)
+    first = (block_t * BLOCK_T).to(tl.int64) * stride_ot + head * stride_oh
+    o = _load_rows(Out + first, rows, t_valid, stride_ot, offs_d, HEAD_DIM, BLOCK_D)
+    do = _load_rows(DOut + first, rows, t_valid, stride_ot, offs_d, HEAD_DIM, BLOCK_D)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(Delta + head * total_tokens + tokens, delta, mask=t_valid)
 
@@ -175,10 +191,13 @@ def _attention_bwd_dkdv(
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     n_valid = keys < seqlen
-    d_valid = offs_d < HEAD_DIM
+    q_seq, k_seq, v_seq = _seq_ptrs(Q, K, V, start, head, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh)
+    dout_seq = DOut + start.to(tl.int64) * stride_ot + head * stride_oh
+    dk_seq = DK + start.to(tl.int64) * stride_gt + head * stride_gh
+    dv_seq = DV + start.to(tl.int64) * stride_gt + head * stride_gh
     qk_scale = sm_scale * LOG2E
-    k = _load_rows(K + head * stride_kh, start + keys, n_valid, stride_kt, offs_d, d_valid)
-    v = _load_rows(V + head * stride_vh, start + keys, n_valid, stride_vt, offs_d, d_valid)
+    k = _load_rows(k_seq, keys, n_valid, stride_kt, offs_d, HEAD_DIM, BLOCK_D)
+    v = _load_rows(v_seq, keys, n_valid, stride_vt, offs_d, HEAD_DIM, BLOCK_D)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     if HAS_DROPOUT:
@@ -187,8 +206,8 @@ def _attention_bwd_dkdv(
     for start_m in range(0, seqlen, BLOCK_M):
         queries = start_m + offs_m
         m_valid = queries < seqlen
-        q = _load_rows(Q + head * stride_qh, start + queries, m_valid, stride_qt, offs_d, d_valid)
-        do = _load_rows(DOut + head * stride_oh, start + queries, m_valid, stride_ot, offs_d, d_valid)
+        q = _load_rows(q_seq, queries, m_valid, stride_qt, offs_d, HEAD_DIM, BLOCK_D)
+        do = _load_rows(dout_seq, queries, m_valid, stride_ot, offs_d, HEAD_DIM, BLOCK_D)
         lse = tl.load(Lse + head * total_tokens + start + queries, mask=m_valid, other=0.0)
         delta = tl.load(Delta + head * total_tokens + start + queries, mask=m_valid, other=0.0)
         s_t = _dot(k, tl.trans(q), INPUT_PRECISION, UPCAST) * qk_scale
@@ -204,8 +223,8 @@ def _attention_bwd_dkdv(
         dv += _dot(p_dropped_t.to(do.dtype), do, INPUT_PRECISION, UPCAST)
         ds_t = p_t * (dp_t - delta[None, :])
         dk += _dot(ds_t.to(q.dtype), q, INPUT_PRECISION, UPCAST)
-    _store_rows(DK + head * stride_gh, dk * sm_scale, start + keys, n_valid, stride_gt, offs_d, d_valid)
-    _store_rows(DV + head * stride_gh, dv, start + keys, n_valid, stride_gt, offs_d, d_valid)
+    _store_rows(dk_seq, dk * sm_scale, keys, n_valid, stride_gt, offs_d, HEAD_DIM, BLOCK_D)
+    _store_rows(dv_seq, dv, keys, n_valid, stride_gt, offs_d, HEAD_DIM, BLOCK_D)
 
 
 @triton.jit(do_not_specialize=["total_tokens"])
@@ -228,10 +247,12 @@ def _attention_bwd_dq(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     m_valid = queries < seqlen
-    d_valid = offs_d < HEAD_DIM
+    q_seq, k_seq, v_seq = _seq_ptrs(Q, K, V, start, head, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh)
+    dout_seq = DOut + start.to(tl.int64) * stride_ot + head * stride_oh
+    dq_seq = DQ + start.to(tl.int64) * stride_gt + head * stride_gh
     qk_scale = sm_scale * LOG2E
-    q = _load_rows(Q + head * stride_qh, start + queries, m_valid, stride_qt, offs_d, d_valid)
-    do = _load_rows(DOut + head * stride_oh, start + queries, m_valid, stride_ot, offs_d, d_valid)
+    q = _load_rows(q_seq, queries, m_valid, stride_qt, offs_d, HEAD_DIM, BLOCK_D)
+    do = _load_rows(dout_seq, queries, m_valid, stride_ot, offs_d, HEAD_DIM, BLOCK_D)
     lse = tl.load(Lse + head * total_tokens + start + queries, mask=m_valid, other=0.0)
     delta = tl.load(Delta + head * total_tokens + start + queries, mask=m_valid, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -241,8 +262,8 @@ def _attention_bwd_dq(
     for start_n in range(0, seqlen, BLOCK_N):
         keys = start_n + offs_n
         n_valid = keys < seqlen
-        k = _load_rows(K + head * stride_kh, start + keys, n_valid, stride_kt, offs_d, d_valid)
-        v = _load_rows(V + head * stride_vh, start + keys, n_valid, stride_vt, offs_d, d_valid)
+        k = _load_rows(k_seq, keys, n_valid, stride_kt, offs_d, HEAD_DIM, BLOCK_D)
+        v = _load_rows(v_seq, keys, n_valid, stride_vt, offs_d, HEAD_DIM, BLOCK_D)
         s = _dot(q, tl.trans(k), INPUT_PRECISION, UPCAST) * qk_scale
         p = tl.math.exp2(s - lse[:, None] * LOG2E)
         p = tl.where(n_valid[None, :], p, 0.0)
@@ -252,7 +273,7 @@ def _attention_bwd_dq(
             dp = tl.where(keep, dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])
         dq += _dot(ds.to(k.dtype), k, INPUT_PRECISION, UPCAST)
-    _store_rows(DQ + head * stride_gh, dq * sm_scale, start + queries, m_valid, stride_gt, offs_d, d_valid)
+    _store_rows(dq_seq, dq * sm_scale, queries, m_valid, stride_gt, offs_d, HEAD_DIM, BLOCK_D)
 
 
 @triton.jit(do_not_specialize=["total_tokens"])
@@ -314,51 +335,72 @@ def _seqlen_bucket(max_seqlen: int) -> int:
     return max(16, triton.next_power_of_2(max_seqlen))
 
 
-def _fwd_configs() -> list[triton.Config]:
-    return [
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=3),
-    ]
+# Tiles (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and per (wide: BLOCK_D > 64, fp32 operands).
+# Every entry compiles without register spills on sm_80 and sm_90 (``fastbert check-kernels`` proves it);
+# the first one is the default (interpreter, deterministic mode). "single" tiles take BLOCK_N from the
+# sequence-length bucket (<= 128).
+_TILES = {
+    "fwd": {
+        (False, False): [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 2), (64, 64, 8, 2)],
+        (True, False): [(64, 64, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2)],
+        (False, True): [(64, 32, 4, 2), (128, 32, 8, 2), (64, 64, 4, 2)],
+        (True, True): [(128, 32, 8, 2)],
+    },
+    "single": {
+        (False, False): [(64, 0, 8, 1), (32, 0, 4, 1), (32, 0, 8, 1)],
+        (True, False): [(64, 0, 8, 1), (32, 0, 4, 1)],
+        (False, True): [(32, 0, 4, 1), (32, 0, 8, 1)],
+        (True, True): [(64, 0, 8, 1), (32, 0, 8, 1)],
+    },
+    "dkdv": {
+        (False, False): [(32, 64, 4, 2), (32, 128, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2)],
+        (True, False): [(32, 32, 4, 2)],
+        (False, True): [(32, 32, 8, 2), (16, 64, 4, 2), (16, 32, 4, 2)],
+        (True, True): [(32, 32, 4, 2)],
+    },
+    "dq": {
+        (False, False): [(64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (32, 128, 8, 2)],
+        (True, False): [(32, 64, 8, 2), (32, 32, 4, 2)],
+        (False, True): [(32, 64, 4, 2), (64, 32, 4, 2)],
+        (True, True): [(32, 32, 4, 2)],
+    },
+}
 
 
-def _single_tile_configs() -> list[triton.Config]:
-    return [
-        triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=1),
-        triton.Config({"BLOCK_M": 128}, num_warps=8, num_stages=1),
-        triton.Config({"BLOCK_M": 32}, num_warps=4, num_stages=1),
-    ]
+def _config(tile) -> triton.Config:
+    block_m, block_n, warps, stages = tile
+    kwargs = {"BLOCK_M": block_m} if block_n == 0 else {"BLOCK_M": block_m, "BLOCK_N": block_n}
+    return triton.Config(kwargs, num_warps=warps, num_stages=stages)
 
 
-def _bwd_configs() -> list[triton.Config]:
-    return [
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-        triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2),
-    ]
+def tile_configs(kind: str, block_d: int, dtype: torch.dtype) -> list[triton.Config]:
+    """The launch configs of kernel ``kind`` ("fwd", "single", "dkdv", "dq") for a head-dim block and dtype."""
+    return [_config(t) for t in _TILES[kind][(block_d > 64, dtype == torch.float32)]]
 
 
-def _prune_for_head_dim(configs, named_args, **kwargs):
-    """Large tiles at head_dim 128 spill registers; keep the smaller ones there."""
-    block_d = named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 16))
-    if block_d <= 64:
-        return configs
-    kept = [c for c in configs if c.kwargs.get("BLOCK_M", 64) * c.kwargs.get("BLOCK_N", 64) <= 64 * 64
-            or c.num_warps >= 8]
-    return kept or configs[:1]
+def _all_configs(kind: str) -> list[triton.Config]:
+    tiles = {t for table in _TILES[kind].values() for t in table}
+    return [_config(t) for t in sorted(tiles)]
 
 
-# The autotune key is bucketed (next power of two of max_seqlen), so a new batch shape reuses the tuning.
-_TUNE_KEY = ["max_seqlen_bucket", "HEAD_DIM", "HAS_DROPOUT"]
-_fwd_tuned = triton.autotune(_fwd_configs(), key=_TUNE_KEY,
-                             prune_configs_by={"early_config_prune": _prune_for_head_dim})(_attention_fwd)
-_fwd_single_tuned = triton.autotune(_single_tile_configs(), key=_TUNE_KEY)(_attention_fwd)
-_dkdv_tuned = triton.autotune(_bwd_configs(), key=_TUNE_KEY,
-                              prune_configs_by={"early_config_prune": _prune_for_head_dim})(_attention_bwd_dkdv)
-_dq_tuned = triton.autotune(_bwd_configs(), key=_TUNE_KEY,
-                            prune_configs_by={"early_config_prune": _prune_for_head_dim})(_attention_bwd_dq)
+def _pruner(kind: str):
+    """Autotune only over the tiles proven for this head dim and dtype."""
+    def prune(configs, named_args, **kwargs):
+        allowed = tile_configs(kind, kwargs["BLOCK_D"], named_args["Q"].dtype)
+        keys = {(str(c.kwargs), c.num_warps, c.num_stages) for c in allowed}
+        return [c for c in configs if (str(c.kwargs), c.num_warps, c.num_stages) in keys]
+    return prune
+
+
+def _autotuned(kind: str, kernel):
+    # The key is bucketed (next power of two of max_seqlen): a new batch shape reuses the tuning.
+    return triton.autotune(_all_configs(kind), key=["max_seqlen_bucket", "HEAD_DIM", "HAS_DROPOUT"],
+                           prune_configs_by={"early_config_prune": _pruner(kind)})(kernel)
+
+
+_TUNED = {"fwd": _autotuned("fwd", _attention_fwd), "single": _autotuned("single", _attention_fwd),
+          "dkdv": _autotuned("dkdv", _attention_bwd_dkdv), "dq": _autotuned("dq", _attention_bwd_dq)}
+_KERNELS = {"fwd": _attention_fwd, "single": _attention_fwd, "dkdv": _attention_bwd_dkdv, "dq": _attention_bwd_dq}
 
 
 def _use_autotune(device: torch.device) -> bool:
@@ -366,14 +408,15 @@ def _use_autotune(device: torch.device) -> bool:
     return device.type == "cuda" and not _interpreting() and not torch.are_deterministic_algorithms_enabled()
 
 
-def _launch(tuned, kernel, configs, grid_of, *args, **kwargs):
-    """Runs ``tuned`` on a GPU; otherwise ``kernel`` with the first config (interpreter, deterministic mode)."""
-    if _use_autotune(args[0].device):
-        tuned[grid_of](*args, **kwargs)
+def _launch(kind: str, grid_of, *args, **kwargs):
+    """Runs kernel ``kind`` autotuned on a GPU; otherwise with its default tile (interpreter, deterministic mode)."""
+    q = args[0]
+    if _use_autotune(q.device):
+        _TUNED[kind][grid_of](*args, **kwargs)
         return
-    config = configs[0]
+    config = tile_configs(kind, kwargs["BLOCK_D"], q.dtype)[0]
     meta = {**kwargs, **config.kwargs}
-    kernel[grid_of(meta)](*args, **meta, num_warps=config.num_warps, num_stages=config.num_stages)
+    _KERNELS[kind][grid_of(meta)](*args, **meta, num_warps=config.num_warps, num_stages=config.num_stages)
 
 
 # ============================================================================= input checks
@@ -428,10 +471,7 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_s
     args = (q, k, v, out, lse, cu_seqlens, seed if seed is not None else cu_seqlens,
             *_strides(q), *_strides(k), *_strides(v), *_strides(out),
             total, _seqlen_bucket(max_seqlen), head_dim ** -0.5, float(dropout_p))
-    if single:
-        _launch(_fwd_single_tuned, _attention_fwd, _single_tile_configs(), grid, *args, **meta)
-    else:
-        _launch(_fwd_tuned, _attention_fwd, _fwd_configs(), grid, *args, **meta)
+    _launch("single" if single else "fwd", grid, *args, **meta)
     return out, lse
 
 
@@ -458,11 +498,9 @@ def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
     seed_arg = seed if seed is not None else cu_seqlens
     common = (*_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dq),
               total, _seqlen_bucket(max_seqlen), head_dim ** -0.5, float(dropout_p))
-    _launch(_dkdv_tuned, _attention_bwd_dkdv, _bwd_configs(),
-            lambda m: (triton.cdiv(max_seqlen, m["BLOCK_N"]), batch, heads),
+    _launch("dkdv", lambda m: (triton.cdiv(max_seqlen, m["BLOCK_N"]), batch, heads),
             q, k, v, dout, lse, delta, dk, dv, cu_seqlens, seed_arg, *common, **meta)
-    _launch(_dq_tuned, _attention_bwd_dq, _bwd_configs(),
-            lambda m: (triton.cdiv(max_seqlen, m["BLOCK_M"]), batch, heads),
+    _launch("dq", lambda m: (triton.cdiv(max_seqlen, m["BLOCK_M"]), batch, heads),
             q, k, v, dout, lse, delta, dq, cu_seqlens, seed_arg, *common, **meta)
 
 
@@ -471,9 +509,9 @@ def dropout_mask(cu_seqlens: Tensor, heads: int, max_seqlen: int, dropout_p: flo
     key position ``j`` of query token ``i``'s sequence (only ``j < len(sequence)`` is meaningful)."""
     total = int(cu_seqlens[-1])
     keep = torch.zeros(heads, total, max_seqlen, dtype=torch.int8, device=cu_seqlens.device)
-    grid = (triton.cdiv(max_seqlen, 32), cu_seqlens.numel() - 1, heads)
+    grid = (triton.cdiv(max_seqlen, 64), cu_seqlens.numel() - 1, heads)
     _attention_dropout_mask[grid](keep, cu_seqlens, seed, total, float(dropout_p), max_seqlen,
-                                  BLOCK_M=32, BLOCK_N=32)
+                                  BLOCK_M=64, BLOCK_N=64)
     return keep.bool()
 
 
@@ -554,3 +592,58 @@ def _fallback(direction: str):
 
     warnings.warn(f"fastbert: attention head_dim > {MAX_HEAD_DIM} has no Triton kernel; using PyTorch")
     return getattr(torch_ops, f"attention_{direction}")
+
+
+# ============================================================================= ahead-of-time variants
+_TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+_AOT_HEAD_DIMS = {torch.float16: (64, 128), torch.bfloat16: (64, 128), torch.float32: (64, 128)}
+
+
+def _aot_signature(kernel, dtype: torch.dtype) -> dict:
+    """Triton types of ``kernel``'s arguments as the launchers pass them."""
+    types = {"Lse": "*fp32", "Delta": "*fp32", "CuSeqlens": "*i32", "Seed": "*i64", "sm_scale": "fp32",
+             "dropout_p": "fp32"}
+    signature = {}
+    for name in kernel.arg_names:
+        if name in types:
+            signature[name] = types[name]
+        elif name[0].isupper() and not name.isupper():  # Q, K, V, Out, DOut, DQ, ...
+            signature[name] = "*" + _TRITON_TYPES[dtype]
+        elif name.isupper():
+            signature[name] = "constexpr"
+        else:
+            signature[name] = "i32"
+    for name in ("Q", "K", "V", "DQ", "DK", "DV"):
+        if name in signature:
+            signature[name] = "*" + _TRITON_TYPES[dtype]
+    return signature
+
+
+def aot_variants():
+    """Every (kernel, tile, dtype, representative head dim, dropout) the launchers can run, for
+    ``fastbert check-kernels``. Strides are taken as multiples of 16, as for BERT's packed QKV."""
+    from fastbert.check_kernels import AotVariant
+
+    for dtype, head_dims in _AOT_HEAD_DIMS.items():
+        for head_dim in head_dims:
+            block_d = _block_d(head_dim)
+            base = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, INPUT_PRECISION="tf32", UPCAST=False)
+            name = f"{_TRITON_TYPES[dtype]} d{head_dim}"
+            for kind, kernel in _KERNELS.items():
+                signature = _aot_signature(kernel, dtype)
+                aligned = tuple(n for n, t in signature.items() if t.startswith("*") or n.startswith("stride_"))
+                for config in tile_configs(kind, block_d, dtype):
+                    for dropout in (False, True):
+                        constexprs = {**base, **config.kwargs, "HAS_DROPOUT": dropout}
+                        if kind in ("fwd", "single"):
+                            constexprs["SINGLE_TILE"] = kind == "single"
+                        if kind == "single":
+                            constexprs["BLOCK_N"] = SINGLE_TILE_MAX_SEQLEN  # the largest it launches with
+                        label = (f"{name} M{constexprs['BLOCK_M']} N{constexprs['BLOCK_N']} "
+                                 f"{'dropout' if dropout else 'no-dropout'}")
+                        yield AotVariant(kernel, signature, constexprs, config.num_warps, config.num_stages,
+                                         label, aligned)
+            pre = _attention_bwd_preprocess
+            pre_signature = _aot_signature(pre, dtype)
+            yield AotVariant(pre, pre_signature, dict(HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=64), 4, 1,
+                             f"{name} T64", tuple(n for n, t in pre_signature.items() if t.startswith("*")))

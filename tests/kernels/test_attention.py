@@ -66,18 +66,21 @@ def _max_err(actual, expected) -> float:
     return (actual.double() - expected.double()).abs().max().item()
 
 
-def _check_against_float64(qkv, lengths, max_seqlen=None, what=""):
+def _check_against_float64(qkv, lengths, max_seqlen=None, what="", backward=True):
     """Forward and dqkv (same upstream gradient) vs float64; low precision within 2x PyTorch's own error."""
     dout = torch.randn(qkv.shape[0], *qkv.shape[2:], generator=torch.Generator().manual_seed(1)).to(DEVICE)
-    out, dqkv = _run(qkv, lengths, max_seqlen, dout=dout.to(qkv.dtype))
+    dout = dout if backward else None
+    out, dqkv = _run(qkv, lengths, max_seqlen, dout=None if dout is None else dout.to(qkv.dtype))
     out64, dqkv64 = _reference(qkv.double(), lengths, dout)
     if qkv.dtype == torch.float32:
         assert _max_err(out, out64) <= 2e-5, what
-        assert _max_err(dqkv, dqkv64) <= 5e-5 * max(1.0, dqkv64.abs().max().item()), what
+        if backward:
+            assert _max_err(dqkv, dqkv64) <= 5e-5 * max(1.0, dqkv64.abs().max().item()), what
         return
     out_lowp, dqkv_lowp = _reference(qkv, lengths, dout)
     _assert_lowp_error(out, out_lowp, out64, f"{what} out")
-    _assert_lowp_error(dqkv, dqkv_lowp, dqkv64, f"{what} dqkv")
+    if backward:
+        _assert_lowp_error(dqkv, dqkv_lowp, dqkv64, f"{what} dqkv")
 
 
 def _assert_lowp_error(ours, theirs, exact, what):
@@ -114,16 +117,16 @@ def test_single_tile_path_matches_float64(dtype, head_dim):
     _check_against_float64(qkv, SHORT, max_seqlen=300, what="tiled, max_seqlen an upper bound")
 
 
-@pytest.mark.parametrize("kind", ["fwd", "single", "bwd"])
-def test_every_autotune_config_is_exact(kind, monkeypatch):
-    """Each config the autotuner may pick on a GPU gives the same answer (here run one by one)."""
-    lengths = [1, 7, 65, 150] if kind != "single" else [1, 7, 65, 100]
-    qkv = _qkv(lengths, 2, 48, torch.float32, seed=5)
-    configs = {"fwd": A._fwd_configs, "single": A._single_tile_configs, "bwd": A._bwd_configs}[kind]()
-    for config in configs:
-        monkeypatch.setattr(A, {"fwd": "_fwd_configs", "single": "_single_tile_configs",
-                                "bwd": "_bwd_configs"}[kind], lambda c=config: [c])
-        _check_against_float64(qkv, lengths, what=str(config))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("kind", ["fwd", "single", "dkdv", "dq"])
+def test_every_autotune_config_is_exact(kind, dtype, monkeypatch):
+    """Each tile the autotuner may pick on a GPU gives the right answer (here run one by one)."""
+    lengths = [1, 65, 100] if kind == "single" else [1, 65, 133]
+    qkv = _qkv(lengths, 2, 48, dtype, seed=5)
+    table_key = (False, dtype == torch.float32)  # head_dim 48 -> BLOCK_D 64
+    for tile in A._TILES[kind][table_key]:
+        monkeypatch.setitem(A._TILES[kind], table_key, [tile])
+        _check_against_float64(qkv, lengths, what=f"{kind} {tile}", backward=kind in ("dkdv", "dq"))
 
 
 def test_strided_qkv_view_is_read_in_place():
