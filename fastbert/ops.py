@@ -130,8 +130,9 @@ def attention(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float
               seed: Optional[Tensor] = None, check_values: bool = True) -> Tensor:
     """Bidirectional softmax attention over packed sequences, scale ``1/sqrt(head_dim)``.
 
-    The Triton kernel takes head dims up to 128; larger ones run the PyTorch implementation (one
-    warning). The two backends draw different (equally distributed) dropout masks from a seed.
+    The Triton kernel takes fp16, bf16 and fp32 with head dims up to 128; float64 and larger head dims
+    run the PyTorch implementation (one warning). The two backends draw different (equally
+    distributed) dropout masks from a seed.
 
     Args:
         qkv: ``(total_tokens, 3, heads, head_dim)``, the fused QKV projection output (a view is fine).
@@ -144,8 +145,10 @@ def attention(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float
     """
     if qkv.dim() != 4 or qkv.shape[1] != 3:
         raise ValueError(f"attention: qkv must be (total_tokens, 3, heads, head_dim), got shape {tuple(qkv.shape)}")
+    # No host read while compiling or capturing a CUDA graph.
+    capturing = qkv.is_cuda and torch.cuda.is_current_stream_capturing()
     check_attention_inputs(*qkv.unbind(1), cu_seqlens, max_seqlen, dropout_p, seed,
-                           check_values and not torch.compiler.is_compiling())
+                           check_values and not torch.compiler.is_compiling() and not capturing)
     return _attention(qkv, cu_seqlens, max_seqlen, dropout_p, seed)[0]
 
 

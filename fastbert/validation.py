@@ -101,20 +101,22 @@ def _check_mask(mask: Tensor, batch: int, seqlen: int, heads: int) -> None:
                          f"{seqlen}) or ({batch} or 1, {heads} or 1, {seqlen}, {seqlen}) to match input_ids")
 
 
-_ATTENTION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+ATTENTION_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_attention_inputs(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int,
-                           dropout_p: float, seed: Optional[Tensor], check_values: bool = True) -> None:
+                           dropout_p: float, seed: Optional[Tensor], check_values: bool = True,
+                           dtypes: tuple = ATTENTION_DTYPES) -> None:
     """Raises ``TypeError``/``ValueError`` naming the bad argument of a packed attention call.
 
-    q, k, v: ``(total_tokens, heads, head_dim)``. ``check_values`` also reads ``cu_seqlens`` (one host
+    q, k, v: ``(total_tokens, heads, head_dim)`` of one of ``dtypes``. ``check_values`` also reads ``cu_seqlens`` (one host
     sync): it must start at 0, never decrease, end at ``total_tokens`` and hold no sequence longer than
     ``max_seqlen`` (a shorter bound would leave rows uncomputed).
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dtype not in _ATTENTION_DTYPES:
-            raise TypeError(f"attention: {name} must be float16, bfloat16 or float32, got {t.dtype}")
+        if t.dtype not in dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+            raise TypeError(f"attention: {name} must be one of {names}; got {t.dtype}")
         if t.dim() != 3:
             raise ValueError(f"attention: {name} must be (total_tokens, heads, head_dim), got shape {tuple(t.shape)}")
     if not (q.shape == k.shape == v.shape):
@@ -128,8 +130,8 @@ def check_attention_inputs(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, 
                         f"got {cu_seqlens.dtype} of shape {tuple(cu_seqlens.shape)}")
     if cu_seqlens.device != q.device:
         raise ValueError(f"attention: cu_seqlens is on {cu_seqlens.device}, q on {q.device}")
-    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 1:
-        raise ValueError(f"attention: max_seqlen must be a positive int, got {max_seqlen!r}")
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
+        raise ValueError(f"attention: max_seqlen must be an int >= 0, got {max_seqlen!r}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p}")
     if dropout_p > 0.0 and (seed is None or seed.dtype != torch.int64 or seed.numel() != 1):

@@ -18,6 +18,7 @@ dK/dV per key block (looping over queries), then dQ per query block (looping ove
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import warnings
@@ -33,6 +34,7 @@ from fastbert.validation import check_attention_inputs
 LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: jit functions may read it
 MAX_HEAD_DIM = 128
 SINGLE_TILE_MAX_SEQLEN = 128
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 # ============================================================================= shared device helpers
@@ -90,8 +92,8 @@ def _attention_fwd(
     SINGLE_TILE: tl.constexpr, HAS_DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """One program: BLOCK_M queries of one (sequence, head). Grid ``(cdiv(max_seqlen, BLOCK_M), batch, heads)``."""
-    block_m, seq, head = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """One program: BLOCK_M queries of one (sequence, head). Grid ``(batch, cdiv(max_seqlen, BLOCK_M), heads)``."""
+    seq, block_m, head = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start = tl.load(CuSeqlens + seq)
     seqlen = tl.load(CuSeqlens + seq + 1) - start
     if block_m * BLOCK_M >= seqlen:
@@ -180,9 +182,9 @@ def _attention_bwd_dkdv(
     """dK, dV of BLOCK_N keys of one (sequence, head), looping over all its queries.
 
     Works on transposed tiles (keys x queries): ``dV = P^T dO``, ``dK = scale * dS^T Q`` with
-    ``dS = P * (dP - delta)`` and ``dP = dO V^T``. Grid ``(cdiv(max_seqlen, BLOCK_N), batch, heads)``.
+    ``dS = P * (dP - delta)`` and ``dP = dO V^T``. Grid ``(batch, cdiv(max_seqlen, BLOCK_N), heads)``.
     """
-    block_n, seq, head = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    seq, block_n, head = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start = tl.load(CuSeqlens + seq)
     seqlen = tl.load(CuSeqlens + seq + 1) - start
     if block_n * BLOCK_N >= seqlen:
@@ -237,8 +239,8 @@ def _attention_bwd_dq(
     HAS_DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """dQ of BLOCK_M queries of one (sequence, head), looping over all its keys:
-    ``dQ = scale * dS K``. Grid ``(cdiv(max_seqlen, BLOCK_M), batch, heads)``."""
-    block_m, seq, head = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    ``dQ = scale * dS K``. Grid ``(batch, cdiv(max_seqlen, BLOCK_M), heads)``."""
+    seq, block_m, head = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start = tl.load(CuSeqlens + seq)
     seqlen = tl.load(CuSeqlens + seq + 1) - start
     if block_m * BLOCK_M >= seqlen:
@@ -282,8 +284,8 @@ def _attention_dropout_mask(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Debug: writes the kernels' keep bits into ``Keep (heads, total_tokens, max_seqlen)`` (key position
-    ``j`` of query token ``i``). Grid ``(cdiv(max_seqlen, BLOCK_M), batch, heads)``."""
-    block_m, seq, head = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    ``j`` of query token ``i``). Grid ``(batch, cdiv(max_seqlen, BLOCK_M), heads)``."""
+    seq, block_m, head = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start = tl.load(CuSeqlens + seq)
     seqlen = tl.load(CuSeqlens + seq + 1) - start
     seed = tl.load(Seed)
@@ -321,8 +323,21 @@ def _upcast(dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and _interpreting() and _interpreter_needs_upcast()
 
 
+def _tf32_allowed() -> bool:
+    """PyTorch's TF32 setting for CUDA matmuls, read through the precision API where it exists (reading
+    the legacy ``allow_tf32`` raises once the new API was used)."""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)
+    if precision is None:
+        return bool(matmul.allow_tf32)
+    if precision == "none":  # inherits the global setting
+        precision = getattr(torch.backends, "fp32_precision", "none")
+    return precision == "tf32"
+
+
 def _input_precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+    """``tl.dot``'s precision: fp32 operands use TF32 only when PyTorch allows it for matmuls."""
+    if dtype == torch.float32 and not _tf32_allowed():
         return "ieee"
     return "tf32"  # ignored for fp16/bf16 operands
 
@@ -335,34 +350,43 @@ def _seqlen_bucket(max_seqlen: int) -> int:
     return max(16, triton.next_power_of_2(max_seqlen))
 
 
-# Tiles (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and per (wide: BLOCK_D > 64, fp32 operands).
-# Every entry compiles without register spills on sm_80 and sm_90 (``fastbert check-kernels`` proves it);
-# the first one is the default (interpreter, deterministic mode). "single" tiles take BLOCK_N from the
-# sequence-length bucket (<= 128).
+# Tiles (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, keyed by (wide: BLOCK_D > 64, operands:
+# "16bit", "tf32" or "ieee" fp32). Every entry compiles without register spills on sm_80 and sm_90
+# (``fastbert check-kernels`` proves it); the first one is the default (interpreter, deterministic mode).
+# "single" tiles take BLOCK_N from the sequence-length bucket (<= 128); exact fp32 with wide heads has
+# none (it spills), so it takes the tiled kernel at every length.
 _TILES = {
     "fwd": {
-        (False, False): [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 2), (64, 64, 8, 2)],
-        (True, False): [(64, 64, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2)],
-        (False, True): [(64, 32, 4, 2), (128, 32, 8, 2), (64, 64, 4, 2)],
-        (True, True): [(128, 32, 8, 2)],
+        (False, "16bit"): [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 2), (64, 64, 8, 2)],
+        (True, "16bit"): [(64, 64, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2)],
+        (False, "tf32"): [(64, 32, 4, 2), (128, 32, 8, 2), (64, 64, 4, 2)],
+        (True, "tf32"): [(128, 32, 8, 2)],
+        (False, "ieee"): [(32, 32, 4, 2), (16, 32, 4, 2)],
+        (True, "ieee"): [(32, 16, 8, 2), (16, 32, 8, 2), (16, 16, 4, 2)],
     },
     "single": {
-        (False, False): [(64, 0, 8, 1), (32, 0, 4, 1), (32, 0, 8, 1)],
-        (True, False): [(64, 0, 8, 1), (32, 0, 4, 1)],
-        (False, True): [(32, 0, 4, 1), (32, 0, 8, 1)],
-        (True, True): [(64, 0, 8, 1), (32, 0, 8, 1)],
+        (False, "16bit"): [(64, 0, 8, 1), (32, 0, 4, 1), (32, 0, 8, 1)],
+        (True, "16bit"): [(64, 0, 8, 1), (32, 0, 4, 1)],
+        (False, "tf32"): [(32, 0, 4, 1), (32, 0, 8, 1)],
+        (True, "tf32"): [(64, 0, 8, 1), (32, 0, 8, 1)],
+        (False, "ieee"): [(16, 0, 8, 1), (16, 0, 4, 1)],
+        (True, "ieee"): [],
     },
     "dkdv": {
-        (False, False): [(32, 64, 4, 2), (32, 128, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2)],
-        (True, False): [(32, 32, 4, 2)],
-        (False, True): [(32, 32, 8, 2), (16, 64, 4, 2), (16, 32, 4, 2)],
-        (True, True): [(32, 32, 4, 2)],
+        (False, "16bit"): [(32, 64, 4, 2), (32, 128, 8, 2), (32, 32, 4, 2)],
+        (True, "16bit"): [(32, 32, 8, 2), (16, 64, 4, 2), (16, 32, 4, 2)],
+        (False, "tf32"): [(32, 32, 8, 2), (16, 64, 4, 2), (16, 32, 4, 2)],
+        (True, "tf32"): [(32, 32, 4, 2)],
+        (False, "ieee"): [(16, 32, 4, 2), (16, 16, 4, 2)],
+        (True, "ieee"): [(16, 16, 8, 2), (16, 16, 4, 1)],
     },
     "dq": {
-        (False, False): [(64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (32, 128, 8, 2)],
-        (True, False): [(32, 64, 8, 2), (32, 32, 4, 2)],
-        (False, True): [(32, 64, 4, 2), (64, 32, 4, 2)],
-        (True, True): [(32, 32, 4, 2)],
+        (False, "16bit"): [(64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (32, 128, 8, 2)],
+        (True, "16bit"): [(32, 64, 8, 2), (32, 32, 4, 2)],
+        (False, "tf32"): [(32, 64, 4, 2), (64, 32, 4, 2)],
+        (True, "tf32"): [(32, 32, 4, 2)],
+        (False, "ieee"): [(32, 32, 4, 2), (16, 32, 4, 2)],
+        (True, "ieee"): [(16, 32, 4, 2)],
     },
 }
 
@@ -373,9 +397,11 @@ def _config(tile) -> triton.Config:
     return triton.Config(kwargs, num_warps=warps, num_stages=stages)
 
 
-def tile_configs(kind: str, block_d: int, dtype: torch.dtype) -> list[triton.Config]:
-    """The launch configs of kernel ``kind`` ("fwd", "single", "dkdv", "dq") for a head-dim block and dtype."""
-    return [_config(t) for t in _TILES[kind][(block_d > 64, dtype == torch.float32)]]
+def tile_configs(kind: str, block_d: int, dtype: torch.dtype, precision: str) -> list[triton.Config]:
+    """The launch configs of kernel ``kind`` ("fwd", "single", "dkdv", "dq") for a head-dim block, a
+    dtype and ``tl.dot``'s input precision (which only matters for fp32)."""
+    operands = precision if dtype == torch.float32 else "16bit"
+    return [_config(t) for t in _TILES[kind][(block_d > 64, operands)]]
 
 
 def _all_configs(kind: str) -> list[triton.Config]:
@@ -386,7 +412,7 @@ def _all_configs(kind: str) -> list[triton.Config]:
 def _pruner(kind: str):
     """Autotune only over the tiles proven for this head dim and dtype."""
     def prune(configs, named_args, **kwargs):
-        allowed = tile_configs(kind, kwargs["BLOCK_D"], named_args["Q"].dtype)
+        allowed = tile_configs(kind, kwargs["BLOCK_D"], named_args["Q"].dtype, kwargs["INPUT_PRECISION"])
         keys = {(str(c.kwargs), c.num_warps, c.num_stages) for c in allowed}
         return [c for c in configs if (str(c.kwargs), c.num_warps, c.num_stages) in keys]
     return prune
@@ -394,7 +420,7 @@ def _pruner(kind: str):
 
 def _autotuned(kind: str, kernel):
     # The key is bucketed (next power of two of max_seqlen): a new batch shape reuses the tuning.
-    return triton.autotune(_all_configs(kind), key=["max_seqlen_bucket", "HEAD_DIM", "HAS_DROPOUT"],
+    return triton.autotune(_all_configs(kind), key=["max_seqlen_bucket", "HEAD_DIM", "HAS_DROPOUT", "INPUT_PRECISION"],
                            prune_configs_by={"early_config_prune": _pruner(kind)})(kernel)
 
 
@@ -414,7 +440,7 @@ def _launch(kind: str, grid_of, *args, **kwargs):
     if _use_autotune(q.device):
         _TUNED[kind][grid_of](*args, **kwargs)
         return
-    config = tile_configs(kind, kwargs["BLOCK_D"], q.dtype)[0]
+    config = tile_configs(kind, kwargs["BLOCK_D"], q.dtype, kwargs["INPUT_PRECISION"])[0]
     meta = {**kwargs, **config.kwargs}
     _KERNELS[kind][grid_of(meta)](*args, **meta, num_warps=config.num_warps, num_stages=config.num_stages)
 
@@ -424,7 +450,7 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen
                  seed: Optional[Tensor], check_values: bool = True) -> None:
     """:func:`fastbert.validation.check_attention_inputs` plus the kernels' own limits (head_dim <= 128,
     CUDA tensors or the interpreter); raises before any kernel runs."""
-    check_attention_inputs(q, k, v, cu_seqlens, max_seqlen, dropout_p, seed, check_values)
+    check_attention_inputs(q, k, v, cu_seqlens, max_seqlen, dropout_p, seed, check_values, KERNEL_DTYPES)
     if q.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"attention: head_dim must be at most {MAX_HEAD_DIM}, got {q.shape[-1]}")
     if q.device.type != "cuda" and not _interpreting():
@@ -433,6 +459,14 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen
 
 
 # ============================================================================= launchers
+def _check_offsets_fit(max_seqlen: int, *tensors: Tensor) -> None:
+    """Offsets inside one sequence are 32-bit (the sequence's base pointer is 64-bit)."""
+    span = max_seqlen * max(t.stride(0) for t in tensors)
+    if span >= 2**31:
+        raise ValueError(f"attention: max_seqlen={max_seqlen} times the token stride "
+                         f"{max(t.stride(0) for t in tensors)} exceeds 2**31 elements within one sequence")
+
+
 def _strides(t: Tensor) -> tuple[int, int]:
     return t.stride(0), t.stride(1)
 
@@ -455,6 +489,7 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_s
     """
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     total, heads, head_dim = q.shape
+    _check_offsets_fit(max_seqlen, q, k, v)
     if out is None:
         out = torch.empty(total, heads, head_dim, dtype=q.dtype, device=q.device)
     if lse is None:
@@ -462,12 +497,14 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_s
     batch = cu_seqlens.numel() - 1
     if total == 0:
         return out, lse
-    single = max_seqlen <= SINGLE_TILE_MAX_SEQLEN
+    precision = _input_precision(q.dtype)
+    single = max_seqlen <= SINGLE_TILE_MAX_SEQLEN and bool(tile_configs("single", _block_d(head_dim), q.dtype,
+                                                                         precision))
     meta = dict(HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), SINGLE_TILE=single, HAS_DROPOUT=dropout_p > 0.0,
-                INPUT_PRECISION=_input_precision(q.dtype), UPCAST=_upcast(q.dtype))
+                INPUT_PRECISION=precision, UPCAST=_upcast(q.dtype))
     if single:
         meta["BLOCK_N"] = _seqlen_bucket(max_seqlen)
-    grid = lambda m: (triton.cdiv(max_seqlen, m["BLOCK_M"]), batch, heads)  # noqa: E731
+    grid = lambda m: (batch, triton.cdiv(max_seqlen, m["BLOCK_M"]), heads)  # noqa: E731
     args = (q, k, v, out, lse, cu_seqlens, seed if seed is not None else cu_seqlens,
             *_strides(q), *_strides(k), *_strides(v), *_strides(out),
             total, _seqlen_bucket(max_seqlen), head_dim ** -0.5, float(dropout_p))
@@ -483,6 +520,7 @@ def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     dout, out = dout.contiguous(), out.contiguous()
     total, heads, head_dim = q.shape
+    _check_offsets_fit(max_seqlen, q, k, v, dq)
     if total == 0:
         return
     assert dq.stride() == dk.stride() == dv.stride() and dq.stride(-1) == 1
@@ -498,9 +536,9 @@ def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
     seed_arg = seed if seed is not None else cu_seqlens
     common = (*_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dq),
               total, _seqlen_bucket(max_seqlen), head_dim ** -0.5, float(dropout_p))
-    _launch("dkdv", lambda m: (triton.cdiv(max_seqlen, m["BLOCK_N"]), batch, heads),
+    _launch("dkdv", lambda m: (batch, triton.cdiv(max_seqlen, m["BLOCK_N"]), heads),
             q, k, v, dout, lse, delta, dk, dv, cu_seqlens, seed_arg, *common, **meta)
-    _launch("dq", lambda m: (triton.cdiv(max_seqlen, m["BLOCK_M"]), batch, heads),
+    _launch("dq", lambda m: (batch, triton.cdiv(max_seqlen, m["BLOCK_M"]), heads),
             q, k, v, dout, lse, delta, dq, cu_seqlens, seed_arg, *common, **meta)
 
 
@@ -509,7 +547,7 @@ def dropout_mask(cu_seqlens: Tensor, heads: int, max_seqlen: int, dropout_p: flo
     key position ``j`` of query token ``i``'s sequence (only ``j < len(sequence)`` is meaningful)."""
     total = int(cu_seqlens[-1])
     keep = torch.zeros(heads, total, max_seqlen, dtype=torch.int8, device=cu_seqlens.device)
-    grid = (triton.cdiv(max_seqlen, 64), cu_seqlens.numel() - 1, heads)
+    grid = (cu_seqlens.numel() - 1, triton.cdiv(max_seqlen, 64), heads)
     _attention_dropout_mask[grid](keep, cu_seqlens, seed, total, float(dropout_p), max_seqlen,
                                   BLOCK_M=64, BLOCK_N=64)
     return keep.bool()
@@ -567,18 +605,33 @@ def attention_reference(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, dro
     return torch.cat(outs) if outs else q.new_empty(q.shape)
 
 
+def _unsupported(qkv: Tensor) -> Optional[str]:
+    """Why the kernels cannot take ``qkv`` (the op then runs PyTorch), or None."""
+    if qkv.dtype not in KERNEL_DTYPES:
+        return f"dtype {qkv.dtype}"
+    if qkv.shape[-1] > MAX_HEAD_DIM:
+        return f"head_dim {qkv.shape[-1]} > {MAX_HEAD_DIM}"
+    return None
+
+
 def _qkv_forward(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float, seed):
     """``fastbert.ops`` adapter: packed ``(T, 3, H, D)`` -> ``(out, lse)``."""
+    reason = _unsupported(qkv)
+    if reason:
+        return _fallback("fwd", reason)(qkv, cu_seqlens, max_seqlen, dropout_p, seed)
+    if dropout_p > 0.0 and seed is None:
+        raise ValueError("attention: dropout_p > 0 needs seed, an int64 tensor of one element")
     q, k, v = qkv.unbind(1)
-    if q.shape[-1] > MAX_HEAD_DIM:
-        return _fallback("fwd")(qkv, cu_seqlens, max_seqlen, dropout_p, seed)
     return attention_forward(q, k, v, cu_seqlens, max_seqlen, dropout_p, seed)
 
 
 def _qkv_backward(dout, qkv, out, lse, cu_seqlens, max_seqlen: int, dropout_p: float, seed):
     """``fastbert.ops`` adapter: the ``(T, 3, H, D)`` gradient of :func:`_qkv_forward`."""
-    if qkv.shape[-1] > MAX_HEAD_DIM:
-        return _fallback("bwd")(dout, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, seed)
+    reason = _unsupported(qkv)
+    if reason:
+        return _fallback("bwd", reason)(dout, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, seed)
+    if dropout_p > 0.0 and seed is None:
+        raise ValueError("attention: dropout_p > 0 needs seed, an int64 tensor of one element")
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
     q, k, v = qkv.unbind(1)
     attention_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, seed, *dqkv.unbind(1))
@@ -586,16 +639,17 @@ def _qkv_backward(dout, qkv, out, lse, cu_seqlens, max_seqlen: int, dropout_p: f
 
 
 @functools.lru_cache(maxsize=None)
-def _fallback(direction: str):
-    """Head dims over 128 (documented): the PyTorch implementation, with one warning."""
+def _fallback(direction: str, reason: str):
+    """Inputs the kernels do not take (documented): the PyTorch implementation, one warning per case."""
     from fastbert import torch_ops
 
-    warnings.warn(f"fastbert: attention head_dim > {MAX_HEAD_DIM} has no Triton kernel; using PyTorch")
+    warnings.warn(f"fastbert: no Triton attention kernel for {reason}; using PyTorch")
     return getattr(torch_ops, f"attention_{direction}")
 
 
 # ============================================================================= ahead-of-time variants
 _TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+_AOT_PRECISIONS = {torch.float16: ("tf32",), torch.bfloat16: ("tf32",), torch.float32: ("ieee", "tf32")}
 _AOT_HEAD_DIMS = {torch.float16: (64, 128), torch.bfloat16: (64, 128), torch.float32: (64, 128)}
 
 
@@ -625,14 +679,14 @@ def aot_variants():
     from fastbert.check_kernels import AotVariant
 
     for dtype, head_dims in _AOT_HEAD_DIMS.items():
-        for head_dim in head_dims:
+        for head_dim, precision in itertools.product(head_dims, _AOT_PRECISIONS[dtype]):
             block_d = _block_d(head_dim)
-            base = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, INPUT_PRECISION="tf32", UPCAST=False)
-            name = f"{_TRITON_TYPES[dtype]} d{head_dim}"
+            base = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, INPUT_PRECISION=precision, UPCAST=False)
+            name = f"{_TRITON_TYPES[dtype]}{'-' + precision if dtype == torch.float32 else ''} d{head_dim}"
             for kind, kernel in _KERNELS.items():
                 signature = _aot_signature(kernel, dtype)
                 aligned = tuple(n for n, t in signature.items() if t.startswith("*") or n.startswith("stride_"))
-                for config in tile_configs(kind, block_d, dtype):
+                for config in tile_configs(kind, block_d, dtype, precision):
                     for dropout in (False, True):
                         constexprs = {**base, **config.kwargs, "HAS_DROPOUT": dropout}
                         if kind in ("fwd", "single"):
@@ -643,6 +697,8 @@ def aot_variants():
                                  f"{'dropout' if dropout else 'no-dropout'}")
                         yield AotVariant(kernel, signature, constexprs, config.num_warps, config.num_stages,
                                          label, aligned)
+            if precision == "ieee":
+                continue  # the preprocess has no dot
             pre = _attention_bwd_preprocess
             pre_signature = _aot_signature(pre, dtype)
             yield AotVariant(pre, pre_signature, dict(HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=64), 4, 1,

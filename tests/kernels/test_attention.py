@@ -10,6 +10,8 @@ keeps that switch honest.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -117,13 +119,15 @@ def test_single_tile_path_matches_float64(dtype, head_dim):
     _check_against_float64(qkv, SHORT, max_seqlen=300, what="tiled, max_seqlen an upper bound")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("dtype, head_dim", [(torch.float32, 48), (torch.float16, 48), (torch.float16, 96),
+                                             (torch.float32, 96)], ids=str)
 @pytest.mark.parametrize("kind", ["fwd", "single", "dkdv", "dq"])
-def test_every_autotune_config_is_exact(kind, dtype, monkeypatch):
-    """Each tile the autotuner may pick on a GPU gives the right answer (here run one by one)."""
+def test_every_autotune_config_is_exact(kind, dtype, head_dim, monkeypatch):
+    """Each tile the autotuner may pick on a GPU gives the right answer (here run one by one), for the
+    narrow (BLOCK_D 64) and wide (BLOCK_D 128) tables."""
     lengths = [1, 65, 100] if kind == "single" else [1, 65, 133]
-    qkv = _qkv(lengths, 2, 48, dtype, seed=5)
-    table_key = (False, dtype == torch.float32)  # head_dim 48 -> BLOCK_D 64
+    qkv = _qkv(lengths, 1, head_dim, dtype, seed=5)
+    table_key = (head_dim > 64, "ieee" if dtype == torch.float32 else "16bit")  # fp32: exact by default
     for tile in A._TILES[kind][table_key]:
         monkeypatch.setitem(A._TILES[kind], table_key, [tile])
         _check_against_float64(qkv, lengths, what=f"{kind} {tile}", backward=kind in ("dkdv", "dq"))
@@ -136,6 +140,42 @@ def test_strided_qkv_view_is_read_in_place():
     qkv = wide[:, 4:4 + 3 * 2 * 32].view(-1, 3, 2, 32)
     assert not qkv.is_contiguous()
     _check_against_float64(qkv, lengths, what="strided view")
+
+
+def test_empty_sequences_and_an_empty_batch(monkeypatch):
+    """Zero-length sequences (``static_layout`` makes them) and a batch with no tokens at all."""
+    lengths = [3, 0, 70, 0, 5]
+    _check_against_float64(_qkv(lengths, 2, 32, torch.float32), lengths, what="empty sequences")
+    monkeypatch.setenv("FASTBERT_BACKEND", "triton")
+    empty = torch.empty(0, 3, 2, 32, device=DEVICE, requires_grad=True)
+    out = ops.attention(empty, torch.zeros(3, dtype=torch.int32, device=DEVICE), 0)
+    out.sum().backward()
+    assert out.shape == (0, 2, 32) and empty.grad.shape == empty.shape
+
+
+def test_fp32_follows_pytorchs_tf32_setting():
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "ieee"
+        assert A._input_precision(torch.float32) == "ieee"
+        matmul.fp32_precision = "tf32"
+        assert A._input_precision(torch.float32) == "tf32"
+        matmul.fp32_precision = "none"  # inherits torch.backends.fp32_precision
+        assert A._input_precision(torch.float32) == ("tf32" if torch.backends.fp32_precision == "tf32" else "ieee")
+    finally:
+        matmul.fp32_precision = saved
+
+
+@pytest.mark.parametrize("kind", list(A._TILES))
+def test_autotuner_prunes_to_the_proven_tiles(kind):
+    """On a GPU the autotuner only tries the tiles check-kernels proved for that head dim and dtype."""
+    for block_d, dtype, precision in itertools.product((16, 32, 64, 128), A.KERNEL_DTYPES, ("ieee", "tf32")):
+        q = torch.empty(1, 1, block_d, dtype=dtype)
+        kept = A._pruner(kind)(A._all_configs(kind), {"Q": q}, BLOCK_D=block_d, INPUT_PRECISION=precision)
+        want = A.tile_configs(kind, block_d, dtype, precision)
+        assert sorted(map(str, kept)) == sorted(map(str, want))
+        assert kept or (kind, block_d, dtype, precision) == ("single", 128, torch.float32, "ieee")
 
 
 def test_interpreter_bf16_workaround_is_probed():
@@ -231,7 +271,7 @@ def _bad_call(**changes):
 @pytest.mark.parametrize("changes, error, match", [
     (dict(k=torch.randn(8, 2, 32, device=DEVICE)), ValueError, "shapes disagree"),
     (dict(v=torch.randn(8, 3, 16, device=DEVICE)), ValueError, "shapes disagree"),
-    (dict(q=torch.ones(8, 2, 16, dtype=torch.int32, device=DEVICE)), TypeError, "float16, bfloat16 or float32"),
+    (dict(q=torch.ones(8, 2, 16, dtype=torch.int32, device=DEVICE)), TypeError, "must be one of float16, bfloat16, float32"),
     (dict(cu_seqlens=torch.tensor([0, 5, 3], dtype=torch.int32, device=DEVICE)), ValueError, "never decrease"),
     (dict(cu_seqlens=torch.tensor([0, 3, 7], dtype=torch.int32, device=DEVICE)), ValueError, "end at total_tokens"),
     (dict(cu_seqlens=torch.tensor([0, 3, 8])), TypeError, "int32"),
@@ -244,16 +284,33 @@ def test_bad_input_raises_before_any_kernel(changes, error, match):
         _bad_call(**changes)()
 
 
-def test_head_dim_over_128():
-    """The kernel API refuses it; the op falls back to PyTorch (documented) with a warning."""
-    qkv = _qkv([3, 5], 1, 160, torch.float32)
-    with pytest.raises(ValueError, match="head_dim must be at most 128"):
+@pytest.mark.parametrize("head_dim, dtype, why", [(160, torch.float32, "head_dim 160 > 128"),
+                                                   (16, torch.float64, "dtype torch.float64")])
+def test_what_the_kernels_do_not_take_falls_back_to_pytorch(head_dim, dtype, why, monkeypatch):
+    """The kernel API refuses it; the op runs the PyTorch implementation (documented) with a warning."""
+    qkv = _qkv([3, 5], 1, head_dim, dtype).requires_grad_()
+    with pytest.raises((ValueError, TypeError), match="head_dim must be at most 128|must be one of"):
         _bad_call(q=qkv[:, 0], k=qkv[:, 1], v=qkv[:, 2])()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FASTBERT_BACKEND", "triton")
-        with pytest.warns(UserWarning, match="head_dim > 128"):
-            out = ops.attention(qkv, _cu([3, 5]), 5)
+    monkeypatch.setenv("FASTBERT_BACKEND", "triton")
+    with pytest.warns(UserWarning, match=why):
+        out = ops.attention(qkv, _cu([3, 5]), 5)
     torch.testing.assert_close(out, _reference(qkv, [3, 5])[0])
+    with pytest.warns(UserWarning, match=why):
+        out.sum().backward()
+    assert torch.isfinite(qkv.grad).all()
+
+
+def test_offsets_past_32_bits_within_a_sequence_are_refused():
+    qkv = _qkv([3, 5], 1, 16, torch.float32)
+    with pytest.raises(ValueError, match="exceeds 2\\*\\*31"):
+        A.attention(*qkv.unbind(1), _cu([3, 5]), 2**26)
+
+
+def test_dropout_without_a_seed_is_refused_by_the_raw_op(monkeypatch):
+    monkeypatch.setenv("FASTBERT_BACKEND", "triton")
+    qkv = _qkv([3, 5], 1, 16, torch.float32)
+    with pytest.raises(ValueError, match="needs seed"):
+        torch.ops.fastbert.attention(qkv, _cu([3, 5]), 5, 0.1, None)
 
 
 def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
@@ -304,3 +361,31 @@ def test_bert_base_sizes_on_gpu(dtype, max_len):
     first = _run(qkv, lengths, dropout_p=0.1, seed=seed, dout=dout)
     again = _run(qkv, lengths, dropout_p=0.1, seed=seed, dout=dout)
     assert torch.equal(first[1], again[1])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_long_sequences_and_many_sequences_on_gpu():
+    """Up to 8192 tokens in one sequence; more sequences than a CUDA grid's y axis holds (65535)."""
+    lengths = [8192, 4097, 1]
+    _check_against_float64(_qkv(lengths, 2, 64, torch.bfloat16), lengths, what="8192 tokens")
+    many = [1, 2, 3] * 23_000
+    qkv = _qkv(many, 1, 16, torch.float16)
+    out, _ = _run(qkv, many)
+    ref, _ = _reference(qkv.float(), many)
+    assert _max_err(out, ref) < 2e-3
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_fp32_with_tf32_on_gpu():
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.fp32_precision
+    lengths = [200, 77]
+    qkv = _qkv(lengths, 4, 64, torch.float32)
+    try:
+        matmul.fp32_precision = "tf32"
+        out, _ = _run(qkv, lengths)
+    finally:
+        matmul.fp32_precision = saved
+    assert _max_err(out, _reference(qkv.double(), lengths)[0]) < 5e-3
