@@ -87,26 +87,33 @@ def residual_layernorm_fwd(x, bias, residual, weight, beta, eps: float, p: float
     Returns ``(y, mean, rstd)``; ``mean``/``rstd`` are fp32 ``(rows,)``; ``y`` has ``x``'s dtype.
     """
     # Few fresh buffers: large allocations (page faults) cost as much as a pass over memory on the CPU.
-    s = x.float() + (bias.float() if bias is not None else 0.0)
+    acc = _stats_dtype(x)
+    s = x.to(acc) + (bias.to(acc) if bias is not None else 0.0)
     if p > 0.0:
         s.mul_(dropout_keep_mask(s.shape, p, seed, s.device)).mul_(1.0 / (1.0 - p))
     s.add_(residual)
-    y, mean, rstd = torch.native_layer_norm(s, (s.shape[-1],), weight.float(), beta.float(), eps)
-    return y.to(x.dtype), mean.view(-1), rstd.view(-1)
+    y, mean, rstd = torch.native_layer_norm(s, (s.shape[-1],), weight.to(acc), beta.to(acc), eps)
+    return y.to(x.dtype), mean.view(-1).float(), rstd.view(-1).float()
+
+
+def _stats_dtype(x: Tensor) -> torch.dtype:
+    """fp32 statistics for fp32 and lower precisions; float64 inputs keep float64."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def residual_layernorm_bwd(dy, x, bias, residual, weight, mean, rstd, p: float, seed):
     """Gradients ``(dx, dbias, dresidual, dweight, dbeta)``; the dropout mask is regenerated."""
     hidden = x.shape[-1]
-    h = (x if bias is None else x + bias).float()
+    acc = _stats_dtype(x)
+    h = (x if bias is None else x + bias).to(acc)
     keep_scale = None
     if p > 0.0:
         keep_scale = dropout_keep_mask(h.shape, p, seed, h.device) * (1.0 / (1.0 - p))
         h = h * keep_scale
-    s = h + residual.float()
+    s = h + residual.to(acc)
     ds, dweight, dbeta = torch.ops.aten.native_layer_norm_backward(
-        dy.float(), s, (hidden,), mean.view(-1, 1), rstd.view(-1, 1), weight.float(),
-        torch.zeros_like(weight, dtype=torch.float32), [True, True, True],
+        dy.to(acc), s, (hidden,), mean.view(-1, 1).to(acc), rstd.view(-1, 1).to(acc), weight.to(acc),
+        torch.zeros_like(weight, dtype=acc), [True, True, True],
     )
     dh = ds.clone() if keep_scale is None else ds * keep_scale  # a custom op's outputs may not alias
     dbias = dh.sum(0).to(bias.dtype) if bias is not None else _NO_GRAD(x)

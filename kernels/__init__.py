@@ -14,7 +14,9 @@ if __name__ == "fastbert.kernels":
     from fastbert.check_kernels import register_aot
     from fastbert.ops import register_triton
 
-    from . import attention
+    from . import attention, layernorm
 
     register_triton("attention", fwd=attention._qkv_forward, bwd=attention._qkv_backward)
     register_aot("attention", attention.aot_variants)
+    register_triton("residual_layernorm", fwd=layernorm._op_forward, bwd=layernorm._op_backward)
+    register_aot("residual_layernorm", layernorm.aot_variants)

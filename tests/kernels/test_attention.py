@@ -18,6 +18,7 @@ import torch
 from fastbert import ops
 from fastbert.kernels import attention as A
 from conftest import DEVICE
+from lowp import assert_lowp_error as _assert_lowp_error
 
 MIXED = [1, 7, 65, 127, 128, 129, 384, 513]  # the issue's packed batch: single-token to multi-tile
 SHORT = [1, 7, 65, 127, 128]  # max_seqlen <= 128: the single-tile path
@@ -83,16 +84,6 @@ def _check_against_float64(qkv, lengths, max_seqlen=None, what="", backward=True
     _assert_lowp_error(out, out_lowp, out64, f"{what} out")
     if backward:
         _assert_lowp_error(dqkv, dqkv_lowp, dqkv64, f"{what} dqkv")
-
-
-def _assert_lowp_error(ours, theirs, exact, what):
-    """RMS error at most 2x PyTorch's; max error at most 2x PyTorch's plus one rounding step (ulp) of
-    the largest value: at bf16's 8 bits a max error is mostly which element lands one ulp off."""
-    rms = lambda t: (t.double() - exact).pow(2).mean().sqrt().item()  # noqa: E731
-    assert rms(ours) <= 2 * rms(theirs), f"{what}: RMS error {rms(ours):.3g} vs PyTorch's {rms(theirs):.3g}"
-    ulp = torch.finfo(ours.dtype).eps * 2.0 ** torch.log2(exact.abs().max()).floor().item()
-    err, err_torch = _max_err(ours, exact), _max_err(theirs, exact)
-    assert err <= 2 * err_torch + ulp, f"{what}: max error {err:.3g} vs PyTorch's {err_torch:.3g} (ulp {ulp:.3g})"
 
 
 # ============================================================================= exactness

@@ -1,0 +1,303 @@
+"""Fused ``LayerNorm(dropout(x + bias) + residual)`` over rows, forward and backward.
+
+One program normalises one row in a single pass held in registers (hidden sizes up to 1024; wider
+rows run the PyTorch implementation), with
+fp32 statistics. Dropout uses counter-based random numbers (``tl.rand``) keyed by the seed tensor and
+the element index ``row * hidden + col``, so backward regenerates the mask and nothing is stored;
+forward saves only the fp32 ``mean``/``rstd`` per row (the op keeps ``x`` and ``residual``, which
+are alive anyway). Backward gives dx, dresidual and per-program fp32 partial sums of dweight,
+dbeta and dbias, summed afterwards in a fixed order: bitwise deterministic, no atomics.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+# Hidden sizes the kernels take (BERT-base 768, MiniLM 384, BERT-large 1024); wider rows spill
+# registers in the one-pass backward (fastbert check-kernels) and run the PyTorch implementation.
+MAX_HIDDEN = 1024
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+BWD_PROGRAMS = 256  # fixed, so the partial sums (and the result bits) do not depend on the device
+
+
+@triton.jit
+def _row_sum(x, bias_ptr, residual_ptr, seed_ptr, row, cols, mask, hidden, dropout_p,
+             HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr):
+    """``s = dropout(x + bias) + residual`` of one row in fp32, and the kept-and-scaled factor."""
+    h = x.to(tl.float32)
+    if HAS_BIAS:
+        h += tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    scale = tl.full(h.shape, 1.0, tl.float32)
+    if HAS_DROPOUT:
+        offsets = row * hidden + cols  # row is int64
+        keep = tl.rand(tl.load(seed_ptr), offsets) >= dropout_p
+        scale = tl.where(keep, 1.0 / (1.0 - dropout_p), 0.0)
+        h = h * scale
+    residual = tl.load(residual_ptr + row * hidden + cols, mask=mask, other=0.0)
+    return h + residual.to(tl.float32), scale
+
+
+@triton.jit
+def _residual_layernorm_fwd(
+    X, Bias, Residual, Weight, Beta, Y, Mean, Rstd, Seed, hidden, eps, dropout_p,
+    BLOCK_H: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+):
+    """One program per row. Grid ``(rows,)``."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_H)
+    mask = cols < hidden
+    base = row * hidden
+    x = tl.load(X + base + cols, mask=mask, other=0.0)
+    s, _ = _row_sum(x, Bias, Residual, Seed, row, cols, mask, hidden, dropout_p, HAS_BIAS, HAS_DROPOUT)
+    mean = tl.sum(s, 0) / hidden
+    centered = tl.where(mask, s - mean, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, 0) / hidden + eps)
+    w = tl.load(Weight + cols, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(Beta + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + base + cols, (centered * rstd * w + b).to(Y.dtype.element_ty), mask=mask)
+    tl.store(Mean + row, mean)
+    tl.store(Rstd + row, rstd)
+
+
+@triton.jit
+def _residual_layernorm_bwd(
+    DY, X, Bias, Residual, Weight, Mean, Rstd, Seed, DX, DRes, DWeightPart, DBetaPart, DBiasPart,
+    rows, hidden, rows_per_program, dropout_p,
+    BLOCK_H: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+):
+    """Rows ``[pid * rows_per_program, ...)``: dx, dresidual, and this program's fp32 partial sums of
+    dweight, dbeta, dbias (row ``pid`` of the ``*Part`` buffers). Grid ``(programs,)``."""
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_H)
+    mask = cols < hidden
+    w = tl.load(Weight + cols, mask=mask, other=0.0).to(tl.float32)
+    dweight = tl.zeros([BLOCK_H], tl.float32)
+    dbeta = tl.zeros([BLOCK_H], tl.float32)
+    dbias = tl.zeros([BLOCK_H], tl.float32)
+    first = pid.to(tl.int64) * rows_per_program  # 64-bit rows: row * hidden may pass 2**31
+    last = tl.minimum(first + rows_per_program, rows)
+    for row in range(first, last):
+        base = row * hidden
+        x = tl.load(X + base + cols, mask=mask, other=0.0)
+        s, scale = _row_sum(x, Bias, Residual, Seed, row, cols, mask, hidden, dropout_p, HAS_BIAS, HAS_DROPOUT)
+        xhat = tl.where(mask, (s - tl.load(Mean + row)) * tl.load(Rstd + row), 0.0)
+        dy = tl.load(DY + base + cols, mask=mask, other=0.0).to(tl.float32)
+        wdy = w * dy
+        # d LN / d s = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy * xhat))
+        c1 = tl.sum(xhat * wdy, 0) / hidden
+        c2 = tl.sum(wdy, 0) / hidden
+        ds = (wdy - (xhat * c1 + c2)) * tl.load(Rstd + row)
+        ds = tl.where(mask, ds, 0.0)
+        dh = ds * scale
+        tl.store(DRes + base + cols, ds.to(DRes.dtype.element_ty), mask=mask)
+        tl.store(DX + base + cols, dh.to(DX.dtype.element_ty), mask=mask)
+        dweight += dy * xhat
+        dbeta += dy
+        if HAS_BIAS:
+            dbias += dh
+    part = pid.to(tl.int64) * hidden + cols
+    tl.store(DWeightPart + part, dweight, mask=mask)
+    tl.store(DBetaPart + part, dbeta, mask=mask)
+    if HAS_BIAS:
+        tl.store(DBiasPart + part, dbias, mask=mask)
+
+
+@triton.jit
+def _layernorm_dropout_mask(Keep, Seed, hidden, dropout_p, BLOCK_H: tl.constexpr):
+    """Debug: the kernels' keep bits for one row per program into ``Keep (rows, hidden)``."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_H)
+    keep = tl.rand(tl.load(Seed), row * hidden + cols) >= dropout_p
+    tl.store(Keep + row * hidden + cols, keep.to(tl.int8), mask=cols < hidden)
+
+
+# ============================================================================= launch configuration
+def _block_h(hidden: int) -> int:
+    return triton.next_power_of_2(hidden)
+
+
+def _num_warps(block_h: int) -> int:
+    """4 warps, but 8 at 512 columns, where ptxas spills the dropout backward with 4 (and at 1024 it
+    is the other way round); ``fastbert check-kernels`` keeps this honest."""
+    return 8 if block_h == 512 else 4
+
+
+def check_inputs(x: Tensor, bias: Optional[Tensor], residual: Tensor, weight: Tensor, beta: Tensor,
+                 dropout_p: float, seed: Optional[Tensor]) -> None:
+    """Raises ``TypeError``/``ValueError`` naming the bad argument, before any kernel runs."""
+    if x.dim() != 2:
+        raise ValueError(f"residual_layernorm: x must be (rows, hidden), got shape {tuple(x.shape)}")
+    hidden = x.shape[1]
+    for name, t in (("x", x), ("residual", residual), ("weight", weight), ("beta", beta), ("bias", bias)):
+        if t is not None and t.dtype not in KERNEL_DTYPES:
+            raise TypeError(f"residual_layernorm: {name} must be float16, bfloat16 or float32, got {t.dtype}")
+    if residual.shape != x.shape:
+        raise ValueError(f"residual_layernorm: residual has shape {tuple(residual.shape)}, x {tuple(x.shape)}")
+    for name, t in (("weight", weight), ("beta", beta), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (hidden,):
+            raise ValueError(f"residual_layernorm: {name} must be ({hidden},), got {tuple(t.shape)}")
+    if not 1 <= hidden <= MAX_HIDDEN:
+        raise ValueError(f"residual_layernorm: hidden must be in [1, {MAX_HIDDEN}], got {hidden}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"residual_layernorm: dropout_p must be in [0, 1), got {dropout_p}")
+    if dropout_p > 0.0 and (seed is None or seed.dtype != torch.int64 or seed.numel() != 1):
+        raise ValueError("residual_layernorm: dropout_p > 0 needs seed, an int64 tensor of one element")
+
+
+# ============================================================================= launchers
+def residual_layernorm_fwd(x: Tensor, bias: Optional[Tensor], residual: Tensor, weight: Tensor, beta: Tensor,
+                           eps: float, dropout_p: float, seed: Optional[Tensor]):
+    """``(y, mean, rstd)`` for ``(rows, hidden)`` inputs; ``y`` in x's dtype, statistics fp32 ``(rows,)``.
+    The signature of :func:`fastbert.torch_ops.residual_layernorm_fwd`."""
+    check_inputs(x, bias, residual, weight, beta, dropout_p, seed)
+    x, residual = x.contiguous(), residual.contiguous()
+    rows, hidden = x.shape
+    y = torch.empty_like(x)
+    mean = torch.empty(rows, dtype=torch.float32, device=x.device)
+    rstd = torch.empty_like(mean)
+    if rows == 0:
+        return y, mean, rstd
+    block_h = _block_h(hidden)
+    _residual_layernorm_fwd[(rows,)](
+        x, bias if bias is not None else x, residual, weight, beta, y, mean, rstd,
+        seed if seed is not None else mean, hidden, float(eps), float(dropout_p),
+        BLOCK_H=block_h, HAS_BIAS=bias is not None, HAS_DROPOUT=dropout_p > 0.0, num_warps=_num_warps(block_h))
+    return y, mean, rstd
+
+
+def residual_layernorm_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], residual: Tensor, weight: Tensor,
+                           mean: Tensor, rstd: Tensor, dropout_p: float, seed: Optional[Tensor]):
+    """``(dx, dbias, dresidual, dweight, dbeta)``; ``dbias`` is empty when ``bias`` is None.
+    The signature of :func:`fastbert.torch_ops.residual_layernorm_bwd`."""
+    x, residual, dy = x.contiguous(), residual.contiguous(), dy.contiguous()
+    rows, hidden = x.shape
+    dx = torch.empty_like(x)
+    dres = torch.empty_like(residual)
+    programs = max(1, min(rows, BWD_PROGRAMS))
+    rows_per_program = triton.cdiv(rows, programs)
+    programs = triton.cdiv(rows, rows_per_program) if rows else 1
+    parts = torch.zeros(3 if bias is not None else 2, programs, hidden, dtype=torch.float32, device=x.device)
+    block_h = _block_h(hidden)
+    if rows:
+        _residual_layernorm_bwd[(programs,)](
+            dy, x, bias if bias is not None else x, residual, weight, mean, rstd,
+            seed if seed is not None else mean, dx, dres, parts[0], parts[1], parts[-1],
+            rows, hidden, rows_per_program, float(dropout_p),
+            BLOCK_H=block_h, HAS_BIAS=bias is not None, HAS_DROPOUT=dropout_p > 0.0,
+            num_warps=_num_warps(block_h))
+    # A fixed-order reduction over the programs' partials; each gradient its own tensor (no aliasing).
+    dweight, dbeta = parts[0].sum(0).to(weight.dtype), parts[1].sum(0).to(weight.dtype)
+    dbias = parts[2].sum(0).to(bias.dtype) if bias is not None else x.new_empty(0)
+    return dx, dbias, dres, dweight, dbeta
+
+
+def dropout_mask(rows: int, hidden: int, dropout_p: float, seed: Tensor) -> Tensor:
+    """Debug: the kernels' keep mask, bool ``(rows, hidden)``."""
+    keep = torch.empty(rows, hidden, dtype=torch.int8, device=seed.device)
+    block_h = _block_h(hidden)
+    _layernorm_dropout_mask[(rows,)](keep, seed, hidden, float(dropout_p), BLOCK_H=block_h,
+                                     num_warps=_num_warps(block_h))
+    return keep.bool()
+
+
+def residual_layernorm_reference(x, bias, residual, weight, beta, eps: float, keep: Optional[Tensor] = None,
+                                 dropout_p: float = 0.0) -> Tensor:
+    """The same math in PyTorch (in x's dtype, or the dtype the inputs promote to)."""
+    h = x if bias is None else x + bias
+    if keep is not None:
+        h = h * keep.to(h.dtype) / (1.0 - dropout_p)
+    s = h + residual
+    return torch.nn.functional.layer_norm(s, (x.shape[-1],), weight.to(s.dtype), beta.to(s.dtype), eps)
+
+
+class FusedResidualLayerNorm(torch.autograd.Function):
+    """Autograd wrapper of the kernels for standalone use (the model goes through ``fastbert.ops``)."""
+
+    @staticmethod
+    def forward(ctx, x, bias, residual, weight, beta, eps, dropout_p, seed):
+        y, mean, rstd = residual_layernorm_fwd(x, bias, residual, weight, beta, eps, dropout_p, seed)
+        ctx.save_for_backward(x, bias, residual, weight, mean, rstd, seed)
+        ctx.dropout_p = dropout_p
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, bias, residual, weight, mean, rstd, seed = ctx.saved_tensors
+        dx, dbias, dres, dweight, dbeta = residual_layernorm_bwd(dy, x, bias, residual, weight, mean, rstd,
+                                                                 ctx.dropout_p, seed)
+        return dx, dbias if bias is not None else None, dres, dweight, dbeta, None, None, None
+
+
+# ============================================================================= ahead-of-time variants
+_TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def aot_variants():
+    """Forward and backward for each dtype, hidden block (96 -> 128, 384 -> 512, 1024), bias and dropout,
+    for ``fastbert check-kernels``."""
+    from fastbert.check_kernels import AotVariant
+
+    for dtype, t in _TRITON_TYPES.items():
+        for block_h in (128, 512, 1024):
+            for has_bias in (False, True):
+                for dropout in (False, True):
+                    constexprs = dict(BLOCK_H=block_h, HAS_BIAS=has_bias, HAS_DROPOUT=dropout)
+                    label = f"{t} H{block_h}{' bias' if has_bias else ''}{' dropout' if dropout else ''}"
+                    for kernel in (_residual_layernorm_fwd, _residual_layernorm_bwd):
+                        signature = {}
+                        for name in kernel.arg_names:
+                            if name in constexprs:
+                                signature[name] = "constexpr"
+                            elif name in ("Mean", "Rstd", "DWeightPart", "DBetaPart", "DBiasPart"):
+                                signature[name] = "*fp32"
+                            elif name == "Seed":
+                                signature[name] = "*i64"
+                            elif name in ("eps", "dropout_p"):
+                                signature[name] = "fp32"
+                            elif name[0].isupper():
+                                signature[name] = f"*{t}"
+                            else:
+                                signature[name] = "i32"
+                        yield AotVariant(kernel, signature, constexprs, _num_warps(block_h), 1, label)
+
+
+# ============================================================================= op adapters
+def _unsupported(x: Tensor, residual: Tensor, weight: Tensor) -> Optional[str]:
+    """Why the kernels cannot take these inputs (the op then runs PyTorch), or None."""
+    for t in (x, residual, weight):
+        if t.dtype not in KERNEL_DTYPES:
+            return f"dtype {t.dtype}"
+    if x.shape[-1] > MAX_HIDDEN:
+        return f"hidden {x.shape[-1]} > {MAX_HIDDEN}"
+    return None
+
+
+def _op_forward(x, bias, residual, weight, beta, eps: float, dropout_p: float, seed):
+    """``fastbert.ops`` adapter of :func:`residual_layernorm_fwd` (PyTorch for what it cannot take)."""
+    reason = _unsupported(x, residual, weight)
+    if reason:
+        return _fallback("fwd", reason)(x, bias, residual, weight, beta, eps, dropout_p, seed)
+    return residual_layernorm_fwd(x, bias, residual, weight, beta, eps, dropout_p, seed)
+
+
+def _op_backward(dy, x, bias, residual, weight, mean, rstd, dropout_p: float, seed):
+    """``fastbert.ops`` adapter of :func:`residual_layernorm_bwd`."""
+    reason = _unsupported(x, residual, weight)
+    if reason:
+        return _fallback("bwd", reason)(dy, x, bias, residual, weight, mean, rstd, dropout_p, seed)
+    return residual_layernorm_bwd(dy, x, bias, residual, weight, mean, rstd, dropout_p, seed)
+
+
+@functools.lru_cache(maxsize=None)
+def _fallback(direction: str, reason: str):
+    from fastbert import torch_ops
+
+    warnings.warn(f"fastbert: no Triton residual+LayerNorm kernel for {reason}; using PyTorch")
+    return getattr(torch_ops, f"residual_layernorm_{direction}")
