@@ -1,0 +1,113 @@
+"""Fused residual + dropout + LayerNorm against PyTorch's unfused ``dropout -> add -> F.layer_norm`` (GPU only).
+
+Forward+backward at 4096..65536 rows of hidden 768 and 1024, bf16, dropout 0.1, with bias. Both sides
+are credited with the bytes the fused op must move (:func:`moved_bytes`: forward reads x and residual
+and writes y; backward reads dy, x and residual and writes dx and dresidual; the per-row statistics
+and per-column parameters are counted too), and every row is set against the device's copy bandwidth
+measured in the same run (one large ``copy_``). Timing: ``triton.testing.do_bench``.
+Goals: >= 2x PyTorch, and >= 80% of the copy bandwidth.
+Run: ``python -m benchmarks.bench_layernorm [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROWS = (4096, 16384, 65536)
+HIDDENS = (768, 1024)
+DROPOUT = 0.1
+
+
+def moved_bytes(rows: int, hidden: int, element_size: int) -> int:
+    """Bytes a fused forward+backward must move: 3 row tensors forward, 5 backward, plus fp32 mean/rstd
+    (written, then read) and the hidden-sized parameters and their gradients."""
+    activations = 8 * rows * hidden * element_size
+    statistics = 2 * 2 * rows * 4
+    parameters = 6 * hidden * element_size
+    return activations + statistics + parameters
+
+
+def unfused(x, bias, residual, weight, beta, eps, p):
+    """PyTorch's unfused equivalent: ``F.layer_norm(dropout(x + bias) + residual)``."""
+    return F.layer_norm(F.dropout(x + bias, p, training=True) + residual, (x.shape[-1],), weight, beta, eps)
+
+
+def copy_bandwidth(device) -> float:
+    """GB/s of one large device-to-device copy (bytes read + written)."""
+    from triton.testing import do_bench
+
+    src = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src))
+    return 2 * src.numel() / ms / 1e6
+
+
+def measure(rows: int, hidden: int, dtype, device, peak_gbs: float) -> dict:
+    from triton.testing import do_bench
+
+    from fastbert import ops
+
+    gen = torch.Generator(device=device).manual_seed(rows + hidden)
+    make = lambda *shape: torch.randn(*shape, generator=gen, device=device, dtype=dtype).requires_grad_()  # noqa: E731
+    x, residual, bias, beta = make(rows, hidden), make(rows, hidden), make(hidden), make(hidden)
+    weight = (1.0 + 0.1 * torch.randn(hidden, generator=gen, device=device, dtype=dtype)).requires_grad_()
+    dy = torch.randn(rows, hidden, generator=gen, device=device, dtype=dtype)
+    seed = ops.new_seed(device)
+    leaves = [x, residual, bias, beta, weight]
+
+    def ours():
+        ops.residual_layernorm(x, bias, residual, weight, beta, 1e-12, DROPOUT, seed).backward(dy)
+
+    def theirs():
+        unfused(x, bias, residual, weight, beta, 1e-12, DROPOUT).backward(dy)
+
+    result = {"rows": rows, "hidden": hidden, "dtype": str(dtype).replace("torch.", ""),
+              "bytes": moved_bytes(rows, hidden, x.element_size()), "copy_gbs": peak_gbs}
+    for name, fn in (("fastbert", ours), ("pytorch", theirs)):
+        ms = do_bench(fn, grad_to_none=leaves)
+        result[f"{name}_ms"] = ms
+        result[f"{name}_gbs"] = result["bytes"] / ms / 1e6
+    result["speedup"] = result["pytorch_ms"] / result["fastbert_ms"]
+    result["fraction_of_copy"] = result["fastbert_gbs"] / peak_gbs
+    return result
+
+
+def _table(results: list[dict]) -> str:
+    lines = ["| rows | hidden | fastbert GB/s | PyTorch GB/s | speed-up (goal 2x) | of copy bandwidth (goal 80%) |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['rows']} | {r['hidden']} | {r['fastbert_gbs']:.0f} | {r['pytorch_gbs']:.0f} "
+                     f"| {r['speedup']:.2f}x | {100 * r['fraction_of_copy']:.0f}% |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench-out")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_layernorm: skipped: it measures GB/s against the device's copy bandwidth and needs a "
+              "GPU; on the CPU the kernels only run in the Triton interpreter, whose timings mean nothing.")
+        return 0
+    device = torch.device("cuda")
+    peak = copy_bandwidth(device)
+    results = [measure(rows, hidden, torch.bfloat16, device, peak) for hidden in HIDDENS for rows in ROWS]
+    table = _table(results)
+    print(f"copy bandwidth {peak:.0f} GB/s\n{table}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "copy_gbs": peak,
+              "results": results}
+    (out / "bench_layernorm.json").write_text(json.dumps(record, indent=2))
+    (out / "bench_layernorm.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
