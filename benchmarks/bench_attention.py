@@ -13,12 +13,12 @@ Run: ``python -m benchmarks.bench_attention [--out DIR]``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from benchmarks.report import write_report
 
 BATCH, HEADS, HEAD_DIM = 32, 12, 64
 MAX_LENS = (128, 256, 512)
@@ -113,11 +113,7 @@ def main(argv=None) -> int:
                for name in args.dtypes.split(",") for max_len in MAX_LENS for kind in ("full", "variable")]
     table = _table(results)
     print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    record = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "results": results}
-    (out / "bench_attention.json").write_text(json.dumps(record, indent=2))
-    (out / "bench_attention.md").write_text(table + "\n")
+    write_report(args.out, "bench_attention", table, results)
     return 0
 
 

@@ -12,12 +12,12 @@ Run: ``python -m benchmarks.bench_layernorm [--out DIR]``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from benchmarks.report import write_report
 
 ROWS = (4096, 16384, 65536)
 HIDDENS = (768, 1024)
@@ -100,12 +100,7 @@ def main(argv=None) -> int:
     results = [measure(rows, hidden, torch.bfloat16, device, peak) for hidden in HIDDENS for rows in ROWS]
     table = _table(results)
     print(f"copy bandwidth {peak:.0f} GB/s\n{table}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    record = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "copy_gbs": peak,
-              "results": results}
-    (out / "bench_layernorm.json").write_text(json.dumps(record, indent=2))
-    (out / "bench_layernorm.md").write_text(table + "\n")
+    write_report(args.out, "bench_layernorm", table, results, copy_gbs=peak)
     return 0
 
 

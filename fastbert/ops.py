@@ -17,6 +17,7 @@ torch's generator by :func:`new_seed`), and backward regenerates the same mask f
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from typing import Callable, Optional
@@ -59,7 +60,7 @@ def resolve_backend(device: torch.device) -> str:
 
 def _impl(op: str, direction: str, device: torch.device) -> Callable:
     if resolve_backend(device) == "triton":
-        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        if device.type != "cuda" and not interpreting():
             raise ValueError(f"FASTBERT_BACKEND=triton on {device.type} tensors needs the Triton interpreter: "
                              "set TRITON_INTERPRET=1 before triton is imported")
         _load_kernels()
@@ -68,6 +69,19 @@ def _impl(op: str, direction: str, device: torch.device) -> Callable:
         if backend_name() == "triton" and op not in _warned_missing:
             _warned_missing.add(op)
             warnings.warn(f"fastbert: no Triton kernel for op {op!r} yet; using the PyTorch implementation")
+    return getattr(torch_ops, f"{op}_{direction}")
+
+
+def interpreting() -> bool:
+    """Whether ``TRITON_INTERPRET`` asks for Triton's interpreter (it must be set before triton loads)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def torch_fallback(op: str, direction: str, reason: str) -> Callable:
+    """The PyTorch implementation of ``op`` for inputs a Triton kernel does not take, with one warning
+    per ``(op, direction, reason)``."""
+    warnings.warn(f"fastbert: the Triton {op} kernel does not take {reason}; using PyTorch")
     return getattr(torch_ops, f"{op}_{direction}")
 
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import os
-import warnings
 from typing import Optional
 
 import torch
@@ -29,6 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastbert.ops import interpreting, torch_fallback
 from fastbert.validation import check_attention_inputs
 
 LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: jit functions may read it
@@ -298,10 +297,6 @@ def _attention_dropout_mask(
 
 
 # ============================================================================= launch configuration
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 @functools.lru_cache(maxsize=None)
 def _interpreter_needs_upcast() -> bool:
     """Whether the interpreter's bf16 ``tl.dot`` is wrong (triton 3.9.0 multiplies the raw bits):
@@ -320,7 +315,7 @@ def _bf16_dot_probe(A, Out):
 
 
 def _upcast(dtype: torch.dtype) -> bool:
-    return dtype == torch.bfloat16 and _interpreting() and _interpreter_needs_upcast()
+    return dtype == torch.bfloat16 and interpreting() and _interpreter_needs_upcast()
 
 
 def _tf32_allowed() -> bool:
@@ -431,7 +426,7 @@ _KERNELS = {"fwd": _attention_fwd, "single": _attention_fwd, "dkdv": _attention_
 
 def _use_autotune(device: torch.device) -> bool:
     # Different tiles sum in different orders; deterministic mode pins one config across processes.
-    return device.type == "cuda" and not _interpreting() and not torch.are_deterministic_algorithms_enabled()
+    return device.type == "cuda" and not interpreting() and not torch.are_deterministic_algorithms_enabled()
 
 
 def _launch(kind: str, grid_of, *args, **kwargs):
@@ -453,7 +448,7 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen
     check_attention_inputs(q, k, v, cu_seqlens, max_seqlen, dropout_p, seed, check_values, KERNEL_DTYPES)
     if q.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"attention: head_dim must be at most {MAX_HEAD_DIM}, got {q.shape[-1]}")
-    if q.device.type != "cuda" and not _interpreting():
+    if q.device.type != "cuda" and not interpreting():
         raise ValueError(f"attention: the Triton kernels need CUDA tensors (got {q.device}); on the CPU set "
                          "TRITON_INTERPRET=1 before triton is imported")
 
@@ -618,7 +613,7 @@ def _qkv_forward(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: fl
     """``fastbert.ops`` adapter: packed ``(T, 3, H, D)`` -> ``(out, lse)``."""
     reason = _unsupported(qkv)
     if reason:
-        return _fallback("fwd", reason)(qkv, cu_seqlens, max_seqlen, dropout_p, seed)
+        return torch_fallback("attention", "fwd", reason)(qkv, cu_seqlens, max_seqlen, dropout_p, seed)
     if dropout_p > 0.0 and seed is None:
         raise ValueError("attention: dropout_p > 0 needs seed, an int64 tensor of one element")
     q, k, v = qkv.unbind(1)
@@ -629,22 +624,14 @@ def _qkv_backward(dout, qkv, out, lse, cu_seqlens, max_seqlen: int, dropout_p: f
     """``fastbert.ops`` adapter: the ``(T, 3, H, D)`` gradient of :func:`_qkv_forward`."""
     reason = _unsupported(qkv)
     if reason:
-        return _fallback("bwd", reason)(dout, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, seed)
+        fallback = torch_fallback("attention", "bwd", reason)
+        return fallback(dout, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, seed)
     if dropout_p > 0.0 and seed is None:
         raise ValueError("attention: dropout_p > 0 needs seed, an int64 tensor of one element")
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
     q, k, v = qkv.unbind(1)
     attention_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, seed, *dqkv.unbind(1))
     return dqkv
-
-
-@functools.lru_cache(maxsize=None)
-def _fallback(direction: str, reason: str):
-    """Inputs the kernels do not take (documented): the PyTorch implementation, one warning per case."""
-    from fastbert import torch_ops
-
-    warnings.warn(f"fastbert: no Triton attention kernel for {reason}; using PyTorch")
-    return getattr(torch_ops, f"attention_{direction}")
 
 
 # ============================================================================= ahead-of-time variants

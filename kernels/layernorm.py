@@ -11,14 +11,14 @@ dbeta and dbias, summed afterwards in a fixed order: bitwise deterministic, no a
 
 from __future__ import annotations
 
-import functools
-import warnings
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from fastbert.ops import torch_fallback
 
 # Hidden sizes the kernels take (BERT-base 768, MiniLM 384, BERT-large 1024); wider rows spill
 # registers in the one-pass backward (fastbert check-kernels) and run the PyTorch implementation.
@@ -283,7 +283,8 @@ def _op_forward(x, bias, residual, weight, beta, eps: float, dropout_p: float, s
     """``fastbert.ops`` adapter of :func:`residual_layernorm_fwd` (PyTorch for what it cannot take)."""
     reason = _unsupported(x, residual, weight)
     if reason:
-        return _fallback("fwd", reason)(x, bias, residual, weight, beta, eps, dropout_p, seed)
+        fallback = torch_fallback("residual_layernorm", "fwd", reason)
+        return fallback(x, bias, residual, weight, beta, eps, dropout_p, seed)
     return residual_layernorm_fwd(x, bias, residual, weight, beta, eps, dropout_p, seed)
 
 
@@ -291,13 +292,6 @@ def _op_backward(dy, x, bias, residual, weight, mean, rstd, dropout_p: float, se
     """``fastbert.ops`` adapter of :func:`residual_layernorm_bwd`."""
     reason = _unsupported(x, residual, weight)
     if reason:
-        return _fallback("bwd", reason)(dy, x, bias, residual, weight, mean, rstd, dropout_p, seed)
+        fallback = torch_fallback("residual_layernorm", "bwd", reason)
+        return fallback(dy, x, bias, residual, weight, mean, rstd, dropout_p, seed)
     return residual_layernorm_bwd(dy, x, bias, residual, weight, mean, rstd, dropout_p, seed)
-
-
-@functools.lru_cache(maxsize=None)
-def _fallback(direction: str, reason: str):
-    from fastbert import torch_ops
-
-    warnings.warn(f"fastbert: no Triton residual+LayerNorm kernel for {reason}; using PyTorch")
-    return getattr(torch_ops, f"residual_layernorm_{direction}")
