@@ -1,12 +1,13 @@
 """Fused ``LayerNorm(dropout(x + bias) + residual)`` over rows, forward and backward.
 
-One program normalises one row in a single pass held in registers (hidden sizes up to 1024; wider
-rows run the PyTorch implementation), with
-fp32 statistics. Dropout uses counter-based random numbers (``tl.rand``) keyed by the seed tensor and
+One program normalises one row in a single pass held in registers (hidden sizes up to 8192; wider
+rows run the PyTorch implementation), with fp32 statistics. Dropout uses counter-based random numbers (``tl.rand``) keyed by the seed tensor and
 the element index ``row * hidden + col``, so backward regenerates the mask and nothing is stored;
 forward saves only the fp32 ``mean``/``rstd`` per row (the op keeps ``x`` and ``residual``, which
 are alive anyway). Backward gives dx, dresidual and per-program fp32 partial sums of dweight,
-dbeta and dbias, summed afterwards in a fixed order: bitwise deterministic, no atomics.
+dbeta and dbias, summed afterwards in a fixed order: bitwise deterministic, no atomics. Up to 1024
+columns it holds whole rows in one pass; wider rows would spill its registers, so a first pass reduces
+the two per-row means LayerNorm's gradient needs and the second runs over column blocks.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from torch import Tensor
 
 from fastbert.ops import torch_fallback
 
-# Hidden sizes the kernels take (BERT-base 768, MiniLM 384, BERT-large 1024); wider rows spill
-# registers in the one-pass backward (fastbert check-kernels) and run the PyTorch implementation.
-MAX_HIDDEN = 1024
+# Hidden sizes the kernels take (BERT-base 768, MiniLM 384, BERT-large 1024, up to 8192); wider rows
+# run the PyTorch implementation.
+MAX_HIDDEN = 8192
+# The widest row the backward holds in one pass; wider rows spill its registers (fastbert
+# check-kernels) and take the two-pass backward over column blocks of this width.
+ONE_PASS_HIDDEN = 1024
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 BWD_PROGRAMS = 256  # fixed, so the partial sums (and the result bits) do not depend on the device
 
@@ -45,6 +49,15 @@ def _row_sum(x, bias_ptr, residual_ptr, seed_ptr, row, cols, mask, hidden, dropo
 
 
 @triton.jit
+def _normalize_row(s, mask, hidden, eps):
+    """``(xhat, mean, rstd)`` of an fp32 row ``s`` whose ``mask``-ed columns are zero (two-pass variance)."""
+    mean = tl.sum(s, 0) / hidden
+    centered = tl.where(mask, s - mean, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, 0) / hidden + eps)
+    return centered * rstd, mean, rstd
+
+
+@triton.jit
 def _residual_layernorm_fwd(
     X, Bias, Residual, Weight, Beta, Y, Mean, Rstd, Seed, hidden, eps, dropout_p,
     BLOCK_H: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
@@ -56,26 +69,54 @@ def _residual_layernorm_fwd(
     base = row * hidden
     x = tl.load(X + base + cols, mask=mask, other=0.0)
     s, _ = _row_sum(x, Bias, Residual, Seed, row, cols, mask, hidden, dropout_p, HAS_BIAS, HAS_DROPOUT)
-    mean = tl.sum(s, 0) / hidden
-    centered = tl.where(mask, s - mean, 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, 0) / hidden + eps)
+    xhat, mean, rstd = _normalize_row(s, mask, hidden, eps)
     w = tl.load(Weight + cols, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(Beta + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Y + base + cols, (centered * rstd * w + b).to(Y.dtype.element_ty), mask=mask)
+    tl.store(Y + base + cols, (xhat * w + b).to(Y.dtype.element_ty), mask=mask)
     tl.store(Mean + row, mean)
     tl.store(Rstd + row, rstd)
 
 
 @triton.jit
-def _residual_layernorm_bwd(
-    DY, X, Bias, Residual, Weight, Mean, Rstd, Seed, DX, DRes, DWeightPart, DBetaPart, DBiasPart,
-    rows, hidden, rows_per_program, dropout_p,
-    BLOCK_H: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+def _residual_layernorm_bwd_terms(
+    DY, X, Bias, Residual, Weight, Mean, Rstd, Seed, Terms, hidden, dropout_p,
+    BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
 ):
-    """Rows ``[pid * rows_per_program, ...)``: dx, dresidual, and this program's fp32 partial sums of
-    dweight, dbeta, dbias (row ``pid`` of the ``*Part`` buffers). Grid ``(programs,)``."""
+    """Rows wider than one block, pass 1 of 2: the row means ``mean(xhat * w * dy)`` and ``mean(w * dy)``
+    into ``Terms (rows, 2)`` fp32, over column blocks of ``BLOCK_N``. Grid ``(rows,)``."""
+    row = tl.program_id(0).to(tl.int64)
+    base = row * hidden
+    mean, rstd = tl.load(Mean + row), tl.load(Rstd + row)
+    sum_xhat_wdy = tl.zeros([BLOCK_N], tl.float32)
+    sum_wdy = tl.zeros([BLOCK_N], tl.float32)
+    for start in range(0, hidden, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        mask = cols < hidden
+        x = tl.load(X + base + cols, mask=mask, other=0.0)
+        s, _ = _row_sum(x, Bias, Residual, Seed, row, cols, mask, hidden, dropout_p, HAS_BIAS, HAS_DROPOUT)
+        xhat = tl.where(mask, (s - mean) * rstd, 0.0)
+        w = tl.load(Weight + cols, mask=mask, other=0.0).to(tl.float32)
+        wdy = w * tl.load(DY + base + cols, mask=mask, other=0.0).to(tl.float32)
+        sum_xhat_wdy += xhat * wdy
+        sum_wdy += wdy
+    tl.store(Terms + 2 * row, tl.sum(sum_xhat_wdy, 0) / hidden)
+    tl.store(Terms + 2 * row + 1, tl.sum(sum_wdy, 0) / hidden)
+
+
+@triton.jit
+def _residual_layernorm_bwd(
+    DY, X, Bias, Residual, Weight, Mean, Rstd, Seed, Terms, DX, DRes, DWeightPart, DBetaPart, DBiasPart,
+    rows, hidden, rows_per_program, dropout_p,
+    BLOCK_H: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr, WIDE: tl.constexpr,
+):
+    """Rows ``[pid * rows_per_program, ...)``, columns of block ``program_id(1)``: dx, dresidual, and this
+    program's fp32 partial sums of dweight, dbeta, dbias (row ``pid`` of the ``*Part`` buffers).
+    A block holds whole rows and reduces their two row means itself, unless ``WIDE``, where pass 1
+    (``_residual_layernorm_bwd_terms``) left them in ``Terms``. Grid ``(programs, column blocks)``."""
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_H)
+    if WIDE:
+        cols += tl.program_id(1) * BLOCK_H
     mask = cols < hidden
     w = tl.load(Weight + cols, mask=mask, other=0.0).to(tl.float32)
     dweight = tl.zeros([BLOCK_H], tl.float32)
@@ -91,8 +132,10 @@ def _residual_layernorm_bwd(
         dy = tl.load(DY + base + cols, mask=mask, other=0.0).to(tl.float32)
         wdy = w * dy
         # d LN / d s = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy * xhat))
-        c1 = tl.sum(xhat * wdy, 0) / hidden
-        c2 = tl.sum(wdy, 0) / hidden
+        if WIDE:
+            c1, c2 = tl.load(Terms + 2 * row), tl.load(Terms + 2 * row + 1)
+        else:
+            c1, c2 = tl.sum(xhat * wdy, 0) / hidden, tl.sum(wdy, 0) / hidden
         ds = (wdy - (xhat * c1 + c2)) * tl.load(Rstd + row)
         ds = tl.where(mask, ds, 0.0)
         dh = ds * scale
@@ -125,8 +168,9 @@ def _block_h(hidden: int) -> int:
 
 def _num_warps(block_h: int) -> int:
     """4 warps, but 8 at 512 columns, where ptxas spills the dropout backward with 4 (and at 1024 it
-    is the other way round); ``fastbert check-kernels`` keeps this honest."""
-    return 8 if block_h == 512 else 4
+    is the other way round), and more for the forward's wider rows; ``fastbert check-kernels`` keeps
+    this honest."""
+    return {512: 8, 2048: 8, 4096: 16, 8192: 32}.get(block_h, 4)
 
 
 def check_inputs(x: Tensor, bias: Optional[Tensor], residual: Tensor, weight: Tensor, beta: Tensor,
@@ -184,13 +228,20 @@ def residual_layernorm_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], residu
     rows_per_program = triton.cdiv(rows, programs)
     programs = triton.cdiv(rows, rows_per_program) if rows else 1
     parts = torch.zeros(3 if bias is not None else 2, programs, hidden, dtype=torch.float32, device=x.device)
-    block_h = _block_h(hidden)
+    wide = hidden > ONE_PASS_HIDDEN
+    block_h = ONE_PASS_HIDDEN if wide else _block_h(hidden)
+    seed_arg, bias_arg = seed if seed is not None else mean, bias if bias is not None else x
+    terms = torch.empty(rows, 2, dtype=torch.float32, device=x.device) if wide else mean
+    if rows and wide:
+        _residual_layernorm_bwd_terms[(rows,)](
+            dy, x, bias_arg, residual, weight, mean, rstd, seed_arg, terms, hidden, float(dropout_p),
+            BLOCK_N=block_h, HAS_BIAS=bias is not None, HAS_DROPOUT=dropout_p > 0.0,
+            num_warps=_num_warps(block_h))
     if rows:
-        _residual_layernorm_bwd[(programs,)](
-            dy, x, bias if bias is not None else x, residual, weight, mean, rstd,
-            seed if seed is not None else mean, dx, dres, parts[0], parts[1], parts[-1],
-            rows, hidden, rows_per_program, float(dropout_p),
-            BLOCK_H=block_h, HAS_BIAS=bias is not None, HAS_DROPOUT=dropout_p > 0.0,
+        _residual_layernorm_bwd[(programs, triton.cdiv(hidden, block_h))](
+            dy, x, bias_arg, residual, weight, mean, rstd, seed_arg, terms, dx, dres, parts[0], parts[1],
+            parts[-1], rows, hidden, rows_per_program, float(dropout_p),
+            BLOCK_H=block_h, HAS_BIAS=bias is not None, HAS_DROPOUT=dropout_p > 0.0, WIDE=wide,
             num_warps=_num_warps(block_h))
     # A fixed-order reduction over the programs' partials; each gradient its own tensor (no aliasing).
     dweight, dbeta = parts[0].sum(0).to(weight.dtype), parts[1].sum(0).to(weight.dtype)
@@ -239,33 +290,46 @@ class FusedResidualLayerNorm(torch.autograd.Function):
 _TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
+def _signature(kernel, constexprs: dict, t: str) -> dict:
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in ("Mean", "Rstd", "Terms", "DWeightPart", "DBetaPart", "DBiasPart"):
+            signature[name] = "*fp32"
+        elif name == "Seed":
+            signature[name] = "*i64"
+        elif name in ("eps", "dropout_p"):
+            signature[name] = "fp32"
+        elif name[0].isupper():
+            signature[name] = f"*{t}"
+        else:
+            signature[name] = "i32"
+    return signature
+
+
 def aot_variants():
-    """Forward and backward for each dtype, hidden block (96 -> 128, 384 -> 512, 1024), bias and dropout,
-    for ``fastbert check-kernels``."""
+    """Every launch for each dtype, bias and dropout, for ``fastbert check-kernels``: the forward at row
+    blocks 128 (hidden 96), 512 (384), 1024 and 2048..8192, the one-pass backward up to 1024, and both
+    passes of the wide backward."""
     from fastbert.check_kernels import AotVariant
 
     for dtype, t in _TRITON_TYPES.items():
-        for block_h in (128, 512, 1024):
-            for has_bias in (False, True):
-                for dropout in (False, True):
-                    constexprs = dict(BLOCK_H=block_h, HAS_BIAS=has_bias, HAS_DROPOUT=dropout)
-                    label = f"{t} H{block_h}{' bias' if has_bias else ''}{' dropout' if dropout else ''}"
-                    for kernel in (_residual_layernorm_fwd, _residual_layernorm_bwd):
-                        signature = {}
-                        for name in kernel.arg_names:
-                            if name in constexprs:
-                                signature[name] = "constexpr"
-                            elif name in ("Mean", "Rstd", "DWeightPart", "DBetaPart", "DBiasPart"):
-                                signature[name] = "*fp32"
-                            elif name == "Seed":
-                                signature[name] = "*i64"
-                            elif name in ("eps", "dropout_p"):
-                                signature[name] = "fp32"
-                            elif name[0].isupper():
-                                signature[name] = f"*{t}"
-                            else:
-                                signature[name] = "i32"
-                        yield AotVariant(kernel, signature, constexprs, _num_warps(block_h), 1, label)
+        for has_bias in (False, True):
+            for dropout in (False, True):
+                flags = dict(HAS_BIAS=has_bias, HAS_DROPOUT=dropout)
+                extra = f"{' bias' if has_bias else ''}{' dropout' if dropout else ''}"
+                launches = [(_residual_layernorm_fwd, dict(BLOCK_H=b), f"H{b}")
+                            for b in (128, 512, 1024, 2048, 4096, 8192)]
+                launches += [(_residual_layernorm_bwd, dict(BLOCK_H=b, WIDE=False), f"H{b}")
+                             for b in (128, 512, ONE_PASS_HIDDEN)]
+                launches += [(_residual_layernorm_bwd, dict(BLOCK_H=ONE_PASS_HIDDEN, WIDE=True), "wide"),
+                             (_residual_layernorm_bwd_terms, dict(BLOCK_N=ONE_PASS_HIDDEN), "wide")]
+                for kernel, blocks, width in launches:
+                    constexprs = dict(blocks, **flags)
+                    block = blocks.get("BLOCK_H", blocks.get("BLOCK_N"))
+                    yield AotVariant(kernel, _signature(kernel, constexprs, t), constexprs, _num_warps(block), 1,
+                                     f"{t} {width}{extra}")
 
 
 # ============================================================================= op adapters

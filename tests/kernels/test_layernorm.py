@@ -69,10 +69,19 @@ def _check(rows, hidden, dtype, p, bias=True, residual_dtype=None):
 
 # ============================================================================= exactness
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("hidden", [96, 384, 768, 1000, 1024])
+@pytest.mark.parametrize("hidden", [96, 384, 768, 1000, 1024, 4096])
 def test_hidden_sizes_match_float64(hidden, dtype):
-    """Forward and the gradients of all five inputs, with bias and dropout, vs float64."""
+    """Forward and the gradients of all five inputs, with bias and dropout, vs float64 (4096: the
+    two-pass backward over column blocks)."""
     _check(7, hidden, dtype, 0.1)
+
+
+@pytest.mark.parametrize("hidden, p, bias", [(1025, 0.0, False), (2500, 0.27, True), (8192, 0.1, True)])
+def test_wide_rows_over_column_blocks(hidden, p, bias, monkeypatch):
+    """Rows wider than the one-pass backward: a ragged last column block (1025, 2500), the widest row
+    (8192), and several rows per backward program, so the per-column partial sums add up rows."""
+    monkeypatch.setattr(L, "BWD_PROGRAMS", 3)
+    _check(9, hidden, torch.float32, p, bias)
 
 
 @pytest.mark.parametrize("rows, p, bias", [
@@ -89,10 +98,10 @@ def test_fp32_residual_stream_with_low_precision_x(dtype):
     _check(33, 768, dtype, 0.1, residual_dtype=torch.float32)
 
 
-@pytest.mark.parametrize("hidden, dtype, why", [(4096, torch.float32, "hidden 4096 > 1024"),
+@pytest.mark.parametrize("hidden, dtype, why", [(8200, torch.float32, "hidden 8200 > 8192"),
                                                 (32, torch.float64, "dtype torch.float64")])
 def test_what_the_kernels_do_not_take_falls_back_to_pytorch(hidden, dtype, why, monkeypatch):
-    """Rows wider than 1024 (they would spill registers) and float64: the op runs PyTorch, warning once."""
+    """Rows wider than 8192 and float64: the op runs PyTorch, warning once."""
     monkeypatch.setenv("FASTBERT_BACKEND", "triton")
     x, bias, residual, weight, beta = (t.requires_grad_() for t in _inputs(5, hidden, dtype))
     with pytest.warns(UserWarning, match=why):
