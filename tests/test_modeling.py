@@ -288,6 +288,7 @@ def test_triton_backend_without_kernels_falls_back_with_a_warning(monkeypatch):
     from fastbert import ops
 
     monkeypatch.setenv("FASTBERT_BACKEND", "triton")
+    ops._load_kernels()  # registered now, into the real table, not into the stand-in below
     monkeypatch.setattr(ops, "_TRITON_IMPLS", {})
     monkeypatch.setattr(ops, "_warned_missing", set())
     config = tiny_config()
