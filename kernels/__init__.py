@@ -14,9 +14,11 @@ if __name__ == "fastbert.kernels":
     from fastbert.check_kernels import register_aot
     from fastbert.ops import register_triton
 
-    from . import attention, layernorm
+    from . import attention, embeddings, layernorm
 
     register_triton("attention", fwd=attention._qkv_forward, bwd=attention._qkv_backward)
     register_aot("attention", attention.aot_variants)
     register_triton("residual_layernorm", fwd=layernorm._op_forward, bwd=layernorm._op_backward)
     register_aot("residual_layernorm", layernorm.aot_variants)
+    register_triton("embeddings", fwd=embeddings._op_forward, bwd=embeddings._op_backward)
+    register_aot("embeddings", embeddings.aot_variants)

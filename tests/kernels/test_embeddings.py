@@ -1,0 +1,235 @@
+"""The Triton fused embeddings kernels (``kernels/embeddings.py``) against float64.
+
+On the CPU the kernels run in the Triton interpreter (conftest sets ``TRITON_INTERPRET=1``). Outputs are
+fresh ``torch.empty`` buffers, so an unwritten element shows as garbage or NaN: comparisons check that
+every value is finite. Ids repeat (small tables, many tokens) so the table gradients really accumulate.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import DEVICE
+from fastbert import ops
+from fastbert.kernels import embeddings as E
+from lowp import assert_lowp_error, max_err
+
+EPS = 1e-12
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+NAMES = ["y", "dinputs_embeds", "dword", "dpos", "dtypes", "dweight", "dbeta"]
+
+
+def _inputs(tokens, hidden, dtype, embeds=False, vocab=50, positions=40, types=3, seed=0):
+    """Argument dict of :func:`embeddings_fwd` (less eps/dropout): random tables, repeating ids."""
+    gen = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731
+    ids = lambda rows: torch.randint(0, rows, (tokens,), generator=gen).to(DEVICE)  # noqa: E731
+    args = dict(input_ids=ids(vocab), inputs_embeds=None, position_ids=ids(positions), token_type_ids=ids(types),
+                word=rand(vocab, hidden), pos=0.5 * rand(positions, hidden), types=0.5 * rand(types, hidden),
+                weight=1.0 + 0.2 * rand(hidden), beta=0.1 * rand(hidden))
+    if embeds:
+        args.update(input_ids=None, inputs_embeds=rand(tokens, hidden))
+    return {k: v.to(DEVICE, dtype) if v is not None and v.dtype.is_floating_point else v for k, v in args.items()}
+
+
+FLOATS = ["inputs_embeds", "word", "pos", "types", "weight", "beta"]
+
+
+def _leaves(args, dtype=None):
+    out = dict(args)
+    for k in FLOATS:
+        if args[k] is not None:
+            out[k] = args[k].detach().to(dtype or args[k].dtype).clone().requires_grad_()
+    return out
+
+
+def _grads(leaves):
+    return [leaves[k].grad if leaves[k] is not None else None for k in FLOATS]
+
+
+def _run(args, p, seed, dy, padding_idx=-1):
+    """Kernel forward and backward through the autograd Function: ``(y, [d inputs_embeds, word, pos, types,
+    weight, beta])``."""
+    leaves = _leaves(args)
+    a = leaves
+    y = E.FusedEmbeddings.apply(a["input_ids"], a["inputs_embeds"], a["position_ids"], a["token_type_ids"],
+                                a["word"], a["pos"], a["types"], a["weight"], a["beta"], EPS, p, seed, padding_idx)
+    y.backward(dy.to(y.dtype))
+    return y.detach(), _grads(leaves)
+
+
+def _reference(args, keep, p, dy, dtype=None, padding_idx=-1):
+    leaves = _leaves(args, dtype)
+    a = leaves
+    y = E.embeddings_reference(a["input_ids"], a["inputs_embeds"], a["position_ids"], a["token_type_ids"],
+                               a["word"], a["pos"], a["types"], a["weight"], a["beta"], EPS, keep, p)
+    y.backward(dy.to(y.dtype))
+    grads = _grads(leaves)
+    if padding_idx >= 0 and grads[1] is not None:
+        grads[1][padding_idx] = 0
+    return y.detach(), grads
+
+
+def _check(tokens, hidden, dtype, p, embeds=False, padding_idx=-1, **sizes):
+    args = _inputs(tokens, hidden, dtype, embeds, seed=tokens + hidden, **sizes)
+    seed = torch.tensor([tokens * 5 + hidden], device=DEVICE)
+    keep = E.dropout_mask(tokens, hidden, p, seed) if p else None
+    dy = torch.randn(tokens, hidden, device=DEVICE).to(dtype).float()  # one upstream gradient for every side
+    y, grads = _run(args, p, seed, dy, padding_idx)
+    y64, grads64 = _reference(args, keep, p, dy, torch.float64, padding_idx)
+    pairs = [(y, y64)] + list(zip(grads, grads64))
+    if dtype == torch.float32:
+        for name, (ours, exact) in zip(NAMES, pairs):
+            if exact is not None:
+                assert max_err(ours, exact) <= 2e-5 * max(1.0, exact.abs().max().item()), name
+        return y, grads
+    y_lowp, grads_lowp = _reference(args, keep, p, dy, padding_idx=padding_idx)
+    for name, (ours, exact), theirs in zip(NAMES, pairs, [y_lowp] + grads_lowp):
+        if exact is not None:
+            assert_lowp_error(ours, theirs.to(ours.dtype), exact, f"{name} {dtype} hidden {hidden}")
+    return y, grads
+
+
+# ============================================================================= exactness
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("hidden", [96, 384, 768, 1000, 1024])
+def test_hidden_sizes_match_float64(hidden, dtype):
+    """Forward and the gradients of the three tables and the LayerNorm, with dropout, vs float64."""
+    _check(7, hidden, dtype, 0.1)
+
+
+@pytest.mark.parametrize("tokens, p", [(1, 0.27), (7, 0.0), (129, 0.1), (1000, 0.0)])
+def test_token_counts(tokens, p):
+    """Token counts below, at and past the backward's 256 programs (several tokens per program)."""
+    _check(tokens, 96 if tokens == 1000 else 384, torch.float32, p)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_inputs_embeds_instead_of_word_ids(dtype):
+    _check(33, 384, dtype, 0.1, embeds=True)
+
+
+def test_table_gradients_over_several_reduction_levels(monkeypatch):
+    """Pieces of 4 tokens: 300 tokens of 2 types need four levels of piece sums; 3 hot word ids too."""
+    monkeypatch.setattr(E, "SEGMENT_PIECE", 4)
+    _check(300, 48, torch.float32, 0.0, vocab=3, types=2)
+
+
+def test_padding_idx_row_gets_no_gradient():
+    args = _inputs(40, 32, torch.float32, vocab=5)
+    args["input_ids"][:10] = 2
+    _, grads = _run(args, 0.0, None, torch.randn(40, 32, device=DEVICE), padding_idx=2)
+    assert torch.equal(grads[1][2], torch.zeros(32, device=DEVICE))
+    assert grads[1][[0, 1, 3, 4]].abs().sum(1).min() > 0
+
+
+def test_empty_batch():
+    args = _inputs(0, 32, torch.float32)
+    y, grads = _run(args, 0.1, torch.tensor([1], device=DEVICE), torch.randn(0, 32, device=DEVICE))
+    assert y.shape == (0, 32)
+    assert all(g is None or (g == 0).all() for g in grads)
+
+
+# ============================================================================= dropout
+def test_dropout_zeroes_exactly_the_masked_outputs_and_backward_uses_the_same_mask():
+    p = 0.3
+    args = _inputs(60, 64, torch.float32)
+    seed = torch.tensor([17], device=DEVICE)
+    keep = E.dropout_mask(60, 64, p, seed)
+    assert abs(keep.float().mean().item() - (1 - p)) < 0.05
+    dy = torch.randn(60, 64, device=DEVICE)
+    y, grads = _run(args, p, seed, dy)
+    assert torch.equal(y == 0, ~keep)
+    # dbeta is the sum over tokens of the gradient that reaches LayerNorm: dy kept and scaled
+    torch.testing.assert_close(grads[5], (dy * keep / (1 - p)).sum(0), rtol=1e-5, atol=1e-5)
+
+
+def test_same_seed_is_bitwise_deterministic(monkeypatch):
+    monkeypatch.setattr(E, "BWD_PROGRAMS", 16)  # 64 tokens: 16 backward programs of 4 tokens each
+    monkeypatch.setattr(E, "SEGMENT_PIECE", 4)
+    args = _inputs(64, 96, torch.bfloat16, vocab=7, types=2)
+    dy = torch.randn(64, 96, device=DEVICE)
+    seed = torch.tensor([11], device=DEVICE)
+    first, again = _run(args, 0.1, seed, dy), _run(args, 0.1, seed.clone(), dy)
+    assert torch.equal(first[0], again[0])
+    assert all(a is None or torch.equal(a, b) for a, b in zip(first[1], again[1]))
+
+
+# ============================================================================= bad input
+def _call(check_values=True, **changes):
+    args = _inputs(6, 16, torch.float32, vocab=10, positions=8, types=2)
+    args.update(eps=EPS, dropout_p=0.0, seed=None)
+    args.update({k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in changes.items()})
+    return E.embeddings_fwd(**args, check_values=check_values)
+
+
+@pytest.mark.parametrize("changes, error, match", [
+    (dict(input_ids=torch.tensor([0, 1, 2, 3, 4, 10])), ValueError, r"input_ids must lie in \[0, 10\).*\[0, 10\]"),
+    (dict(input_ids=torch.tensor([0, -1, 2, 3, 4, 5])), ValueError, "input_ids must lie in"),
+    (dict(position_ids=torch.tensor([0, 1, 2, 3, 4, 8])), ValueError, r"position_ids must lie in \[0, 8\)"),
+    (dict(token_type_ids=torch.tensor([0, 1, 2, 0, 0, 0])), ValueError, r"token_type_ids must lie in \[0, 2\)"),
+    (dict(input_ids=torch.zeros(6)), TypeError, "input_ids must be int32 or int64"),
+    (dict(token_type_ids=torch.zeros(5, dtype=torch.long)), ValueError, r"token_type_ids must be \(tokens,\)"),
+    (dict(inputs_embeds=torch.randn(6, 16)), ValueError, "exactly one of input_ids or inputs_embeds"),
+    (dict(input_ids=None, inputs_embeds=torch.randn(6, 15)), ValueError, "inputs_embeds must be"),
+    (dict(pos=torch.randn(8, 17)), ValueError, "pos must be"),
+    (dict(weight=torch.randn(15)), ValueError, "weight must be"),
+    (dict(word=torch.randn(10, 16, dtype=torch.float64)), TypeError, "word must be"),
+    (dict(dropout_p=0.1), ValueError, "needs seed"),
+    (dict(dropout_p=1.0, seed=torch.tensor([1])), ValueError, "dropout_p"),
+])
+def test_bad_input_raises_before_any_kernel(changes, error, match):
+    with pytest.raises(error, match=match):
+        _call(**changes)
+
+
+def test_unchecked_out_of_range_id_reads_nothing_and_gives_nan():
+    """Where the host check cannot run (CUDA-graph capture), a bad id never reads out of bounds: its row
+    is NaN, every other row is right."""
+    ids = torch.tensor([0, 1, 2, 3, 4, 10_000_000])
+    y, _, _ = _call(check_values=False, input_ids=ids)
+    assert torch.isnan(y[5]).all()
+    good, _, _ = _call(input_ids=torch.tensor([0, 1, 2, 3, 4, 5]))
+    torch.testing.assert_close(y[:5], good[:5])
+
+
+# ============================================================================= the op
+def _op_results(args, dy):
+    leaves = _leaves(args)
+    a = leaves
+    y = ops.embeddings(a["input_ids"], a["inputs_embeds"], a["position_ids"], a["token_type_ids"], a["word"],
+                       a["pos"], a["types"], a["weight"], a["beta"], EPS, 0.0, None, 1)
+    y.backward(dy)
+    return [y.detach()] + [g for g in _grads(leaves) if g is not None]
+
+
+def test_op_triton_backend_matches_torch_backend(monkeypatch):
+    args = _inputs(65, 200, torch.float32, vocab=20)
+    dy = torch.randn(65, 200, device=DEVICE)
+    results = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv("FASTBERT_BACKEND", backend)
+        results[backend] = _op_results(args, dy)
+    for ours, theirs in zip(results["triton"], results["torch"]):
+        torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("hidden, dtype, why", [(1100, torch.float32, "hidden 1100 > 1024"),
+                                                (32, torch.float64, "dtype torch.float64")])
+def test_what_the_kernels_do_not_take_falls_back_to_pytorch(hidden, dtype, why, monkeypatch):
+    monkeypatch.setenv("FASTBERT_BACKEND", "triton")
+    args = _inputs(5, hidden, dtype)
+    with pytest.warns(UserWarning, match=why):
+        results = _op_results(args, torch.randn(5, hidden, device=DEVICE, dtype=dtype))
+    assert all(torch.isfinite(t).all() for t in results)
+
+
+def test_opcheck_with_the_triton_backend(monkeypatch):
+    monkeypatch.setenv("FASTBERT_BACKEND", "triton")
+    a = _leaves(_inputs(9, 48, torch.float32))
+    torch.library.opcheck(
+        torch.ops.fastbert.embeddings.default,
+        (a["input_ids"], None, a["position_ids"], a["token_type_ids"], a["word"], a["pos"], a["types"],
+         a["weight"], a["beta"], EPS, 0.1, torch.tensor([3], device=DEVICE), 0),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
