@@ -82,6 +82,7 @@ class BertEmbeddings(hf.BertEmbeddings):
             input_ids, inputs_embeds, position_ids, token_type_ids, self.word_embeddings.weight,
             self.position_embeddings.weight, self.token_type_embeddings.weight, self.LayerNorm.weight,
             self.LayerNorm.bias, self.LayerNorm.eps, p, seed, -1 if padding_idx is None else padding_idx,
+            check_values=False,  # the model validated the ids against its config
         )
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from fastbert import torch_ops
-from fastbert.validation import check_attention_inputs
+from fastbert.validation import check_attention_inputs, check_embeddings_inputs
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -357,7 +357,8 @@ _embeddings.register_autograd(_embeddings_grad, setup_context=_embeddings_setup)
 
 def embeddings(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], position_ids: Tensor,
                token_type_ids: Tensor, word: Tensor, pos: Tensor, types: Tensor, weight: Tensor, beta: Tensor,
-               eps: float, dropout_p: float = 0.0, seed: Optional[Tensor] = None, padding_idx: int = -1) -> Tensor:
+               eps: float, dropout_p: float = 0.0, seed: Optional[Tensor] = None, padding_idx: int = -1,
+               check_values: bool = True) -> Tensor:
     """``dropout(LayerNorm(word[input_ids] + pos[position_ids] + types[token_type_ids]))``.
 
     Args:
@@ -365,8 +366,13 @@ def embeddings(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], pos
             ``inputs_embeds`` ``(tokens, hidden)`` is given instead.
         word, pos, types: the ``(rows, hidden)`` embedding tables; weight, beta: LayerNorm ``(hidden,)``.
         padding_idx: the word row that gets no gradient (as in ``nn.Embedding``), -1 for none.
+        check_values: also check that every id indexes its table (one host sync; skipped under
+            ``torch.compile`` and CUDA-graph capture, where the Triton kernel writes NaN rows for bad ids).
     Returns:
         ``(tokens, hidden)`` in the tables' dtype.
     """
+    capturing = word.is_cuda and torch.cuda.is_current_stream_capturing()
+    check_embeddings_inputs(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, beta,
+                            dropout_p, seed, check_values and not torch.compiler.is_compiling() and not capturing)
     return _embeddings(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, beta,
                        eps, dropout_p, seed, padding_idx)[0]

@@ -144,3 +144,54 @@ def check_attention_inputs(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, 
                              f"{q.shape[0]}; got {cu[:3]} ... {cu[-2:]}")
         if max(lengths) > max_seqlen:
             raise ValueError(f"attention: a sequence has {max(lengths)} tokens, more than max_seqlen={max_seqlen}")
+
+
+EMBEDDING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_embeddings_inputs(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], position_ids: Tensor,
+                            token_type_ids: Tensor, word: Tensor, pos: Tensor, types: Tensor, weight: Tensor,
+                            beta: Tensor, dropout_p: float, seed: Optional[Tensor], check_values: bool = True,
+                            dtypes: tuple = EMBEDDING_DTYPES) -> None:
+    """Raises ``TypeError``/``ValueError`` naming the bad argument of a fused embeddings call.
+
+    Ids are int32/int64 ``(tokens,)``; exactly one of ``input_ids`` and ``inputs_embeds (tokens, hidden)``;
+    tables ``(rows, hidden)`` and LayerNorm ``(hidden,)`` of one of ``dtypes``. ``check_values`` also
+    reads the ids' ranges against the tables' rows (one host sync).
+    """
+    tokens = position_ids.shape[0] if position_ids.dim() == 1 else -1
+    hidden = word.shape[-1]
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("embeddings: pass exactly one of input_ids or inputs_embeds")
+    for name, t in (("word", word), ("pos", pos), ("types", types), ("weight", weight), ("beta", beta),
+                    ("inputs_embeds", inputs_embeds)):
+        if t is not None and t.dtype not in dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+            raise TypeError(f"embeddings: {name} must be one of {names}; got {t.dtype}")
+    for name, t in (("word", word), ("pos", pos), ("types", types)):
+        if t.dim() != 2 or t.shape[1] != hidden or t.shape[0] < 1:
+            raise ValueError(f"embeddings: {name} must be a (rows >= 1, {hidden}) table, got {tuple(t.shape)}")
+    for name, t in (("weight", weight), ("beta", beta)):
+        if tuple(t.shape) != (hidden,):
+            raise ValueError(f"embeddings: {name} must be ({hidden},), got {tuple(t.shape)}")
+    ids = [("position_ids", position_ids, pos.shape[0]), ("token_type_ids", token_type_ids, types.shape[0])]
+    if input_ids is not None:
+        ids.insert(0, ("input_ids", input_ids, word.shape[0]))
+    elif tuple(inputs_embeds.shape) != (tokens, hidden):
+        raise ValueError(f"embeddings: inputs_embeds must be ({tokens}, {hidden}), got {tuple(inputs_embeds.shape)}")
+    for name, t, _ in ids:
+        if t.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"embeddings: {name} must be int32 or int64, got {t.dtype}")
+        if t.dim() != 1 or t.shape[0] != tokens:
+            raise ValueError(f"embeddings: {name} must be (tokens,) like position_ids "
+                             f"({tuple(position_ids.shape)}), got {tuple(t.shape)}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"embeddings: dropout_p must be in [0, 1), got {dropout_p}")
+    if dropout_p > 0.0 and (seed is None or seed.dtype != torch.int64 or seed.numel() != 1):
+        raise ValueError("embeddings: dropout_p > 0 needs seed, an int64 tensor of one element")
+    if check_values and tokens > 0:
+        ranges = torch.stack([torch.stack([t.min(), t.max()]).long() for _, t, _ in ids]).tolist()
+        for (name, _, rows), (low, high) in zip(ids, ranges):
+            if low < 0 or high >= rows:
+                raise ValueError(f"embeddings: {name} must lie in [0, {rows}) (the table's rows), "
+                                 f"got values in [{low}, {high}]")

@@ -7,12 +7,14 @@ mask serves both); it saves only the fp32 ``mean``/``rstd`` per token.
 
 Backward: a fixed number of programs recompute each token's sum, write the fp32 gradient ``ds`` of the
 sum and keep per-program partial sums of dweight/dbeta (summed afterwards in a fixed order). Each
-table's gradient is then a segmented sum of ``ds`` over the tokens sorted by id (stable sort): pieces of
-at most ``SEGMENT_PIECE`` tokens of one id are summed in token order, then the pieces of one id the same
-way, until each id has one sum. No atomics, so the table gradients are bitwise deterministic too.
+table's gradient is then a segmented sum of ``ds`` over the tokens sorted by id (stable sort): chunks
+of ``CHUNK`` sorted tokens sum each run of one id in token order, then one program per table row adds
+its runs' sums in order. No atomics and no host syncs (the shapes depend on the sizes only, so
+backward can be captured in a CUDA graph); the table gradients are bitwise deterministic.
 
-Ids are range-checked on the host before the forward kernel (one device sync); where that cannot run
-(CUDA-graph capture), the kernel reads nothing out of range and writes NaN rows for bad ids.
+Ids are range-checked on the host before the forward kernel (one device sync, which
+:func:`fastbert.ops.embeddings` skips where it cannot run); unchecked bad ids read nothing out of range
+and give NaN rows in forward and NaN gradients in backward, never a silent number.
 """
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ import triton.language as tl
 from torch import Tensor
 
 from fastbert.ops import torch_fallback
+from fastbert.validation import check_embeddings_inputs
 
-from .layernorm import KERNEL_DTYPES, ONE_PASS_HIDDEN, _normalize_row, _num_warps, dropout_mask  # noqa: F401
+from .layernorm import KERNEL_DTYPES, ONE_PASS_HIDDEN, _normalize_row, _num_warps, dropout_mask, sum_partials  # noqa: F401,E501
 
 # The backward holds whole rows in registers (as the one-pass LayerNorm backward); wider rows run PyTorch.
 MAX_HIDDEN = ONE_PASS_HIDDEN
 BWD_PROGRAMS = 256  # fixed, so the dweight/dbeta partial sums (and the result bits) do not depend on the device
-SEGMENT_PIECE = 64  # tokens summed by one program of the table-gradient kernel
-TABLE_BLOCK = 256  # columns per program of the table-gradient kernel
+CHUNK = 128  # sorted tokens per program of the table gradients' first pass
+TABLE_BLOCK = 256  # columns per program of the table-gradient kernels
 
 
 @triton.jit
@@ -97,11 +100,12 @@ def _embeddings_bwd(
     first = pid.to(tl.int64) * tokens_per_program
     last = tl.minimum(first + tokens_per_program, tokens)
     for token in range(first, last):
-        s, _ = _gather_sum(InputIds, Embeds, PositionIds, TypeIds, Word, Pos, Types, token, cols, mask, hidden,
-                           word_rows, pos_rows, type_rows, HAS_EMBEDS)
+        s, valid = _gather_sum(InputIds, Embeds, PositionIds, TypeIds, Word, Pos, Types, token, cols, mask,
+                               hidden, word_rows, pos_rows, type_rows, HAS_EMBEDS)
         rstd = tl.load(Rstd + token)
         xhat = tl.where(mask, (s - tl.load(Mean + token)) * rstd, 0.0)
         dln = tl.load(DY + token * hidden + cols, mask=mask, other=0.0).to(tl.float32)
+        dln = tl.where(valid, dln, tl.full([BLOCK_H], float("nan"), tl.float32))  # bad id: NaN gradients
         if HAS_DROPOUT:
             keep = tl.rand(tl.load(Seed), token * hidden + cols) >= dropout_p
             dln = tl.where(keep, dln / (1.0 - dropout_p), 0.0)
@@ -117,16 +121,45 @@ def _embeddings_bwd(
 
 
 @triton.jit
-def _embeddings_bwd_segments(Src, Index, Starts, Out, hidden, BLOCK_N: tl.constexpr):
-    """``Out[k] = sum of Src[Index[j]] for j in [Starts[k], Starts[k + 1])``, in that order, fp32.
-    Grid ``(pieces, column blocks)``."""
-    piece = tl.program_id(0).to(tl.int64)
+def _embeddings_bwd_runs(DS, Order, Keys, Part, tokens, hidden, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Pass 1 of a table's gradient. ``Keys`` are the ids sorted (stably), ``Order`` the tokens in that
+    order; over sorted positions ``[c * CHUNK, (c + 1) * CHUNK)`` the fp32 sum of ``DS`` over each run of
+    equal keys goes to ``Part`` at the run's first position (in the chunk). Grid ``(chunks, column blocks)``."""
+    first = tl.program_id(0).to(tl.int64) * CHUNK
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = cols < hidden
+    key = tl.load(Keys + first)
+    slot = first
     acc = tl.zeros([BLOCK_N], tl.float32)
-    for j in range(tl.load(Starts + piece), tl.load(Starts + piece + 1)):
-        acc += tl.load(Src + tl.load(Index + j) * hidden + cols, mask=mask, other=0.0)
-    tl.store(Out + piece * hidden + cols, acc, mask=mask)
+    for j in range(first, tl.minimum(first + CHUNK, tokens)):
+        next_key = tl.load(Keys + j)
+        if next_key != key:
+            tl.store(Part + slot * hidden + cols, acc, mask=mask)
+            acc = tl.zeros([BLOCK_N], tl.float32)
+            slot = j
+            key = next_key
+        acc += tl.load(DS + tl.load(Order + j) * hidden + cols, mask=mask, other=0.0)
+    tl.store(Part + slot * hidden + cols, acc, mask=mask)
+
+
+@triton.jit
+def _embeddings_bwd_rows(Part, Starts, Ends, Grad, hidden, padding_idx, CHUNK: tl.constexpr,
+                         BLOCK_N: tl.constexpr):
+    """Pass 2: row ``r`` of the table's gradient is the sum, in order, of its runs' sums in ``Part``: the
+    one at its first sorted position ``Starts[r]`` and one at each chunk start before ``Ends[r]``; rows
+    without tokens, and ``padding_idx``, get zeros. Grid ``(table rows, column blocks)``."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = cols < hidden
+    start, end = tl.load(Starts + row), tl.load(Ends + row)
+    acc = tl.zeros([BLOCK_N], tl.float32)
+    if start < end:
+        acc = tl.load(Part + start * hidden + cols, mask=mask, other=0.0)
+    for chunk_start in range((start // CHUNK + 1) * CHUNK, end, CHUNK):
+        acc += tl.load(Part + chunk_start * hidden + cols, mask=mask, other=0.0)
+    if row == padding_idx:
+        acc = tl.zeros([BLOCK_N], tl.float32)
+    tl.store(Grad + row * hidden + cols, acc.to(Grad.dtype.element_ty), mask=mask)
 
 
 # ============================================================================= checks
@@ -137,44 +170,11 @@ def check_inputs(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], p
 
     ``check_values`` also reads the ids' ranges (one device sync; skipped during CUDA-graph capture).
     """
-    tokens = position_ids.shape[0] if position_ids.dim() == 1 else -1
-    hidden = word.shape[-1]
-    if (input_ids is None) == (inputs_embeds is None):
-        raise ValueError("embeddings: pass exactly one of input_ids or inputs_embeds")
-    for name, t in (("word", word), ("pos", pos), ("types", types), ("weight", weight), ("beta", beta),
-                    ("inputs_embeds", inputs_embeds)):
-        if t is not None and t.dtype not in KERNEL_DTYPES:
-            raise TypeError(f"embeddings: {name} must be float16, bfloat16 or float32, got {t.dtype}")
-    for name, t in (("word", word), ("pos", pos), ("types", types)):
-        if t.dim() != 2 or t.shape[1] != hidden or t.shape[0] < 1:
-            raise ValueError(f"embeddings: {name} must be a (rows >= 1, {hidden}) table, got {tuple(t.shape)}")
-    for name, t in (("weight", weight), ("beta", beta)):
-        if tuple(t.shape) != (hidden,):
-            raise ValueError(f"embeddings: {name} must be ({hidden},), got {tuple(t.shape)}")
-    if not 1 <= hidden <= MAX_HIDDEN:
-        raise ValueError(f"embeddings: hidden must be in [1, {MAX_HIDDEN}], got {hidden}")
-    ids = [("position_ids", position_ids, pos.shape[0]), ("token_type_ids", token_type_ids, types.shape[0])]
-    if input_ids is not None:
-        ids.insert(0, ("input_ids", input_ids, word.shape[0]))
-    elif tuple(inputs_embeds.shape) != (tokens, hidden):
-        raise ValueError(f"embeddings: inputs_embeds must be ({tokens}, {hidden}), got {tuple(inputs_embeds.shape)}")
-    for name, t, _ in ids:
-        if t.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"embeddings: {name} must be int32 or int64, got {t.dtype}")
-        if t.dim() != 1 or t.shape[0] != tokens:
-            raise ValueError(f"embeddings: {name} must be (tokens,) like position_ids "
-                             f"({tuple(position_ids.shape)}), got {tuple(t.shape)}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"embeddings: dropout_p must be in [0, 1), got {dropout_p}")
-    if dropout_p > 0.0 and (seed is None or seed.dtype != torch.int64 or seed.numel() != 1):
-        raise ValueError("embeddings: dropout_p > 0 needs seed, an int64 tensor of one element")
     capturing = word.is_cuda and torch.cuda.is_current_stream_capturing()
-    if check_values and tokens > 0 and not capturing:
-        ranges = torch.stack([torch.stack([t.min(), t.max()]).long() for _, t, _ in ids]).tolist()
-        for (name, _, rows), (low, high) in zip(ids, ranges):
-            if low < 0 or high >= rows:
-                raise ValueError(f"embeddings: {name} must lie in [0, {rows}) (the table's rows), "
-                                 f"got values in [{low}, {high}]")
+    check_embeddings_inputs(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, beta,
+                            dropout_p, seed, check_values and not capturing, KERNEL_DTYPES)
+    if not 1 <= word.shape[1] <= MAX_HIDDEN:
+        raise ValueError(f"embeddings: hidden must be in [1, {MAX_HIDDEN}], got {word.shape[1]}")
 
 
 # ============================================================================= launchers
@@ -197,8 +197,8 @@ def embeddings_fwd(input_ids, inputs_embeds, position_ids, token_type_ids, word,
     block_h = triton.next_power_of_2(hidden)
     _embeddings_fwd[(tokens,)](
         _pointer_or(input_ids, position_ids).contiguous(), _pointer_or(inputs_embeds, word).contiguous(), position_ids.contiguous(),
-        token_type_ids.contiguous(), word.contiguous(), pos.contiguous(), types.contiguous(), weight, beta,
-        y, mean, rstd, _pointer_or(seed, mean), hidden, word.shape[0], pos.shape[0], types.shape[0], float(eps),
+        token_type_ids.contiguous(), word.contiguous(), pos.contiguous(), types.contiguous(), weight.contiguous(),
+        beta.contiguous(), y, mean, rstd, _pointer_or(seed, mean), hidden, word.shape[0], pos.shape[0], types.shape[0], float(eps),
         float(dropout_p), BLOCK_H=block_h, HAS_EMBEDS=inputs_embeds is not None, HAS_DROPOUT=dropout_p > 0.0,
         num_warps=_num_warps(block_h))
     return y, mean, rstd
@@ -220,7 +220,7 @@ def embeddings_bwd(dy, input_ids, inputs_embeds, position_ids, token_type_ids, w
         _embeddings_bwd[(programs,)](
             dy.contiguous(), _pointer_or(input_ids, position_ids).contiguous(), _pointer_or(inputs_embeds, word).contiguous(),
             position_ids.contiguous(), token_type_ids.contiguous(), word.contiguous(), pos.contiguous(),
-            types.contiguous(), weight, mean, rstd, _pointer_or(seed, mean), ds, parts[0], parts[1], tokens,
+            types.contiguous(), weight.contiguous(), mean, rstd, _pointer_or(seed, mean), ds, parts[0], parts[1], tokens,
             hidden, word.shape[0], pos.shape[0], types.shape[0], per_program, float(dropout_p),
             BLOCK_H=block_h, HAS_EMBEDS=inputs_embeds is not None, HAS_DROPOUT=dropout_p > 0.0,
             num_warps=_num_warps(block_h))
@@ -230,44 +230,28 @@ def embeddings_bwd(dy, input_ids, inputs_embeds, position_ids, token_type_ids, w
         dembeds, dword = word.new_empty(0), table_grad(ds, input_ids, word.shape[0], word.dtype, padding_idx)
     dpos = table_grad(ds, position_ids, pos.shape[0], pos.dtype)
     dtypes = table_grad(ds, token_type_ids, types.shape[0], types.dtype)
-    return dembeds, dword, dpos, dtypes, parts[0].sum(0).to(weight.dtype), parts[1].sum(0).to(weight.dtype)
-
-
-def _piece_starts(keys: Tensor) -> Tensor:
-    """Start offsets (and the end) of the runs of equal sorted ``keys``, each cut into pieces of at most
-    ``SEGMENT_PIECE``."""
-    n = keys.numel()
-    position = torch.arange(n, device=keys.device)
-    run_start = torch.ones(n, dtype=torch.bool, device=keys.device)
-    run_start[1:] = keys[1:] != keys[:-1]
-    first_of_run = torch.cummax(torch.where(run_start, position, 0), 0).values
-    piece_start = run_start | ((position - first_of_run) % SEGMENT_PIECE == 0)
-    return torch.cat([position[piece_start], position.new_full((1,), n)])
+    sums = sum_partials(parts)
+    return dembeds, dword, dpos, dtypes, sums[0].to(weight.dtype, copy=True), sums[1].to(weight.dtype, copy=True)
 
 
 def table_grad(ds: Tensor, ids: Tensor, rows: int, dtype: torch.dtype, padding_idx: int = -1) -> Tensor:
-    """``(rows, hidden)`` gradient of an embedding table: row ``r`` is the sum of ``ds (tokens, hidden)``
-    fp32 over the tokens with id ``r``, summed in token order (deterministic); ``padding_idx`` stays 0."""
-    hidden = ds.shape[1]
-    grad = torch.zeros(rows, hidden, dtype=torch.float32, device=ds.device)
-    if ids.numel():
-        order = torch.argsort(ids, stable=True)
-        keys, src, index = ids[order], ds, order
-        while True:
-            starts = _piece_starts(keys)
-            pieces = starts.numel() - 1
-            sums = torch.empty(pieces, hidden, dtype=torch.float32, device=ds.device)
-            _embeddings_bwd_segments[(pieces, triton.cdiv(hidden, TABLE_BLOCK))](
-                src, index, starts, sums, hidden, BLOCK_N=TABLE_BLOCK)
-            keys = keys[starts[:-1]]
-            if pieces == 1 or bool((keys[1:] != keys[:-1]).all()):
-                break
-            src, index = sums, torch.arange(pieces, device=ds.device)
-        in_range = (keys >= 0) & (keys < rows)  # bad ids made NaN rows in forward; never index with them
-        grad[keys[in_range]] = sums[in_range]
-    if 0 <= padding_idx < rows:
-        grad[padding_idx] = 0
-    return grad.to(dtype)
+    """``(rows, hidden)`` gradient of an embedding table in ``dtype``: row ``r`` is the sum of
+    ``ds (tokens, hidden)`` fp32 over the tokens with id ``r``, in token order (deterministic, no host
+    sync); row ``padding_idx`` and rows no token uses are zero, ids outside ``[0, rows)`` are left out."""
+    tokens, hidden = ds.shape
+    grad = torch.empty(rows, hidden, dtype=dtype, device=ds.device)
+    keys, order = torch.sort(ids.long(), stable=True)
+    table_rows = torch.arange(rows, device=ds.device)
+    starts = torch.searchsorted(keys, table_rows)
+    ends = torch.searchsorted(keys, table_rows, right=True)
+    part = torch.empty_like(ds) if tokens else ds
+    col_blocks = triton.cdiv(hidden, TABLE_BLOCK)
+    if tokens:
+        _embeddings_bwd_runs[(triton.cdiv(tokens, CHUNK), col_blocks)](
+            ds, order, keys, part, tokens, hidden, CHUNK=CHUNK, BLOCK_N=TABLE_BLOCK)
+    _embeddings_bwd_rows[(rows, col_blocks)](part, starts, ends, grad, hidden, padding_idx, CHUNK=CHUNK,
+                                             BLOCK_N=TABLE_BLOCK)
+    return grad
 
 
 def embeddings_reference(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, beta,
@@ -284,9 +268,9 @@ class FusedEmbeddings(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, beta,
-                eps, dropout_p, seed, padding_idx=-1):
+                eps, dropout_p, seed, padding_idx=-1, check_values=True):
         y, mean, rstd = embeddings_fwd(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types,
-                                       weight, beta, eps, dropout_p, seed)
+                                       weight, beta, eps, dropout_p, seed, check_values)
         ctx.save_for_backward(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight,
                               mean, rstd, seed)
         ctx.dropout_p, ctx.padding_idx = dropout_p, padding_idx
@@ -298,7 +282,7 @@ class FusedEmbeddings(torch.autograd.Function):
         dembeds, dword, dpos, dtypes, dweight, dbeta = embeddings_bwd(dy, *saved, ctx.dropout_p, seed,
                                                                       ctx.padding_idx)
         return (None, dembeds if saved[1] is not None else None, None, None,
-                dword if saved[0] is not None else None, dpos, dtypes, dweight, dbeta, None, None, None, None)
+                dword if saved[0] is not None else None, dpos, dtypes, dweight, dbeta, None, None, None, None, None)
 
 
 # ============================================================================= ahead-of-time variants
@@ -310,9 +294,9 @@ def _signature(kernel, constexprs: dict, t: str) -> dict:
     for name in kernel.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
-        elif name in ("Mean", "Rstd", "DS", "DWeightPart", "DBetaPart", "Src", "Out"):
+        elif name in ("Mean", "Rstd", "DS", "DWeightPart", "DBetaPart", "Part"):
             signature[name] = "*fp32"
-        elif name in ("Seed", "InputIds", "PositionIds", "TypeIds", "Index", "Starts"):
+        elif name in ("Seed", "InputIds", "PositionIds", "TypeIds", "Order", "Keys", "Starts", "Ends"):
             signature[name] = "*i64"
         elif name in ("eps", "dropout_p"):
             signature[name] = "fp32"
@@ -325,7 +309,7 @@ def _signature(kernel, constexprs: dict, t: str) -> dict:
 
 def aot_variants():
     """Forward and backward for each dtype, row block (384 -> 512, 768 -> 1024), word ids or
-    ``inputs_embeds`` and dropout, and the table-gradient kernel, for ``fastbert check-kernels``."""
+    ``inputs_embeds`` and dropout, and the two table-gradient kernels, for ``fastbert check-kernels``."""
     from fastbert.check_kernels import AotVariant
 
     for t in _TRITON_TYPES.values():
@@ -337,9 +321,12 @@ def aot_variants():
                     for kernel in (_embeddings_fwd, _embeddings_bwd):
                         yield AotVariant(kernel, _signature(kernel, constexprs, t), constexprs,
                                          _num_warps(block_h), 1, label)
-    constexprs = dict(BLOCK_N=TABLE_BLOCK)
-    yield AotVariant(_embeddings_bwd_segments, _signature(_embeddings_bwd_segments, constexprs, "fp32"),
-                     constexprs, 4, 1, f"fp32 N{TABLE_BLOCK}")
+    constexprs = dict(CHUNK=CHUNK, BLOCK_N=TABLE_BLOCK)
+    yield AotVariant(_embeddings_bwd_runs, _signature(_embeddings_bwd_runs, constexprs, "fp32"), constexprs, 4, 1,
+                     "fp32 table runs")
+    for t in _TRITON_TYPES.values():
+        yield AotVariant(_embeddings_bwd_rows, _signature(_embeddings_bwd_rows, constexprs, t), constexprs, 4, 1,
+                         f"{t} table rows")
 
 
 # ============================================================================= op adapters
@@ -361,7 +348,7 @@ def _op_forward(input_ids, inputs_embeds, position_ids, token_type_ids, word, po
     reason = _unsupported(inputs_embeds, word, pos, types, weight)
     if reason:
         return torch_fallback("embeddings", "fwd", reason)(*args)
-    return embeddings_fwd(*args)
+    return embeddings_fwd(*args, check_values=False)  # fastbert.ops.embeddings checked them where it could
 
 
 def _op_backward(dy, input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, mean, rstd,

@@ -29,6 +29,7 @@ MAX_HIDDEN = 8192
 ONE_PASS_HIDDEN = 1024
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 BWD_PROGRAMS = 256  # fixed, so the partial sums (and the result bits) do not depend on the device
+SUM_BLOCK_P, SUM_BLOCK_N = 32, 64  # the tile of the partial sums' reduction
 
 
 @triton.jit
@@ -153,6 +154,20 @@ def _residual_layernorm_bwd(
 
 
 @triton.jit
+def _residual_layernorm_bwd_sum(Parts, Out, programs, hidden, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``Out[g] = sum over p of Parts[g, p]`` for ``Parts (groups, programs, hidden)`` fp32, in a fixed
+    order (tiles of ``BLOCK_P`` programs in turn, a fixed tree within a tile). Grid ``(groups, column blocks)``."""
+    group = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros([BLOCK_P, BLOCK_N], tl.float32)
+    for first in range(0, programs, BLOCK_P):
+        p = first + tl.arange(0, BLOCK_P)
+        mask = (p[:, None] < programs) & (cols[None, :] < hidden)
+        acc += tl.load(Parts + (group * programs + p[:, None]) * hidden + cols[None, :], mask=mask, other=0.0)
+    tl.store(Out + group * hidden + cols, tl.sum(acc, 0), mask=cols < hidden)
+
+
+@triton.jit
 def _layernorm_dropout_mask(Keep, Seed, hidden, dropout_p, BLOCK_H: tl.constexpr):
     """Debug: the kernels' keep bits for one row per program into ``Keep (rows, hidden)``."""
     row = tl.program_id(0).to(tl.int64)
@@ -201,7 +216,8 @@ def residual_layernorm_fwd(x: Tensor, bias: Optional[Tensor], residual: Tensor, 
     """``(y, mean, rstd)`` for ``(rows, hidden)`` inputs; ``y`` in x's dtype, statistics fp32 ``(rows,)``.
     The signature of :func:`fastbert.torch_ops.residual_layernorm_fwd`."""
     check_inputs(x, bias, residual, weight, beta, dropout_p, seed)
-    x, residual = x.contiguous(), residual.contiguous()
+    x, residual, weight, beta = x.contiguous(), residual.contiguous(), weight.contiguous(), beta.contiguous()
+    bias = bias.contiguous() if bias is not None else None
     rows, hidden = x.shape
     y = torch.empty_like(x)
     mean = torch.empty(rows, dtype=torch.float32, device=x.device)
@@ -220,7 +236,8 @@ def residual_layernorm_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], residu
                            mean: Tensor, rstd: Tensor, dropout_p: float, seed: Optional[Tensor]):
     """``(dx, dbias, dresidual, dweight, dbeta)``; ``dbias`` is empty when ``bias`` is None.
     The signature of :func:`fastbert.torch_ops.residual_layernorm_bwd`."""
-    x, residual, dy = x.contiguous(), residual.contiguous(), dy.contiguous()
+    x, residual, dy, weight = x.contiguous(), residual.contiguous(), dy.contiguous(), weight.contiguous()
+    bias = bias.contiguous() if bias is not None else None
     rows, hidden = x.shape
     dx = torch.empty_like(x)
     dres = torch.empty_like(residual)
@@ -243,10 +260,20 @@ def residual_layernorm_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], residu
             parts[-1], rows, hidden, rows_per_program, float(dropout_p),
             BLOCK_H=block_h, HAS_BIAS=bias is not None, HAS_DROPOUT=dropout_p > 0.0, WIDE=wide,
             num_warps=_num_warps(block_h))
-    # A fixed-order reduction over the programs' partials; each gradient its own tensor (no aliasing).
-    dweight, dbeta = parts[0].sum(0).to(weight.dtype), parts[1].sum(0).to(weight.dtype)
-    dbias = parts[2].sum(0).to(bias.dtype) if bias is not None else x.new_empty(0)
+    sums = sum_partials(parts)
+    dweight, dbeta = sums[0].to(weight.dtype, copy=True), sums[1].to(weight.dtype, copy=True)
+    dbias = sums[2].to(bias.dtype, copy=True) if bias is not None else x.new_empty(0)
     return dx, dbias, dres, dweight, dbeta
+
+
+def sum_partials(parts: Tensor) -> Tensor:
+    """``(groups, hidden)`` fp32 sums over axis 1 of the programs' partial sums ``(groups, programs, hidden)``,
+    in an order fixed by the shapes alone (not by the device, unlike ``Tensor.sum``)."""
+    groups, programs, hidden = parts.shape
+    out = torch.empty(groups, hidden, dtype=torch.float32, device=parts.device)
+    _residual_layernorm_bwd_sum[(groups, triton.cdiv(hidden, SUM_BLOCK_N))](
+        parts, out, programs, hidden, BLOCK_P=SUM_BLOCK_P, BLOCK_N=SUM_BLOCK_N, num_warps=4)
+    return out
 
 
 def dropout_mask(rows: int, hidden: int, dropout_p: float, seed: Tensor) -> Tensor:
@@ -295,7 +322,7 @@ def _signature(kernel, constexprs: dict, t: str) -> dict:
     for name in kernel.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
-        elif name in ("Mean", "Rstd", "Terms", "DWeightPart", "DBetaPart", "DBiasPart"):
+        elif name in ("Mean", "Rstd", "Terms", "DWeightPart", "DBetaPart", "DBiasPart", "Parts", "Out"):
             signature[name] = "*fp32"
         elif name == "Seed":
             signature[name] = "*i64"
@@ -310,8 +337,8 @@ def _signature(kernel, constexprs: dict, t: str) -> dict:
 
 def aot_variants():
     """Every launch for each dtype, bias and dropout, for ``fastbert check-kernels``: the forward at row
-    blocks 128 (hidden 96), 512 (384), 1024 and 2048..8192, the one-pass backward up to 1024, and both
-    passes of the wide backward."""
+    blocks 128 (hidden 96), 512 (384), 1024 and 2048..8192, the one-pass backward up to 1024, both
+    passes of the wide backward, and the sum of the partial sums."""
     from fastbert.check_kernels import AotVariant
 
     for dtype, t in _TRITON_TYPES.items():
@@ -330,6 +357,9 @@ def aot_variants():
                     block = blocks.get("BLOCK_H", blocks.get("BLOCK_N"))
                     yield AotVariant(kernel, _signature(kernel, constexprs, t), constexprs, _num_warps(block), 1,
                                      f"{t} {width}{extra}")
+    constexprs = dict(BLOCK_P=SUM_BLOCK_P, BLOCK_N=SUM_BLOCK_N)
+    yield AotVariant(_residual_layernorm_bwd_sum, _signature(_residual_layernorm_bwd_sum, constexprs, "fp32"),
+                     constexprs, 4, 1, "fp32 partial sums")
 
 
 # ============================================================================= op adapters

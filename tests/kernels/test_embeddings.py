@@ -110,10 +110,22 @@ def test_inputs_embeds_instead_of_word_ids(dtype):
     _check(33, 384, dtype, 0.1, embeds=True)
 
 
-def test_table_gradients_over_several_reduction_levels(monkeypatch):
-    """Pieces of 4 tokens: 300 tokens of 2 types need four levels of piece sums; 3 hot word ids too."""
-    monkeypatch.setattr(E, "SEGMENT_PIECE", 4)
+def test_table_gradients_of_ids_spanning_many_chunks(monkeypatch):
+    """Chunks of 4 sorted tokens: 300 tokens of 2 types and 3 hot word ids run across dozens of chunks."""
+    monkeypatch.setattr(E, "CHUNK", 4)
     _check(300, 48, torch.float32, 0.0, vocab=3, types=2)
+
+
+@pytest.mark.parametrize("ids", [[5], [2, 2, 2, 2, 2, 2, 2], [6, 5, 4, 3, 2, 1, 0], [0, 3, 3, 1, 3, 3, 0, 3, 3]])
+def test_table_grad_edge_cases(ids, monkeypatch):
+    """One token, one id for all, all ids distinct, runs across chunk starts: vs a float64 index_add."""
+    monkeypatch.setattr(E, "CHUNK", 3)
+    ids = torch.tensor(ids, device=DEVICE)
+    ds = torch.randn(len(ids), 70, device=DEVICE)
+    want = torch.zeros(8, 70, dtype=torch.float64, device=DEVICE).index_add_(0, ids, ds.double())
+    want[4] = 0
+    got = E.table_grad(ds, ids, 8, torch.float32, padding_idx=4)
+    assert max_err(got, want) <= 1e-6
 
 
 def test_padding_idx_row_gets_no_gradient():
@@ -147,7 +159,7 @@ def test_dropout_zeroes_exactly_the_masked_outputs_and_backward_uses_the_same_ma
 
 def test_same_seed_is_bitwise_deterministic(monkeypatch):
     monkeypatch.setattr(E, "BWD_PROGRAMS", 16)  # 64 tokens: 16 backward programs of 4 tokens each
-    monkeypatch.setattr(E, "SEGMENT_PIECE", 4)
+    monkeypatch.setattr(E, "CHUNK", 4)
     args = _inputs(64, 96, torch.bfloat16, vocab=7, types=2)
     dy = torch.randn(64, 96, device=DEVICE)
     seed = torch.tensor([11], device=DEVICE)
@@ -184,14 +196,34 @@ def test_bad_input_raises_before_any_kernel(changes, error, match):
         _call(**changes)
 
 
-def test_unchecked_out_of_range_id_reads_nothing_and_gives_nan():
+@pytest.mark.parametrize("name, bad", [("input_ids", 10_000_000), ("input_ids", -3), ("position_ids", 8),
+                                       ("token_type_ids", -1)])
+def test_unchecked_out_of_range_id_reads_nothing_and_gives_nan(name, bad):
     """Where the host check cannot run (CUDA-graph capture), a bad id never reads out of bounds: its row
-    is NaN, every other row is right."""
-    ids = torch.tensor([0, 1, 2, 3, 4, 10_000_000])
-    y, _, _ = _call(check_values=False, input_ids=ids)
-    assert torch.isnan(y[5]).all()
-    good, _, _ = _call(input_ids=torch.tensor([0, 1, 2, 3, 4, 5]))
-    torch.testing.assert_close(y[:5], good[:5])
+    is NaN, every other row is right, and backward gives NaN gradients rather than quiet numbers."""
+    args = _inputs(6, 16, torch.float32, vocab=10, positions=8, types=2)
+    args[name] = args[name].clone()
+    args[name][5] = bad
+    leaves = _leaves(args)
+    a = leaves
+    y = E.FusedEmbeddings.apply(a["input_ids"], None, a["position_ids"], a["token_type_ids"], a["word"], a["pos"],
+                                a["types"], a["weight"], a["beta"], EPS, 0.0, None, -1, False)
+    assert torch.isnan(y[5]).all() and torch.isfinite(y[:5]).all()
+    good = _inputs(6, 16, torch.float32, vocab=10, positions=8, types=2)
+    torch.testing.assert_close(y[:5], E.embeddings_fwd(**good, eps=EPS, dropout_p=0.0, seed=None)[0][:5])
+    y.sum().backward()
+    assert torch.isnan(leaves["weight"].grad).all() and torch.isnan(leaves["beta"].grad).all()
+
+
+def test_non_contiguous_layernorm_parameters():
+    args = _inputs(7, 64, torch.float32)
+    strided = dict(args, weight=args["weight"].repeat_interleave(2)[::2], beta=args["beta"].repeat_interleave(2)[::2])
+    assert not strided["weight"].is_contiguous()
+    dy = torch.randn(7, 64, device=DEVICE)
+    want, got = _run(args, 0.0, None, dy), _run(strided, 0.0, None, dy)
+    torch.testing.assert_close(got[0], want[0])
+    for g, w in zip(got[1], want[1]):
+        assert (g is None) == (w is None) and (g is None or torch.allclose(g, w))
 
 
 # ============================================================================= the op
@@ -204,8 +236,10 @@ def _op_results(args, dy):
     return [y.detach()] + [g for g in _grads(leaves) if g is not None]
 
 
-def test_op_triton_backend_matches_torch_backend(monkeypatch):
-    args = _inputs(65, 200, torch.float32, vocab=20)
+@pytest.mark.parametrize("embeds, id_dtype", [(False, torch.int64), (False, torch.int32), (True, torch.int64)])
+def test_op_triton_backend_matches_torch_backend(embeds, id_dtype, monkeypatch):
+    args = _inputs(65, 200, torch.float32, embeds=embeds, vocab=20)
+    args.update({k: v.to(id_dtype) for k, v in args.items() if v is not None and not v.dtype.is_floating_point})
     dy = torch.randn(65, 200, device=DEVICE)
     results = {}
     for backend in ("torch", "triton"):
@@ -225,11 +259,21 @@ def test_what_the_kernels_do_not_take_falls_back_to_pytorch(hidden, dtype, why, 
     assert all(torch.isfinite(t).all() for t in results)
 
 
-def test_opcheck_with_the_triton_backend(monkeypatch):
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_op_checks_id_ranges_on_every_backend(backend, monkeypatch):
+    monkeypatch.setenv("FASTBERT_BACKEND", backend)
+    args = _inputs(6, 16, torch.float32, vocab=10, positions=8, types=2)
+    args["position_ids"][2] = 8
+    with pytest.raises(ValueError, match=r"position_ids must lie in \[0, 8\)"):
+        ops.embeddings(**args, eps=EPS)
+
+
+@pytest.mark.parametrize("embeds", [False, True])
+def test_opcheck_with_the_triton_backend(embeds, monkeypatch):
     monkeypatch.setenv("FASTBERT_BACKEND", "triton")
-    a = _leaves(_inputs(9, 48, torch.float32))
+    a = _leaves(_inputs(9, 48, torch.float32, embeds=embeds))
     torch.library.opcheck(
         torch.ops.fastbert.embeddings.default,
-        (a["input_ids"], None, a["position_ids"], a["token_type_ids"], a["word"], a["pos"], a["types"],
+        (a["input_ids"], a["inputs_embeds"], a["position_ids"], a["token_type_ids"], a["word"], a["pos"], a["types"],
          a["weight"], a["beta"], EPS, 0.1, torch.tensor([3], device=DEVICE), 0),
         test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))

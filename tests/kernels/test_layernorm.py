@@ -185,3 +185,16 @@ def test_opcheck_with_the_triton_backend(monkeypatch):
     torch.library.opcheck(torch.ops.fastbert.residual_layernorm.default,
                           (x, bias, residual, weight, beta, EPS, 0.1, torch.tensor([3], device=DEVICE)),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_non_contiguous_parameters():
+    """Strided weight, beta and bias (views of larger tensors) are read as their values, not their storage."""
+    x, bias, residual, weight, beta = _inputs(9, 64, torch.float32)
+    strided = [t.repeat_interleave(2)[::2] for t in (bias, weight, beta)]
+    assert not strided[1].is_contiguous()
+    dy = torch.randn(9, 64, device=DEVICE)
+    want = _run((x, bias, residual, weight, beta), 0.0, None, dy)
+    got = _run((x, strided[0], residual, strided[1], strided[2]), 0.0, None, dy)
+    torch.testing.assert_close(got[0], want[0])
+    for g, w in zip(got[1], want[1]):
+        torch.testing.assert_close(g, w)
