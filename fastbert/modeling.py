@@ -153,6 +153,15 @@ class BertLayer(hf.BertLayer):
     def forward(self, hidden: Tensor, attn) -> tuple[Tensor, Optional[Tensor]]:
         """One encoder layer on ``(rows, hidden)``; returns ``(rows, hidden)`` and the probs (or None)."""
         attention_output, probs = self.attention(hidden, attn)
+        intermediate, output = self.intermediate.dense, self.output.dense
+        if _is_plain_linear(intermediate) and _is_plain_linear(output):
+            # The whole feed-forward block in one op that keeps only the pre-activation for backward;
+            # the second bias joins dropout, residual and LayerNorm.
+            ffn = ops.ffn(attention_output, intermediate.weight, intermediate.bias, output.weight)
+            p, seed = _dropout_args(self.output.dropout, hidden.device)
+            ln = self.output.LayerNorm
+            return ops.residual_layernorm(ffn, output.bias, attention_output, ln.weight, ln.bias, ln.eps, p,
+                                          seed), probs
         return self.output(self.intermediate(attention_output), attention_output), probs
 
 

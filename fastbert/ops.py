@@ -295,6 +295,79 @@ def linear_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     return y.view(*lead, weight.shape[0])
 
 
+# ============================================================================= feed-forward block
+@torch.library.custom_op("fastbert::ffn", mutates_args=())
+def _ffn(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor) -> tuple[Tensor, Tensor]:
+    return _impl("ffn", "fwd", x.device)(x, w1, b1, w2)
+
+
+@_ffn.register_fake
+def _(x, w1, b1, w2):
+    return x.new_empty(x.shape[0], w2.shape[0]), x.new_empty(x.shape[0], w1.shape[0])
+
+
+@torch.library.custom_op("fastbert::ffn_backward", mutates_args=())
+def _ffn_backward(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor,
+                  has_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _impl("ffn", "bwd", x.device)(dout, x, w1, w2, z, has_bias)
+
+
+@_ffn_backward.register_fake
+def _(dout, x, w1, w2, z, has_bias):
+    db1 = w1.new_empty(w1.shape[0] if has_bias else 0)
+    return torch.empty_like(x), torch.empty_like(w1), db1, torch.empty_like(w2)
+
+
+def _ffn_setup(ctx, inputs, output):
+    x, w1, b1, w2 = inputs
+    ctx.save_for_backward(x, w1, w2, output[1])
+    ctx.has_bias = b1 is not None
+
+
+def _ffn_grad(ctx, dout, dz):
+    x, w1, w2, z = ctx.saved_tensors
+    dx, dw1, db1, dw2 = _ffn_backward(dout.contiguous(), x, w1, w2, z, ctx.has_bias)
+    return dx, dw1, db1 if ctx.has_bias else None, dw2
+
+
+_ffn.register_autograd(_ffn_grad, setup_context=_ffn_setup)
+
+
+@torch.library.custom_op("fastbert::ffn_inference", mutates_args=())
+def _ffn_inference(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor) -> Tensor:
+    return _impl("ffn", "inference_fwd", x.device)(x, w1, b1, w2)
+
+
+@_ffn_inference.register_fake
+def _(x, w1, b1, w2):
+    return x.new_empty(x.shape[0], w2.shape[0])
+
+
+def ffn(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor) -> Tensor:
+    """BERT's feed-forward block without its last bias: ``gelu(x @ w1.T + b1) @ w2.T``, exact erf GELU.
+
+    For backward it keeps only the pre-activation ``z`` (``tokens x intermediate``) and recomputes the
+    GELU, where ``Linear -> GELU -> Linear`` keeps both ``z`` and ``gelu(z)``. Without a gradient it
+    keeps nothing.
+
+    Args:
+        x: ``(..., hidden)``; w1: ``(intermediate, hidden)``; b1: ``(intermediate,)`` or None;
+        w2: ``(hidden_out, intermediate)``; all one dtype.
+    Returns:
+        ``(..., hidden_out)`` in x's dtype.
+    """
+    if x.shape[-1] != w1.shape[-1] or w1.dim() != 2 or w2.dim() != 2 or w2.shape[-1] != w1.shape[0]:
+        raise ValueError(f"ffn: shapes do not chain: x {tuple(x.shape)}, w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)}"
+                         " (need x (..., h), w1 (i, h), w2 (o, i))")
+    if b1 is not None and tuple(b1.shape) != (w1.shape[0],):
+        raise ValueError(f"ffn: b1 must be ({w1.shape[0]},), got {tuple(b1.shape)}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w1, b1, w2))
+    out = _ffn(x2, w1, b1, w2)[0] if needs_grad else _ffn_inference(x2, w1, b1, w2)
+    return out.view(*lead, w2.shape[0])
+
+
 # ============================================================================= embeddings
 @torch.library.custom_op("fastbert::embeddings", mutates_args=())
 def _embeddings(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], position_ids: Tensor,

@@ -80,6 +80,28 @@ def linear_gelu_bwd(dy: Tensor, x: Tensor, weight: Tensor, z: Tensor, has_bias: 
     return dx, dweight, dbias
 
 
+# ----------------------------------------------------------------------------- feed-forward block
+def ffn_fwd(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor) -> tuple[Tensor, Tensor]:
+    """``(out, z)``: ``z = x @ w1.T + b1`` and ``out = gelu(z) @ w2.T`` (no second bias: the caller fuses
+    it into what follows). Only ``z`` is kept for backward; ``gelu(z)`` is recomputed there."""
+    z = F.linear(x, w1, b1)
+    return F.linear(gelu(z), w2), z
+
+
+def ffn_inference_fwd(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor) -> Tensor:
+    """``gelu(x @ w1.T + b1) @ w2.T`` with GELU in place: one ``tokens x intermediate`` buffer."""
+    return F.linear(torch.ops.aten.gelu_(F.linear(x, w1, b1)), w2)
+
+
+def ffn_bwd(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor, has_bias: bool):
+    """Gradients ``(dx, dw1, db1, dw2)`` of :func:`ffn_fwd` from the saved ``z``; ``db1`` is empty
+    without a bias."""
+    dz = ((dout @ w2).float() * gelu_grad(z)).to(x.dtype)
+    dw2 = dout.t() @ gelu(z)
+    db1 = dz.sum(0, dtype=torch.float32).to(w1.dtype) if has_bias else _NO_GRAD(w1)
+    return dz @ w1, dz.t() @ x, db1, dw2
+
+
 # ----------------------------------------------------------------------------- residual + dropout + LayerNorm
 def residual_layernorm_fwd(x, bias, residual, weight, beta, eps: float, p: float, seed):
     """``y = LayerNorm(dropout(x + bias) + residual)`` over the last dim of ``(rows, hidden)``.

@@ -14,7 +14,7 @@ if __name__ == "fastbert.kernels":
     from fastbert.check_kernels import register_aot
     from fastbert.ops import register_triton
 
-    from . import attention, embeddings, layernorm
+    from . import attention, embeddings, ffn, layernorm
 
     register_triton("attention", fwd=attention._qkv_forward, bwd=attention._qkv_backward)
     register_aot("attention", attention.aot_variants)
@@ -22,3 +22,6 @@ if __name__ == "fastbert.kernels":
     register_aot("residual_layernorm", layernorm.aot_variants)
     register_triton("embeddings", fwd=embeddings._op_forward, bwd=embeddings._op_backward)
     register_aot("embeddings", embeddings.aot_variants)
+    register_triton("ffn", fwd=ffn._op_forward, inference_fwd=ffn._op_inference_forward, bwd=ffn._op_backward)
+    register_triton("linear_gelu", fwd=ffn._linear_gelu_forward, inference_fwd=ffn._linear_gelu_inference_forward)
+    register_aot("ffn", ffn.aot_variants)

@@ -353,3 +353,29 @@ def test_triton_backend_training_step_matches_transformers(monkeypatch):
     want.loss.backward()
     got.loss.backward()
     assert_grads_close(reference, model)
+
+
+def _intermediate_tensors_saved(model, config, ids, mask) -> int:
+    """Distinct non-parameter tensors of width ``intermediate_size`` kept for backward by one training forward."""
+    params = {p.data_ptr() for p in model.parameters()}
+    kept = set()
+
+    def pack(t):
+        if t.dim() >= 2 and t.shape[-1] == config.intermediate_size and t.data_ptr() not in params:
+            kept.add((t.data_ptr(), tuple(t.shape)))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.train()(ids, attention_mask=mask).last_hidden_state.sum()
+    return len(kept)
+
+
+def test_feed_forward_keeps_one_intermediate_tensor_per_layer():
+    """fastbert keeps only the GELU's input per layer (its output is recomputed in backward);
+    transformers keeps both."""
+    config = tiny_config(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    reference, model = pair(transformers.BertModel, fastbert.BertModel, config)
+    ids, _, mask = random_batch(config)
+    layers = config.num_hidden_layers
+    assert _intermediate_tensors_saved(model, config, ids, mask) == layers
+    assert _intermediate_tensors_saved(reference, config, ids, mask) == 2 * layers

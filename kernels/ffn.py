@@ -1,0 +1,398 @@
+"""BERT's feed-forward block ``gelu(x @ W1^T + b1) @ W2^T`` with the GELU fused into the GEMMs.
+
+- ``_ffn_fwd``: ``Z = X @ W1^T + b1`` with the exact erf GELU in the epilogue; it writes ``Y = gelu(Z)``
+  and, when training, ``Z`` too. The second linear ``Y @ W2^T`` is a plain GEMM (cuBLAS).
+- ``_ffn_bwd``: ``dZ = (dOut @ W2) * gelu'(Z)``, the input-gradient GEMM of the second linear with the
+  GELU derivative in its epilogue.
+- ``_ffn_bwd_dw2``: ``dW2 = dOut^T @ gelu(Z)``, recomputing the GELU on the tiles of ``Z`` as they load.
+
+So the block keeps one ``tokens x intermediate`` tensor (``Z``) for backward, where an unfused
+``Linear -> GELU -> Linear`` keeps two (``Z`` for the GELU and ``Y`` for the second linear). The
+remaining gradients (``dW1 = dZ^T X``, ``dX = dZ W1``, ``db1``) are plain GEMMs and a column sum.
+
+All three kernels share one tile loop (grouped tile order for L2 reuse, fp32 accumulation, operands
+addressed by strides so transposes are free) and are autotuned over tile tables that ``fastbert
+check-kernels`` proves free of spills on sm_80 and sm_90; the tuning key buckets the token count.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from fastbert.ops import torch_fallback
+
+from .attention import _dot, _input_precision, _upcast, _use_autotune
+
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_SQRT_HALF = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@triton.jit
+def _gelu(z):
+    """BERT's exact GELU of fp32 ``z``: ``z * Phi(z)``."""
+    return 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))
+
+
+@triton.jit
+def _gelu_grad(z):
+    """``d gelu / dz = Phi(z) + z * phi(z)`` of fp32 ``z``."""
+    return 0.5 * (1.0 + tl.erf(z * 0.7071067811865476)) + z * tl.exp(-0.5 * z * z) * 0.3989422804014327
+
+
+@triton.jit
+def _cast(x, dtype: tl.constexpr, UPCAST: tl.constexpr):
+    """``x.to(dtype)``, rounding to nearest even. The interpreter's fp32 -> bf16 truncates (UPCAST marks
+    bf16 in the interpreter), so there the rounding is done on the bits first, as the GPU does it."""
+    if UPCAST:
+        bits = x.to(tl.int32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
+def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """``(rows, cols)`` index vectors of this program's output tile, in grouped order: ``GROUP_M`` tile
+    rows walk the tile columns together, so their operand tiles stay in L2."""
+    pid = tl.program_id(0)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    group_width = GROUP_M * tiles_n
+    first_m = (pid // group_width) * GROUP_M
+    group_rows = tl.minimum(tl.cdiv(M, BLOCK_M) - first_m, GROUP_M)
+    pid_m = first_m + (pid % group_width) % group_rows
+    pid_n = (pid % group_width) // group_rows
+    return pid_m * BLOCK_M + tl.arange(0, BLOCK_M), pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+
+
+@triton.jit
+def _matmul(A, B, rows, cols, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+            BLOCK_K: tl.constexpr, GELU_B: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """fp32 ``A[rows, :] @ op(B)[:, cols]`` with ``op = gelu`` when ``GELU_B``; rows are 64-bit offsets."""
+    ks = tl.arange(0, BLOCK_K)
+    a_ptrs = A + rows[:, None].to(tl.int64) * stride_am + ks[None, :] * stride_ak
+    b_ptrs = B + ks[:, None].to(tl.int64) * stride_bk + cols[None, :] * stride_bn
+    acc = tl.zeros([rows.shape[0], cols.shape[0]], tl.float32)
+    for k in range(0, K, BLOCK_K):
+        a = tl.load(a_ptrs, mask=(rows[:, None] < M) & (ks[None, :] < K - k), other=0.0)
+        b = tl.load(b_ptrs, mask=(ks[:, None] < K - k) & (cols[None, :] < N), other=0.0)
+        if GELU_B:
+            b = _cast(_gelu(b.to(tl.float32)), A.dtype.element_ty, UPCAST)
+        acc += _dot(a, b, INPUT_PRECISION, UPCAST)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    return acc
+
+
+@triton.jit
+def _ffn_fwd(
+    X, W, Bias, Z, Y, M, N, K, stride_xm, stride_xk, stride_wn, stride_wk, M_BUCKET,
+    HAS_BIAS: tl.constexpr, STORE_Z: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """``Z = X @ W^T + Bias``, ``Y = gelu(Z)`` for ``X (M, K)``, ``W (N, K)``; ``Z``/``Y`` ``(M, N)``
+    contiguous. Grid ``(tiles,)``."""
+    rows, cols = _tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    z = _matmul(X, W, rows, cols, M, N, K, stride_xm, stride_xk, stride_wk, stride_wn, BLOCK_K, False,
+                INPUT_PRECISION, UPCAST)
+    if HAS_BIAS:
+        z += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    if STORE_Z:
+        tl.store(Z + offsets, _cast(z, Z.dtype.element_ty, UPCAST), mask=mask)
+    tl.store(Y + offsets, _cast(_gelu(z), Y.dtype.element_ty, UPCAST), mask=mask)
+
+
+@triton.jit
+def _ffn_bwd(
+    DOut, W2, Z, DZ, M, N, K, stride_dm, stride_dk, stride_wk, stride_wn, M_BUCKET,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """``DZ = (DOut @ W2) * gelu'(Z)`` for ``DOut (M, K)``, ``W2 (K, N)`` (the second linear's weight);
+    ``Z``/``DZ`` ``(M, N)`` contiguous. Grid ``(tiles,)``."""
+    rows, cols = _tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    dy = _matmul(DOut, W2, rows, cols, M, N, K, stride_dm, stride_dk, stride_wk, stride_wn, BLOCK_K, False,
+                 INPUT_PRECISION, UPCAST)
+    offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    z = tl.load(Z + offsets, mask=mask, other=0.0).to(tl.float32)
+    tl.store(DZ + offsets, _cast(dy * _gelu_grad(z), DZ.dtype.element_ty, UPCAST), mask=mask)
+
+
+@triton.jit
+def _ffn_bwd_dw2(
+    DOut, Z, DW2, M, N, K, stride_dm, stride_dk, stride_zk, stride_zn, M_BUCKET,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """``DW2 = DOut^T @ gelu(Z)``: ``M`` = hidden, ``N`` = intermediate, ``K`` = tokens; ``DOut^T`` and
+    ``Z`` by strides, ``DW2 (M, N)`` contiguous. Grid ``(tiles,)``."""
+    rows, cols = _tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    dw = _matmul(DOut, Z, rows, cols, M, N, K, stride_dm, stride_dk, stride_zk, stride_zn, BLOCK_K, True,
+                 INPUT_PRECISION, UPCAST)
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    tl.store(DW2 + rows[:, None].to(tl.int64) * N + cols[None, :], _cast(dw, DW2.dtype.element_ty, UPCAST),
+             mask=mask)
+
+
+# ============================================================================= tiles and autotuning
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) per operand kind; the first is the default (interpreter,
+# deterministic mode). Every entry compiles without spills on sm_80 and sm_90 (fastbert check-kernels)
+# for each kernel, except those listed in _SPILLS. 128x128 tiles need 8 warps: with 4, the fp32 tile
+# and the erf epilogue pass 255 registers.
+_TILES = {
+    "16bit": [(128, 128, 64, 8, 3), (128, 128, 32, 8, 4), (128, 64, 64, 8, 3), (64, 128, 64, 4, 3),
+              (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4), (32, 64, 32, 4, 4)],
+    "tf32": [(128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (128, 128, 32, 8, 3), (64, 64, 32, 4, 3),
+             (64, 64, 32, 8, 3)],
+    "ieee": [(64, 64, 32, 8, 2), (32, 64, 32, 4, 2), (64, 32, 32, 4, 2), (32, 32, 32, 4, 2)],
+}
+_SPILLS = {("bwd", "tf32"): {(128, 128, 32, 8, 3)}}  # 24 B of spills on sm_90
+GROUP_M = 8
+
+
+def _operands(dtype: torch.dtype, precision: str) -> str:
+    return precision if dtype == torch.float32 else "16bit"
+
+
+def _config(tile) -> triton.Config:
+    block_m, block_n, block_k, warps, stages = tile
+    return triton.Config(dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k), num_warps=warps,
+                         num_stages=stages)
+
+
+def tile_configs(kind: str, dtype: torch.dtype, precision: str) -> list[triton.Config]:
+    """The launch configs of kernel ``kind`` ("fwd", "bwd", "dw2") for a dtype and ``tl.dot``'s input
+    precision (which only matters for fp32)."""
+    operands = _operands(dtype, precision)
+    excluded = _SPILLS.get((kind, operands), set())
+    return [_config(t) for t in _TILES[operands] if t not in excluded]
+
+
+def _pruner(kind: str):
+    """Autotune only over the tiles proven for this kernel, dtype and precision."""
+    def prune(configs, named_args, **kwargs):
+        allowed = {(str(c.kwargs), c.num_warps, c.num_stages)
+                   for c in tile_configs(kind, named_args["Z"].dtype, kwargs["INPUT_PRECISION"])}
+        return [c for c in configs if (str(c.kwargs), c.num_warps, c.num_stages) in allowed]
+    return prune
+
+
+_ALL_CONFIGS = [_config(t) for t in sorted({t for table in _TILES.values() for t in table})]
+
+
+def _autotuned(kind: str, kernel):
+    # M_BUCKET (next power of two of the token count) keys the tuning, so a new batch shape reuses it.
+    return triton.autotune(_ALL_CONFIGS, key=["M_BUCKET", "N", "K", "INPUT_PRECISION"],
+                           prune_configs_by={"early_config_prune": _pruner(kind)})(kernel)
+
+
+_KERNELS = {"fwd": _ffn_fwd, "bwd": _ffn_bwd, "dw2": _ffn_bwd_dw2}
+_TUNED = {kind: _autotuned(kind, kernel) for kind, kernel in _KERNELS.items()}
+
+
+def _launch(kind: str, M: int, N: int, *args, dtype: torch.dtype, device: torch.device, **meta):
+    grid = lambda m: (triton.cdiv(M, m["BLOCK_M"]) * triton.cdiv(N, m["BLOCK_N"]),)  # noqa: E731
+    meta.update(GROUP_M=GROUP_M, UPCAST=_upcast(dtype))
+    if _use_autotune(device):
+        _TUNED[kind][grid](*args, **meta)
+        return
+    config = tile_configs(kind, dtype, meta["INPUT_PRECISION"])[0]
+    _KERNELS[kind][grid(config.kwargs)](*args, **meta, **config.kwargs, num_warps=config.num_warps,
+                                        num_stages=config.num_stages)
+
+
+def _bucket(m: int) -> int:
+    return triton.next_power_of_2(max(m, 1))
+
+
+# ============================================================================= checks and launchers
+def check_inputs(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor) -> None:
+    """Raises ``TypeError``/``ValueError`` naming the bad argument, before any kernel runs.
+
+    x ``(tokens, hidden)``, w1 ``(intermediate, hidden)``, b1 ``(intermediate,)`` or None,
+    w2 ``(hidden_out, intermediate)``; one floating dtype for all.
+    """
+    for name, t in (("x", x), ("w1", w1), ("b1", b1), ("w2", w2)):
+        if t is not None and t.dtype not in KERNEL_DTYPES:
+            raise TypeError(f"ffn: {name} must be float16, bfloat16 or float32, got {t.dtype}")
+        if t is not None and t.dtype != x.dtype:
+            raise TypeError(f"ffn: {name} has dtype {t.dtype}, x {x.dtype}; cast them to one dtype")
+    if x.dim() != 2 or w1.dim() != 2 or w2.dim() != 2:
+        raise ValueError(f"ffn: x, w1, w2 must be 2-D, got shapes {tuple(x.shape)}, {tuple(w1.shape)}, "
+                         f"{tuple(w2.shape)}")
+    if w1.shape[1] != x.shape[1]:
+        raise ValueError(f"ffn: w1 must be (intermediate, {x.shape[1]}) for x's {x.shape[1]} features, "
+                         f"got {tuple(w1.shape)}")
+    if w2.shape[1] != w1.shape[0]:
+        raise ValueError(f"ffn: w2 must be (out, {w1.shape[0]}) for w1's {w1.shape[0]} outputs, "
+                         f"got {tuple(w2.shape)}")
+    if b1 is not None and tuple(b1.shape) != (w1.shape[0],):
+        raise ValueError(f"ffn: b1 must be ({w1.shape[0]},), got {tuple(b1.shape)}")
+
+
+def _unit_stride_inner(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def linear_gelu(x: Tensor, w1: Tensor, b1: Optional[Tensor], store_z: bool = True) -> tuple[Tensor, Optional[Tensor]]:
+    """``(y, z)``: ``z = x @ w1^T + b1`` ``(tokens, intermediate)`` and ``y = gelu(z)``, both in x's dtype;
+    ``z`` is None when not ``store_z``. ``x`` and ``w1`` may be strided (a unit inner stride is used as is)."""
+    x, w1 = _unit_stride_inner(x), _unit_stride_inner(w1)
+    (M, K), N = x.shape, w1.shape[0]
+    y = x.new_empty(M, N)
+    z = x.new_empty(M, N) if store_z else None
+    if M and N:
+        _launch("fwd", M, N, x, w1, b1.contiguous() if b1 is not None else x, z if store_z else y, y, M, N, K,
+                x.stride(0), x.stride(1), w1.stride(0), w1.stride(1), _bucket(M), HAS_BIAS=b1 is not None,
+                STORE_Z=store_z, INPUT_PRECISION=_input_precision(x.dtype), dtype=x.dtype, device=x.device)
+    return y, z
+
+
+def ffn_fwd(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor) -> tuple[Tensor, Tensor]:
+    """``(out, z)``: ``out = gelu(z) @ w2^T`` ``(tokens, hidden_out)`` and the pre-activation ``z`` that
+    backward needs. The signature of :func:`fastbert.torch_ops.ffn_fwd`."""
+    check_inputs(x, w1, b1, w2)
+    y, z = linear_gelu(x, w1, b1)
+    return y @ w2.t(), z
+
+
+def ffn_inference_fwd(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor) -> Tensor:
+    """``gelu(x @ w1^T + b1) @ w2^T`` without keeping ``z``."""
+    check_inputs(x, w1, b1, w2)
+    return linear_gelu(x, w1, b1, store_z=False)[0] @ w2.t()
+
+
+def ffn_bwd(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor, has_bias: bool):
+    """``(dx, dw1, db1, dw2)`` from the saved ``z``; ``db1`` is empty without a bias. The signature of
+    :func:`fastbert.torch_ops.ffn_bwd`."""
+    dout, z, w2 = _unit_stride_inner(dout), z.contiguous(), _unit_stride_inner(w2)
+    (M, N), H = z.shape, dout.shape[1]
+    dz = torch.empty_like(z)
+    dw2 = torch.empty_like(w2) if w2.is_contiguous() else w2.new_empty(w2.shape)
+    precision = _input_precision(x.dtype)
+    if M and N:
+        # dZ = (dOut @ W2) * gelu'(Z): A = dOut (M, H), B = W2 (H, N)
+        _launch("bwd", M, N, dout, w2, z, dz, M, N, H, dout.stride(0), dout.stride(1), w2.stride(0),
+                w2.stride(1), _bucket(M), INPUT_PRECISION=precision, dtype=x.dtype, device=x.device)
+    if H and N:
+        # dW2 = dOut^T @ gelu(Z): A = dOut^T (H, M), B = Z (M, N); tokens are the reduction
+        _launch("dw2", H, N, dout, z, dw2, H, N, M, dout.stride(1), dout.stride(0), z.stride(0), z.stride(1),
+                _bucket(M), INPUT_PRECISION=precision, dtype=x.dtype, device=x.device)
+    dx = dz @ w1
+    dw1 = dz.t() @ x
+    db1 = dz.sum(0, dtype=torch.float32).to(w1.dtype) if has_bias else w1.new_empty(0)
+    return dx, dw1, db1, dw2
+
+
+def ffn_reference(x, w1, b1, w2):
+    """The same math in PyTorch, in the inputs' dtype."""
+    return torch.nn.functional.gelu(torch.nn.functional.linear(x, w1, b1)) @ w2.t()
+
+
+class FusedFFN(torch.autograd.Function):
+    """Autograd wrapper of the kernels for standalone use (the model goes through ``fastbert.ops``)."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2):
+        out, z = ffn_fwd(x, w1, b1, w2)
+        ctx.save_for_backward(x, w1, w2, z)
+        ctx.has_bias = b1 is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, w1, w2, z = ctx.saved_tensors
+        dx, dw1, db1, dw2 = ffn_bwd(dout, x, w1, w2, z, ctx.has_bias)
+        return dx, dw1, db1 if ctx.has_bias else None, dw2
+
+
+# ============================================================================= ahead-of-time variants
+_TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+# Per kernel: the strides the launchers pass as 1 (the JIT specializes them to constants) and the
+# integer arguments that are multiples of 16 for BERT's sizes (the token count is not).
+_UNIT_STRIDES = {"fwd": ("stride_xk", "stride_wk"), "bwd": ("stride_dk", "stride_wn"),
+                 "dw2": ("stride_dm", "stride_zn")}
+_INTS = ("M", "N", "K", "M_BUCKET")
+_ALIGNED_INTS = {"fwd": ("N", "K", "stride_xm", "stride_wn"), "bwd": ("N", "K", "stride_dm", "stride_wk"),
+                 "dw2": ("M", "N", "stride_dk", "stride_zk")}
+
+
+def aot_variants():
+    """Every (kernel, tile, dtype, precision) the launchers can run, for ``fastbert check-kernels``."""
+    from fastbert.check_kernels import AotVariant
+
+    for dtype, t in _TRITON_TYPES.items():
+        for precision in (("ieee", "tf32") if dtype == torch.float32 else ("tf32",)):
+            name = f"{t}{'-' + precision if dtype == torch.float32 else ''}"
+            for kind, kernel in _KERNELS.items():
+                for config in tile_configs(kind, dtype, precision):
+                    constexprs = dict(config.kwargs, GROUP_M=GROUP_M, INPUT_PRECISION=precision, UPCAST=False)
+                    constexprs.update({stride: 1 for stride in _UNIT_STRIDES[kind]})
+                    if kind == "fwd":
+                        constexprs.update(HAS_BIAS=True, STORE_Z=True)
+                    signature = {n: "constexpr" if n in constexprs else ("i32" if n in _INTS or n.startswith("stride_")
+                                                                         else f"*{t}")
+                                 for n in kernel.arg_names}
+                    aligned = tuple(n for n in kernel.arg_names
+                                    if signature[n].startswith("*") or n in _ALIGNED_INTS[kind])
+                    label = "{} {} M{BLOCK_M} N{BLOCK_N} K{BLOCK_K}".format(name, kind, **config.kwargs)
+                    yield AotVariant(kernel, signature, constexprs, config.num_warps, config.num_stages, label,
+                                     aligned)
+
+
+# ============================================================================= op adapters
+def _unsupported(x: Tensor, *weights: Optional[Tensor]) -> Optional[str]:
+    for t in (x, *weights):
+        if t is not None and t.dtype not in KERNEL_DTYPES:
+            return f"dtype {t.dtype}"
+    if any(t is not None and t.dtype != x.dtype for t in weights):
+        return "mixed dtypes"
+    return None
+
+
+def _op_forward(x, w1, b1, w2):
+    reason = _unsupported(x, w1, b1, w2)
+    if reason:
+        return torch_fallback("ffn", "fwd", reason)(x, w1, b1, w2)
+    return ffn_fwd(x, w1, b1, w2)
+
+
+def _op_inference_forward(x, w1, b1, w2):
+    reason = _unsupported(x, w1, b1, w2)
+    if reason:
+        return torch_fallback("ffn", "inference_fwd", reason)(x, w1, b1, w2)
+    return ffn_inference_fwd(x, w1, b1, w2)
+
+
+def _op_backward(dout, x, w1, w2, z, has_bias: bool):
+    reason = _unsupported(x, w1, w2)
+    if reason:
+        return torch_fallback("ffn", "bwd", reason)(dout, x, w1, w2, z, has_bias)
+    return ffn_bwd(dout, x, w1, w2, z, has_bias)
+
+
+def _linear_gelu_forward(x, weight, bias):
+    """``fastbert.ops.linear_gelu`` adapter (the first linear alone): ``(y, z)``."""
+    reason = _unsupported(x, weight, bias)
+    if reason:
+        return torch_fallback("linear_gelu", "fwd", reason)(x, weight, bias)
+    return linear_gelu(x, weight, bias)
+
+
+def _linear_gelu_inference_forward(x, weight, bias):
+    reason = _unsupported(x, weight, bias)
+    if reason:
+        return torch_fallback("linear_gelu", "inference_fwd", reason)(x, weight, bias)
+    return linear_gelu(x, weight, bias, store_z=False)[0]
+
