@@ -391,6 +391,39 @@ def test_linear_gelu_lowp_forward(dtype, rows, in_f, out_f, with_bias):
     _assert_lowp_error(y, ref64, ref_lowp, f"linear_gelu {dtype}", _floor(dtype))
 
 
+# ============================================================================= feed-forward block
+def _ref_ffn(x, w1, b1, w2):
+    return F.linear(F.gelu(F.linear(x, w1, b1)), w2)
+
+
+@pytest.mark.parametrize("rows, hidden, inter", [(1, 96, 200), (129, 384, 1536), (7, 1536, 384)])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_ffn_fp32_forward_backward(rows, hidden, inter, with_bias):
+    torch.manual_seed(rows + hidden + with_bias)
+    x, w1, b1 = _lg_inputs(rows, hidden, inter, with_bias)
+    w2 = torch.randn(hidden, inter) / math.sqrt(inter)
+    pairs = [_pair(t) if t is not None else (None, None) for t in (x, w1, b1, w2)]
+    out = ops.ffn(*[p[0] for p in pairs])
+    ref = _ref_ffn(*[p[1] for p in pairs])
+    _close(out, ref, 1e-5, 1e-5, "out")
+    dy = torch.randn(rows, hidden)
+    out.backward(dy)
+    ref.backward(dy.double())
+    for name, (ours, exact) in zip(("dx", "dw1", "db1", "dw2"), pairs):
+        if ours is not None:  # weight gradients sum over the tokens: fp32 rounding grows with them
+            _close(ours.grad, exact.grad, 5e-5, 1e-5, name)
+
+
+def test_ffn_inference_path_matches_float64():
+    torch.manual_seed(31)
+    x, w1, b1 = _lg_inputs(65, 96, 200)
+    w2 = torch.randn(96, 200) / math.sqrt(200)
+    with torch.no_grad():
+        out = ops.ffn(x.view(5, 13, 96), w1, b1, w2)
+    assert out.shape == (5, 13, 96)
+    _close(out.view(65, 96), _ref_ffn(x.double(), w1.double(), b1.double(), w2.double()), 1e-5, 1e-5, "out")
+
+
 # ============================================================================= embeddings
 VOCAB, MAX_POS, TYPES = 50, 140, 2
 
@@ -586,6 +619,16 @@ def test_opcheck_linear_gelu_inference():
     torch.manual_seed(17)
     x, weight, bias = _lg_inputs(5, 24, 40, True)
     _opcheck(torch.ops.fastbert.linear_gelu_inference.default, (x, weight, bias))
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_opcheck_ffn(with_bias):
+    torch.manual_seed(18)
+    x, w1, b1 = [None if t is None else t.requires_grad_() for t in _lg_inputs(5, 24, 40, with_bias)]
+    w2 = torch.randn(24, 40, requires_grad=True)
+    _opcheck(torch.ops.fastbert.ffn.default, (x, w1, b1, w2))
+    _opcheck(torch.ops.fastbert.ffn_inference.default,
+             tuple(None if t is None else t.detach() for t in (x, w1, b1, w2)))
 
 
 @pytest.mark.parametrize("use_embeds, p", [(False, 0.0), (True, 0.1)])
