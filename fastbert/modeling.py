@@ -56,9 +56,20 @@ def _dropout_args(module: nn.Dropout, device: torch.device):
     return p, (ops.new_seed(device) if p > 0.0 else None)
 
 
+def _unhooked(module: nn.Module) -> bool:
+    """No hook, on ``module`` or global, expects to see ``module`` called."""
+    from torch.nn.modules import module as torch_module
+
+    hooks = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks,
+             torch_module._global_forward_hooks, torch_module._global_forward_pre_hooks,
+             torch_module._global_backward_hooks, torch_module._global_backward_pre_hooks)
+    return not any(hooks)
+
+
 def _is_plain_linear(module: nn.Module) -> bool:
-    # Wrapped layers (PEFT LoRA, quantised linears) are called as modules so their extras apply.
-    return type(module) is nn.Linear
+    # Wrapped layers (PEFT LoRA, quantised linears) and hooked ones are called as modules so their
+    # extras apply; a plain one's weight may be fused into a kernel.
+    return type(module) is nn.Linear and _unhooked(module)
 
 
 def _linear_without_bias(dense: nn.Module, x: Tensor):
@@ -149,12 +160,22 @@ class BertIntermediate(hf.BertIntermediate):
         return F.gelu(self.dense(hidden))
 
 
+def _fusable_feed_forward(layer: nn.Module) -> bool:
+    """Whether ``layer``'s feed-forward block may run as one op without calling its modules: fastbert's
+    own intermediate/output modules, unhooked, with plain linears (a hook, a subclass or a replaced module
+    must see its call)."""
+    intermediate, output = layer.intermediate, layer.output
+    return (type(intermediate) is BertIntermediate and type(output) is BertOutput
+            and _unhooked(intermediate) and _unhooked(output)
+            and _is_plain_linear(intermediate.dense) and _is_plain_linear(output.dense))
+
+
 class BertLayer(hf.BertLayer):
     def forward(self, hidden: Tensor, attn) -> tuple[Tensor, Optional[Tensor]]:
         """One encoder layer on ``(rows, hidden)``; returns ``(rows, hidden)`` and the probs (or None)."""
         attention_output, probs = self.attention(hidden, attn)
-        intermediate, output = self.intermediate.dense, self.output.dense
-        if _is_plain_linear(intermediate) and _is_plain_linear(output):
+        if _fusable_feed_forward(self):
+            intermediate, output = self.intermediate.dense, self.output.dense
             # The whole feed-forward block in one op that keeps only the pre-activation for backward;
             # the second bias joins dropout, residual and LayerNorm.
             ffn = ops.ffn(attention_output, intermediate.weight, intermediate.bias, output.weight)

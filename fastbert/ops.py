@@ -95,6 +95,12 @@ def new_seed(device: torch.device) -> Tensor:
     return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)
 
 
+def _dense_like(t: Tensor) -> Tensor:
+    """A fake output shaped like ``t`` with the row-major strides the implementations return (``empty_like``
+    would copy a transposed input's strides)."""
+    return t.new_empty(t.shape)
+
+
 def _grad_or_none(grad: Tensor, input: Optional[Tensor]) -> Optional[Tensor]:
     # Custom ops return an empty tensor where autograd expects None (an absent input).
     return None if input is None else grad
@@ -177,7 +183,7 @@ def _residual_layernorm(x: Tensor, bias: Optional[Tensor], residual: Tensor, wei
 def _(x, bias, residual, weight, beta, eps, dropout_p, seed):
     rows = x.shape[0]
     stats = x.new_empty(rows, dtype=torch.float32)
-    return torch.empty_like(x), stats, torch.empty_like(stats)
+    return _dense_like(x), stats, torch.empty_like(stats)
 
 
 @torch.library.custom_op("fastbert::residual_layernorm_backward", mutates_args=())
@@ -190,9 +196,8 @@ def _residual_layernorm_backward(
 
 @_residual_layernorm_backward.register_fake
 def _(dy, x, bias, residual, weight, mean, rstd, dropout_p, seed):
-    dbias = x.new_empty(0) if bias is None else torch.empty_like(bias)
-    return (torch.empty_like(x), dbias, torch.empty_like(residual), torch.empty_like(weight),
-            torch.empty_like(weight))
+    dbias = x.new_empty(0) if bias is None else _dense_like(bias)
+    return (_dense_like(x), dbias, _dense_like(residual), _dense_like(weight), _dense_like(weight))
 
 
 def _residual_layernorm_setup(ctx, inputs, output):
@@ -249,7 +254,7 @@ def _linear_gelu_backward(dy: Tensor, x: Tensor, weight: Tensor, z: Tensor,
 @_linear_gelu_backward.register_fake
 def _(dy, x, weight, z, has_bias):
     dbias = weight.new_empty(weight.shape[0] if has_bias else 0)
-    return torch.empty_like(x), torch.empty_like(weight), dbias
+    return _dense_like(x), _dense_like(weight), dbias
 
 
 def _linear_gelu_setup(ctx, inputs, output):
@@ -287,6 +292,11 @@ def linear_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     Returns:
         ``(..., out_features)`` in ``x``'s dtype.
     """
+    if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear_gelu: weight must be (out_features, {x.shape[-1]}) for x {tuple(x.shape)}, "
+                         f"got {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"linear_gelu: bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     needs_grad = torch.is_grad_enabled() and any(
@@ -307,15 +317,17 @@ def _(x, w1, b1, w2):
 
 
 @torch.library.custom_op("fastbert::ffn_backward", mutates_args=())
-def _ffn_backward(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor,
-                  has_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _impl("ffn", "bwd", x.device)(dout, x, w1, w2, z, has_bias)
+def _ffn_backward(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor, has_bias: bool,
+                  weight_grads: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _impl("ffn", "bwd", x.device)(dout, x, w1, w2, z, has_bias, weight_grads)
 
 
 @_ffn_backward.register_fake
-def _(dout, x, w1, w2, z, has_bias):
+def _(dout, x, w1, w2, z, has_bias, weight_grads):
+    if not weight_grads:
+        return _dense_like(x), w1.new_empty(0), w1.new_empty(0), w2.new_empty(0)
     db1 = w1.new_empty(w1.shape[0] if has_bias else 0)
-    return torch.empty_like(x), torch.empty_like(w1), db1, torch.empty_like(w2)
+    return _dense_like(x), _dense_like(w1), db1, _dense_like(w2)
 
 
 def _ffn_setup(ctx, inputs, output):
@@ -326,7 +338,11 @@ def _ffn_setup(ctx, inputs, output):
 
 def _ffn_grad(ctx, dout, dz):
     x, w1, w2, z = ctx.saved_tensors
-    dx, dw1, db1, dw2 = _ffn_backward(dout.contiguous(), x, w1, w2, z, ctx.has_bias)
+    # Frozen FFN weights (e.g. LoRA on attention only) skip the two weight-gradient GEMMs.
+    weight_grads = any(ctx.needs_input_grad[1:4])
+    dx, dw1, db1, dw2 = _ffn_backward(dout.contiguous(), x, w1, w2, z, ctx.has_bias, weight_grads)
+    if not weight_grads:
+        return dx, None, None, None
     return dx, dw1, db1 if ctx.has_bias else None, dw2
 
 
@@ -400,10 +416,9 @@ def _embeddings_backward(
 @_embeddings_backward.register_fake
 def _(dy, input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, mean, rstd,
       dropout_p, seed, padding_idx):
-    dembeds = word.new_empty(0) if inputs_embeds is None else torch.empty_like(inputs_embeds)
-    dword = torch.empty_like(word) if inputs_embeds is None else word.new_empty(0)
-    return (dembeds, dword, torch.empty_like(pos), torch.empty_like(types), torch.empty_like(weight),
-            torch.empty_like(weight))
+    dembeds = word.new_empty(0) if inputs_embeds is None else _dense_like(inputs_embeds)
+    dword = _dense_like(word) if inputs_embeds is None else word.new_empty(0)
+    return dembeds, dword, _dense_like(pos), _dense_like(types), _dense_like(weight), _dense_like(weight)
 
 
 def _embeddings_setup(ctx, inputs, output):

@@ -93,10 +93,12 @@ def ffn_inference_fwd(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor) -> T
     return F.linear(torch.ops.aten.gelu_(F.linear(x, w1, b1)), w2)
 
 
-def ffn_bwd(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor, has_bias: bool):
+def ffn_bwd(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor, has_bias: bool, weight_grads: bool = True):
     """Gradients ``(dx, dw1, db1, dw2)`` of :func:`ffn_fwd` from the saved ``z``; ``db1`` is empty
-    without a bias."""
+    without a bias, and all three weight gradients are empty without ``weight_grads``."""
     dz = ((dout @ w2).float() * gelu_grad(z)).to(x.dtype)
+    if not weight_grads:
+        return dz @ w1, _NO_GRAD(w1), _NO_GRAD(w1), _NO_GRAD(w2)
     dw2 = dout.t() @ gelu(z)
     db1 = dz.sum(0, dtype=torch.float32).to(w1.dtype) if has_bias else _NO_GRAD(w1)
     return dz @ w1, dz.t() @ x, db1, dw2

@@ -12,6 +12,7 @@ implementation (:mod:`fastbert.torch_ops`).
 # name it stays an empty package, so triton is not loaded and nothing registers twice.
 if __name__ == "fastbert.kernels":
     from fastbert.check_kernels import register_aot
+    from fastbert import torch_ops
     from fastbert.ops import register_triton
 
     from . import attention, embeddings, ffn, layernorm
@@ -23,5 +24,7 @@ if __name__ == "fastbert.kernels":
     register_triton("embeddings", fwd=embeddings._op_forward, bwd=embeddings._op_backward)
     register_aot("embeddings", embeddings.aot_variants)
     register_triton("ffn", fwd=ffn._op_forward, inference_fwd=ffn._op_inference_forward, bwd=ffn._op_backward)
-    register_triton("linear_gelu", fwd=ffn._linear_gelu_forward, inference_fwd=ffn._linear_gelu_inference_forward)
+    # linear_gelu's backward is an elementwise product and two plain GEMMs: PyTorch's is the right one.
+    register_triton("linear_gelu", fwd=ffn._linear_gelu_forward, inference_fwd=ffn._linear_gelu_inference_forward,
+                    bwd=torch_ops.linear_gelu_bwd)
     register_aot("ffn", ffn.aot_variants)

@@ -53,7 +53,7 @@ def _cast(x, dtype: tl.constexpr, UPCAST: tl.constexpr):
     if UPCAST:
         bits = x.to(tl.int32, bitcast=True)
         bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536
-        x = bits.to(tl.float32, bitcast=True)
+        x = tl.where(x != x, x, bits.to(tl.float32, bitcast=True))  # NaN stays NaN
     return x.to(dtype)
 
 
@@ -190,8 +190,10 @@ _ALL_CONFIGS = [_config(t) for t in sorted({t for table in _TILES.values() for t
 
 
 def _autotuned(kind: str, kernel):
-    # M_BUCKET (next power of two of the token count) keys the tuning, so a new batch shape reuses it.
-    return triton.autotune(_ALL_CONFIGS, key=["M_BUCKET", "N", "K", "INPUT_PRECISION"],
+    # M_BUCKET (next power of two of the token count) keys the tuning instead of the token count itself,
+    # so a new batch shape reuses it; the token count is M, or K for dW2.
+    sizes = ["M", "N", "M_BUCKET"] if kind == "dw2" else ["M_BUCKET", "N", "K"]
+    return triton.autotune(_ALL_CONFIGS, key=sizes + ["INPUT_PRECISION"],
                            prune_configs_by={"early_config_prune": _pruner(kind)})(kernel)
 
 
@@ -271,18 +273,21 @@ def ffn_inference_fwd(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor) -
     return linear_gelu(x, w1, b1, store_z=False)[0] @ w2.t()
 
 
-def ffn_bwd(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor, has_bias: bool):
-    """``(dx, dw1, db1, dw2)`` from the saved ``z``; ``db1`` is empty without a bias. The signature of
+def ffn_bwd(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor, has_bias: bool, weight_grads: bool = True):
+    """``(dx, dw1, db1, dw2)`` from the saved ``z``; ``db1`` is empty without a bias, the weight gradients
+    are empty (and not computed) without ``weight_grads``. The signature of
     :func:`fastbert.torch_ops.ffn_bwd`."""
     dout, z, w2 = _unit_stride_inner(dout), z.contiguous(), _unit_stride_inner(w2)
     (M, N), H = z.shape, dout.shape[1]
     dz = torch.empty_like(z)
-    dw2 = torch.empty_like(w2) if w2.is_contiguous() else w2.new_empty(w2.shape)
+    dw2 = w2.new_empty(w2.shape)
     precision = _input_precision(x.dtype)
     if M and N:
         # dZ = (dOut @ W2) * gelu'(Z): A = dOut (M, H), B = W2 (H, N)
         _launch("bwd", M, N, dout, w2, z, dz, M, N, H, dout.stride(0), dout.stride(1), w2.stride(0),
                 w2.stride(1), _bucket(M), INPUT_PRECISION=precision, dtype=x.dtype, device=x.device)
+    if not weight_grads:
+        return dz @ w1, w1.new_empty(0), w1.new_empty(0), w2.new_empty(0)
     if H and N:
         # dW2 = dOut^T @ gelu(Z): A = dOut^T (H, M), B = Z (M, N); tokens are the reduction
         _launch("dw2", H, N, dout, z, dw2, H, N, M, dout.stride(1), dout.stride(0), z.stride(0), z.stride(1),
@@ -375,15 +380,24 @@ def _op_inference_forward(x, w1, b1, w2):
     return ffn_inference_fwd(x, w1, b1, w2)
 
 
-def _op_backward(dout, x, w1, w2, z, has_bias: bool):
+def _op_backward(dout, x, w1, w2, z, has_bias: bool, weight_grads: bool):
     reason = _unsupported(x, w1, w2)
     if reason:
-        return torch_fallback("ffn", "bwd", reason)(dout, x, w1, w2, z, has_bias)
-    return ffn_bwd(dout, x, w1, w2, z, has_bias)
+        return torch_fallback("ffn", "bwd", reason)(dout, x, w1, w2, z, has_bias, weight_grads)
+    return ffn_bwd(dout, x, w1, w2, z, has_bias, weight_grads)
+
+
+def _check_linear(x, weight, bias) -> None:
+    if x.dim() != 2 or weight.dim() != 2 or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"linear_gelu: weight must be (out, {x.shape[-1]}) for x {tuple(x.shape)}, "
+                         f"got {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"linear_gelu: bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
 
 
 def _linear_gelu_forward(x, weight, bias):
     """``fastbert.ops.linear_gelu`` adapter (the first linear alone): ``(y, z)``."""
+    _check_linear(x, weight, bias)
     reason = _unsupported(x, weight, bias)
     if reason:
         return torch_fallback("linear_gelu", "fwd", reason)(x, weight, bias)
@@ -391,6 +405,7 @@ def _linear_gelu_forward(x, weight, bias):
 
 
 def _linear_gelu_inference_forward(x, weight, bias):
+    _check_linear(x, weight, bias)
     reason = _unsupported(x, weight, bias)
     if reason:
         return torch_fallback("linear_gelu", "inference_fwd", reason)(x, weight, bias)

@@ -379,3 +379,21 @@ def test_feed_forward_keeps_one_intermediate_tensor_per_layer():
     layers = config.num_hidden_layers
     assert _intermediate_tensors_saved(model, config, ids, mask) == layers
     assert _intermediate_tensors_saved(reference, config, ids, mask) == 2 * layers
+
+
+def test_hooks_on_feed_forward_modules_still_fire():
+    """A hook on the intermediate or output module (or its dense) sees its call: the block then runs
+    module by module, with the same numbers."""
+    config = tiny_config()
+    _, model = pair(transformers.BertModel, fastbert.BertModel, config)
+    ids, _, mask = random_batch(config)
+    fused = model.eval()(ids, attention_mask=mask).last_hidden_state
+    layer = model.encoder.layer[0]
+    seen = []
+    handles = [m.register_forward_hook(lambda mod, args, out, name=name: seen.append(name))
+               for name, m in (("intermediate", layer.intermediate), ("output.dense", layer.output.dense))]
+    hooked = model(ids, attention_mask=mask).last_hidden_state
+    for h in handles:
+        h.remove()
+    assert seen == ["intermediate", "output.dense"]
+    torch.testing.assert_close(hooked, fused)

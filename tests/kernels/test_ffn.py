@@ -64,6 +64,7 @@ def test_sizes_match_float64(hidden, intermediate, dtype):
 @pytest.mark.parametrize("tokens, hidden, intermediate, dtype", [
     (1, 96, 200, torch.float32), (129, 96, 200, torch.float32), (129, 384, 1536, torch.bfloat16),
     (1000, 96, 200, torch.float16), (129, 1536, 384, torch.float32),
+    (1100, 100, 200, torch.float32),  # 9 tile rows (past one GROUP_M group), a ragged last K block
 ])
 def test_token_counts(tokens, hidden, intermediate, dtype):
     """Token counts below, across and well past one tile (ragged last tiles in every GEMM)."""
@@ -163,3 +164,36 @@ def test_tiles_are_the_checked_ones():
                 pruned = F._pruner(kind)(F._ALL_CONFIGS, {"Z": torch.empty(0, dtype=dtype)},
                                          INPUT_PRECISION=precision)
                 assert {str(c) for c in pruned} == {str(c) for c in configs} and configs
+
+
+def test_frozen_weights_skip_the_weight_gradients(monkeypatch):
+    """With w1, b1, w2 frozen (e.g. LoRA elsewhere) backward gives dx alone, the same dx."""
+    monkeypatch.setenv("FASTBERT_BACKEND", "triton")
+    x, w1, b1, w2 = _inputs(33, 96, 200, torch.float32)
+    dy = torch.randn(33, 96, device=DEVICE)
+    full = [t.clone().requires_grad_() for t in (x, w1, b1, w2)]
+    ops.ffn(*full).backward(dy)
+    frozen_x = x.clone().requires_grad_()
+    ops.ffn(frozen_x, w1, b1, w2).backward(dy)
+    torch.testing.assert_close(frozen_x.grad, full[0].grad)
+    assert F.ffn_bwd(dy, x, w1, w2, F.ffn_fwd(x, w1, b1, w2)[1], True, False)[1].numel() == 0
+
+
+def test_backward_fake_matches_real_strides_with_transposed_weights(monkeypatch):
+    """The backward op's fake outputs are row-major like the real ones, even for column-major weights."""
+    monkeypatch.setenv("FASTBERT_BACKEND", "triton")
+    x, w1, b1, w2 = _inputs(9, 48, 80, torch.float32)
+    w1_t, w2_t = w1.t().contiguous().t(), w2.t().contiguous().t()
+    z = F.ffn_fwd(x, w1, b1, w2)[1]
+    dout = torch.randn(9, 48, device=DEVICE)
+    torch.library.opcheck(torch.ops.fastbert.ffn_backward.default, (dout, x, w1_t, w2_t, z, True, True),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("weight, bias, match", [((200, 95), (200,), r"weight must be \(out"),
+                                                 ((200, 96), (150,), r"bias must be \(200,\)")])
+def test_linear_gelu_op_rejects_bad_shapes(weight, bias, match, monkeypatch):
+    monkeypatch.setenv("FASTBERT_BACKEND", "triton")
+    with pytest.raises(ValueError, match=match):
+        ops.linear_gelu(torch.randn(4, 96, device=DEVICE), torch.randn(*weight, device=DEVICE),
+                        torch.randn(*bias, device=DEVICE))
