@@ -177,12 +177,24 @@ def tile_configs(kind: str, dtype: torch.dtype, precision: str) -> list[triton.C
     return [_config(t) for t in _TILES[operands] if t not in excluded]
 
 
+def fits_shape(config: triton.Config, m: int, n: int) -> bool:
+    """Whether a tile is worth timing for an ``m x n`` output: no tile dimension more than twice the
+    (power-of-two rounded) output's, so few tokens do not time 128-row tiles that are mostly padding."""
+    return (config.kwargs["BLOCK_M"] <= max(32, 2 * triton.next_power_of_2(m))
+            and config.kwargs["BLOCK_N"] <= max(32, 2 * triton.next_power_of_2(n)))
+
+
 def _pruner(kind: str):
-    """Autotune only over the tiles proven for this kernel, dtype and precision."""
+    """Autotune only over the tiles proven for this kernel, dtype and precision, and sized for the output
+    (the default tile stays when nothing else fits)."""
     def prune(configs, named_args, **kwargs):
-        allowed = {(str(c.kwargs), c.num_warps, c.num_stages)
-                   for c in tile_configs(kind, named_args["Z"].dtype, kwargs["INPUT_PRECISION"])}
-        return [c for c in configs if (str(c.kwargs), c.num_warps, c.num_stages) in allowed]
+        key = lambda c: (str(c.kwargs), c.num_warps, c.num_stages)  # noqa: E731
+        proven = tile_configs(kind, named_args["Z"].dtype, kwargs["INPUT_PRECISION"])
+        allowed = {key(c) for c in proven}
+        kept = [c for c in configs if key(c) in allowed]
+        m = named_args["M_BUCKET"] if kind != "dw2" else named_args["M"]
+        sized = [c for c in kept if fits_shape(c, m, named_args["N"])]
+        return sized or [c for c in kept if key(c) == key(proven[0])]
     return prune
 
 

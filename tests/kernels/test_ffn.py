@@ -156,14 +156,37 @@ def test_opcheck_with_the_triton_backend(monkeypatch):
 
 
 def test_tiles_are_the_checked_ones():
-    """The autotuner's candidates are exactly the tables check-kernels compiles (nothing unproven)."""
+    """At BERT sizes the autotuner's candidates are exactly the tables check-kernels compiles; for a
+    handful of tokens only the small tiles remain, and never an unproven one."""
     for kind in F._KERNELS:
         for dtype in DTYPES:
             for precision in ("ieee", "tf32"):
-                configs = F.tile_configs(kind, dtype, precision)
-                pruned = F._pruner(kind)(F._ALL_CONFIGS, {"Z": torch.empty(0, dtype=dtype)},
-                                         INPUT_PRECISION=precision)
-                assert {str(c) for c in pruned} == {str(c) for c in configs} and configs
+                configs = {str(c) for c in F.tile_configs(kind, dtype, precision)}
+                big = dict(Z=torch.empty(0, dtype=dtype), M=768, N=3072, M_BUCKET=16384)
+                pruned = F._pruner(kind)(F._ALL_CONFIGS, big, INPUT_PRECISION=precision)
+                assert {str(c) for c in pruned} == configs and configs
+                few = dict(big, M=8, M_BUCKET=8) if kind != "dw2" else dict(big, M=8)
+                small = F._pruner(kind)(F._ALL_CONFIGS, few, INPUT_PRECISION=precision)
+                assert small and {str(c) for c in small} <= configs
+                table = F.tile_configs(kind, dtype, precision)
+                fitting = {str(c) for c in table if c.kwargs["BLOCK_M"] <= 32}
+                assert {str(c) for c in small} == (fitting or {str(table[0])})
+
+
+def test_fp32_follows_the_tf32_setting(monkeypatch):
+    """fp32 GEMMs use TF32 exactly when PyTorch allows it for CUDA matmuls; 16-bit inputs ignore it."""
+    seen = []
+    monkeypatch.setattr(F, "_launch", lambda kind, *a, **meta: seen.append(meta["INPUT_PRECISION"]))
+    x, w1, b1, _ = _inputs(4, 32, 64, torch.float32)
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.fp32_precision
+    try:
+        for setting, want in (("ieee", "ieee"), ("tf32", "tf32")):
+            matmul.fp32_precision = setting
+            F.linear_gelu(x, w1, b1)
+            assert seen[-1] == want
+    finally:
+        matmul.fp32_precision = saved
 
 
 def test_frozen_weights_skip_the_weight_gradients(monkeypatch):
