@@ -18,7 +18,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from benchmarks.report import write_report
+from .report import write_report
 
 BATCH, HEADS, HEAD_DIM = 32, 12, 64
 MAX_LENS = (128, 256, 512)

@@ -19,7 +19,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from benchmarks.report import write_report
+from .report import write_report
 
 TOKENS = (4096, 16384)
 SIZES = ((768, 3072), (1024, 4096))

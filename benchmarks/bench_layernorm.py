@@ -17,7 +17,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from benchmarks.report import write_report
+from .report import write_report
 
 ROWS = (4096, 16384, 65536)
 HIDDENS = (768, 1024)

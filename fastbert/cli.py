@@ -85,7 +85,14 @@ def main(argv=None) -> int:
     check.add_argument("--jobs", type=_positive, default=None, help="compile processes (default: CPU count)")
     check.add_argument("--match", default=None, help="only variants whose op, kernel or label contains this")
     check.set_defaults(run=_check_kernels)
+    sub.add_parser("bench", add_help=False, help="correctness and speed against transformers and "
+                           "torch.compile on this device: tables, results.json and plots (--help for options)")
+
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its own parser (benchmarks/suite.py) takes every option after it
+        from fastbert.benchmarks.suite import main as bench_main
+
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
     args.argv = argv
     return args.run(args)

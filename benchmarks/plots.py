@@ -1,0 +1,98 @@
+"""The tables (markdown) and PNG plots of a ``fastbert bench`` record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _correctness_table(rows: list) -> list[str]:
+    lines = ["| case | backend | dtype | hidden: fastbert / transformers | pooled: fastbert / transformers "
+             "| gradients: fastbert / transformers |", "|---|---|---|---|---|---|"]
+    keyed = {(r["case"], r["backend"], r["dtype"], r["impl"]): r for r in rows}
+    for case, backend, dtype in dict.fromkeys((r["case"], r["backend"], r["dtype"]) for r in rows):
+        ours, theirs = keyed[(case, backend, dtype, "fastbert")], keyed[(case, backend, dtype, "transformers")]
+        cells = [f"{ours[k]:.2g} / {theirs[k]:.2g}" for k in ("hidden", "pooled", "grad")]
+        lines.append(f"| {case} | {backend} | {dtype} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _speed_table(rows: list, keys: tuple) -> list[str]:
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    lines = ["| " + " | ".join(keys) + " | " + " | ".join(impls) + " |",
+             "|" + "---|" * (len(keys) + len(impls))]
+    cases = dict.fromkeys(tuple(r[k] for k in keys) for r in rows)
+    for case in cases:
+        cells = []
+        for impl in impls:
+            r = next(r for r in rows if tuple(r[k] for k in keys) == case and r["impl"] == impl)
+            cells.append(f"{r['ms']:.1f} ms ({r['speedup']:.2f}x)")
+        lines.append("| " + " | ".join(str(c) for c in case) + " | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(record: dict) -> str:
+    """The report's tables: correctness, inference, training step, memory."""
+    env = record["environment"]
+    m = record["memory"]
+    lines = [f"# fastbert bench: {env['device_name']} ({env['device']}), torch {env['torch']}, "
+             f"transformers {env['transformers']}, {env['date']}{' (quick)' if record['quick'] else ''}", "",
+             "## Correctness: max abs error against float64 (gradients: relative to the largest)", "",
+             *_correctness_table(record["correctness"]), "",
+             "## Inference: time per forward (speed-up against transformers sdpa)", "",
+             *([] if record.get("compiled", True) else
+               ["torch.compile is left out of quick runs on the CPU (minutes of compiling per graph).", ""]),
+             *_speed_table(record["inference"], ("batch", "max_len", "lengths")), "",
+             "## Training step: forward, backward, AdamW at BERT-base geometry", "",
+             *_speed_table(record["training"], ("layers", "batch", "max_len", "lengths")), "",
+             "## Memory: bytes kept for backward per token and layer (BERT-base geometry, bf16, dropout on)", "",
+             "| transformers | fastbert | ratio (goal <= 0.6) |", "|---|---|---|",
+             f"| {m['transformers_bytes']:.0f} | {m['fastbert_bytes']:.0f} | {m['ratio']:.2f} |", ""]
+    return "\n".join(lines)
+
+
+def write_plots(record: dict, folder: Path) -> list[Path]:
+    """``speedup.png`` (inference speed-up against transformers sdpa per case) and ``correctness.png``
+    (fastbert's error next to transformers' per case and dtype); returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    rows = record["inference"]
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    cases = list(dict.fromkeys((r["batch"], r["max_len"], r["lengths"]) for r in rows))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(cases)), 4))
+    width = 0.8 / len(impls)
+    for i, impl in enumerate(impls):
+        values = [next(r["speedup"] for r in rows if (r["batch"], r["max_len"], r["lengths"]) == c
+                       and r["impl"] == impl) for c in cases]
+        ax.bar([x + i * width for x in range(len(cases))], values, width, label=impl)
+    ax.axhline(1.0, color="gray", linewidth=0.8)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(cases))])
+    ax.set_xticklabels([f"b{b} L{n}\n{k}" for b, n, k in cases], fontsize=7)
+    ax.set_ylabel("speed-up vs transformers sdpa")
+    ax.set_title(f"inference, {record['environment']['device_name']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(folder / "speedup.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    rows = record["correctness"]
+    groups = list(dict.fromkeys((r["case"], r["backend"], r["dtype"]) for r in rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups)), 4))
+    for i, impl in enumerate(("fastbert", "transformers")):
+        values = [next(r["hidden"] for r in rows if (r["case"], r["backend"], r["dtype"]) == g and r["impl"] == impl)
+                  for g in groups]
+        ax.bar([x + i * 0.4 for x in range(len(groups))], values, 0.4, label=impl)
+    ax.set_yscale("log")
+    ax.set_xticks([x + 0.2 for x in range(len(groups))])
+    ax.set_xticklabels([f"{c}\n{b} {d}" for c, b, d in groups], fontsize=7)
+    ax.set_ylabel("max abs error of hidden states vs float64")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(folder / "correctness.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths

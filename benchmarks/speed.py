@@ -1,0 +1,126 @@
+"""End-to-end speed: inference over a grid of batch sizes and lengths, and one training step.
+
+Every case runs each implementation on the same weights and inputs: transformers ``eager`` and
+``sdpa``, ``torch.compile`` of transformers, fastbert, and on CUDA ``torch.compile(fastbert,
+mode="reduce-overhead")``. Timing: ``triton.testing.do_bench`` on CUDA (median, warm-up, L2 flushed
+between runs); on the CPU the implementations run interleaved, run by run, and each figure is the
+median, with the speed-up the median of the run-by-run ratios against transformers ``sdpa``.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from typing import Callable
+
+import torch
+import transformers
+
+import fastbert
+
+REFERENCE = "transformers-sdpa"
+
+
+def make_batch(kind: str, batch: int, max_len: int, vocab: int, seed: int = 0):
+    """``(input_ids, attention_mask)``: every sequence ``max_len`` long (``full``), or lengths uniform in
+    ``[max_len/4, max_len]`` (``variable``, right-padded, the longest one full)."""
+    gen = torch.Generator().manual_seed(seed + batch + max_len)
+    if kind == "full":
+        lengths = torch.full((batch,), max_len)
+    else:
+        lengths = torch.randint(max(1, max_len // 4), max_len + 1, (batch,), generator=gen)
+        lengths[0] = max_len
+    ids = torch.randint(1000, vocab, (batch, max_len), generator=gen)
+    mask = (torch.arange(max_len)[None, :] < lengths[:, None]).long()
+    return ids * mask, mask
+
+
+def inference_models(reference: transformers.BertModel, device, compile_models: bool) -> dict:
+    """name -> callable(ids, mask), all on ``reference``'s weights, in eval mode."""
+    def hf(impl):
+        model = copy.deepcopy(reference)
+        model.config._attn_implementation = impl
+        return model.to(device).eval()
+
+    sdpa = hf("sdpa")
+    models = {"transformers-eager": hf("eager"), REFERENCE: sdpa}
+    if compile_models:
+        models["compile(transformers)"] = torch.compile(hf("sdpa"), dynamic=True)
+    models["fastbert"] = fastbert.optimize(hf("sdpa"))
+    if compile_models and device.type == "cuda":
+        models["compile(fastbert)"] = torch.compile(fastbert.optimize(hf("sdpa")), mode="reduce-overhead")
+    return {name: (lambda m: lambda ids, mask: m(input_ids=ids, attention_mask=mask))(m) for name, m in models.items()}
+
+
+def time_callables(fns: dict[str, Callable[[], object]], device, repeats: int) -> dict:
+    """``{name: {"ms": median, "runs": [...]}}``, plus ``"speedup"`` against :data:`REFERENCE` per name."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        results = {name: {"ms": do_bench(fn)} for name, fn in fns.items()}
+        for r in results.values():
+            r["speedup"] = results[REFERENCE]["ms"] / r["ms"]
+        return results
+    runs = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up (and compilation)
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            runs[name].append((time.perf_counter() - start) * 1e3)
+    return {name: {"ms": statistics.median(t), "runs": t,
+                   "speedup": statistics.median(a / b for a, b in zip(runs[REFERENCE], t))}
+            for name, t in runs.items()}
+
+
+def inference_grid(reference, device, batches, lengths, repeats: int, compile_models: bool, progress=None) -> list:
+    """One row per (batch, max length, full/variable, implementation)."""
+    models = inference_models(reference, device, compile_models)
+    rows = []
+    for batch in batches:
+        for max_len in lengths:
+            for kind in ("full", "variable"):
+                ids, mask = (t.to(device) for t in make_batch(kind, batch, max_len, reference.config.vocab_size))
+                tokens = int(mask.sum())
+                with torch.inference_mode():
+                    timed = time_callables({n: (lambda f: lambda: f(ids, mask))(f) for n, f in models.items()},
+                                           device, repeats)
+                for name, t in timed.items():
+                    rows.append({"batch": batch, "max_len": max_len, "lengths": kind, "impl": name,
+                                 "ms": t["ms"], "tokens_per_s": tokens / t["ms"] * 1e3, "speedup": t["speedup"],
+                                 "real_tokens": tokens, "padded_tokens": mask.numel()})
+                if progress:
+                    progress()
+    return rows
+
+
+def training_step(layers: int, batch: int, max_len: int, device, repeats: int, dtype=torch.float32) -> list:
+    """Forward, backward and AdamW at BERT-base geometry (``layers`` layers), full and variable lengths,
+    for transformers ``sdpa`` and fastbert (dropout on, as in fine-tuning)."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(num_hidden_layers=layers, attn_implementation="sdpa", num_labels=2)
+    base = transformers.BertForSequenceClassification(config).to(device, dtype)
+    models = {REFERENCE: copy.deepcopy(base).train(), "fastbert": fastbert.optimize(copy.deepcopy(base)).train()}
+    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in models.items()}
+    rows = []
+    for kind in ("full", "variable"):
+        ids, mask = (t.to(device) for t in make_batch(kind, batch, max_len, config.vocab_size))
+        labels = torch.arange(batch, device=device) % 2
+
+        def step(name):
+            def run():
+                loss = models[name](input_ids=ids, attention_mask=mask, labels=labels).loss
+                loss.backward()
+                optimizers[name].step()
+                optimizers[name].zero_grad(set_to_none=True)
+            return run
+
+        timed = time_callables({name: step(name) for name in models}, device, repeats)
+        tokens = int(mask.sum())
+        for name, t in timed.items():
+            rows.append({"layers": layers, "batch": batch, "max_len": max_len, "lengths": kind, "impl": name,
+                         "dtype": str(dtype)[6:], "ms": t["ms"], "tokens_per_s": tokens / t["ms"] * 1e3,
+                         "speedup": t["speedup"]})
+    return rows
