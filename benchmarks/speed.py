@@ -96,31 +96,39 @@ def inference_grid(reference, device, batches, lengths, repeats: int, compile_mo
     return rows
 
 
-def training_step(layers: int, batch: int, max_len: int, device, repeats: int, dtype=torch.float32) -> list:
-    """Forward, backward and AdamW at BERT-base geometry (``layers`` layers), full and variable lengths,
-    for transformers ``sdpa`` and fastbert (dropout on, as in fine-tuning)."""
+def training_callables(layers: int, batch: int, max_len: int, device, kind: str, dtype=torch.float32) -> dict:
+    """name -> one training step (forward, backward, AdamW) at BERT-base geometry with ``layers`` layers,
+    for transformers ``sdpa`` and fastbert on the same weights (dropout on, as in fine-tuning)."""
     torch.manual_seed(0)
     config = transformers.BertConfig(num_hidden_layers=layers, attn_implementation="sdpa", num_labels=2)
     base = transformers.BertForSequenceClassification(config).to(device, dtype)
     models = {REFERENCE: copy.deepcopy(base).train(), "fastbert": fastbert.optimize(copy.deepcopy(base)).train()}
-    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in models.items()}
+    ids, mask = (t.to(device) for t in make_batch(kind, batch, max_len, config.vocab_size))
+    labels = torch.arange(batch, device=device) % 2
+
+    def step(model):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+        def run():
+            model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return run
+
+    return {name: step(model) for name, model in models.items()}
+
+
+def training_step(layers: int, batch: int, max_len: int, device, repeats: int, dtype=torch.float32) -> list:
+    """Rows for :func:`training_callables`, full and variable lengths; on CUDA also the peak memory."""
+    from .memory import peak_training_memory
+
     rows = []
     for kind in ("full", "variable"):
-        ids, mask = (t.to(device) for t in make_batch(kind, batch, max_len, config.vocab_size))
-        labels = torch.arange(batch, device=device) % 2
-
-        def step(name):
-            def run():
-                loss = models[name](input_ids=ids, attention_mask=mask, labels=labels).loss
-                loss.backward()
-                optimizers[name].step()
-                optimizers[name].zero_grad(set_to_none=True)
-            return run
-
-        timed = time_callables({name: step(name) for name in models}, device, repeats)
-        tokens = int(mask.sum())
+        steps = training_callables(layers, batch, max_len, device, kind, dtype)
+        timed = time_callables(steps, device, repeats)
+        tokens = int(make_batch(kind, batch, max_len, 2000)[1].sum())
         for name, t in timed.items():
             rows.append({"layers": layers, "batch": batch, "max_len": max_len, "lengths": kind, "impl": name,
                          "dtype": str(dtype)[6:], "ms": t["ms"], "tokens_per_s": tokens / t["ms"] * 1e3,
-                         "speedup": t["speedup"]})
+                         "speedup": t["speedup"], "peak_bytes": peak_training_memory(steps[name], device)})
     return rows
