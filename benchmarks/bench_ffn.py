@@ -19,7 +19,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from .report import write_report
+from .report import matmul_peak, write_report
 
 TOKENS = (4096, 16384)
 SIZES = ((768, 3072), (1024, 4096))
@@ -50,15 +50,6 @@ def saved_bytes_per_token(fn, tokens: int, *args) -> float:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn(*args)
     return sum(kept.values()) / tokens
-
-
-def matmul_peak(device) -> float:
-    """TFLOP/s of one large bf16 matmul."""
-    from triton.testing import do_bench
-
-    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    ms = do_bench(lambda: a @ a)
-    return 2 * 8192 ** 3 / ms / 1e9
 
 
 def measure(tokens: int, hidden: int, intermediate: int, dtype, device, peak: float) -> dict:

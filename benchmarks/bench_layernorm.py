@@ -17,7 +17,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from .report import write_report
+from .report import copy_bandwidth, write_report
 
 ROWS = (4096, 16384, 65536)
 HIDDENS = (768, 1024)
@@ -36,16 +36,6 @@ def moved_bytes(rows: int, hidden: int, element_size: int) -> int:
 def unfused(x, bias, residual, weight, beta, eps, p):
     """PyTorch's unfused equivalent: ``F.layer_norm(dropout(x + bias) + residual)``."""
     return F.layer_norm(F.dropout(x + bias, p, training=True) + residual, (x.shape[-1],), weight, beta, eps)
-
-
-def copy_bandwidth(device) -> float:
-    """GB/s of one large device-to-device copy (bytes read + written)."""
-    from triton.testing import do_bench
-
-    src = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    ms = do_bench(lambda: dst.copy_(src))
-    return 2 * src.numel() / ms / 1e6
 
 
 def measure(rows: int, hidden: int, dtype, device, peak_gbs: float) -> dict:

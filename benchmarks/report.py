@@ -8,6 +8,23 @@ from pathlib import Path
 import torch
 
 
+def copy_bandwidth(device) -> float:
+    """GB/s of one large device-to-device copy (bytes read + written): the memory-bound peak."""
+    from triton.testing import do_bench
+
+    src = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() / do_bench(lambda: dst.copy_(src)) / 1e6
+
+
+def matmul_peak(device) -> float:
+    """TFLOP/s of one large bf16 matmul: the compute-bound peak."""
+    from triton.testing import do_bench
+
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    return 2 * 8192 ** 3 / do_bench(lambda: a @ a) / 1e9
+
+
 def write_report(out: str, name: str, table: str, results: list, **extra) -> None:
     """Writes ``out/<name>.json`` and ``out/<name>.md`` (the markdown ``table``)."""
     folder = Path(out)
