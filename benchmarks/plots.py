@@ -47,7 +47,23 @@ def markdown(record: dict) -> str:
              "## Memory: bytes kept for backward per token and layer (BERT-base geometry, bf16, dropout on)", "",
              "| transformers | fastbert | ratio (goal <= 0.6) |", "|---|---|---|",
              f"| {m['transformers_bytes']:.0f} | {m['fastbert_bytes']:.0f} | {m['ratio']:.2f} |", ""]
+    peaks = [r for r in record["training"] if r.get("peak_bytes")]
+    if peaks:
+        lines += ["Peak device memory of a training step: " + ", ".join(
+            f"{r['impl']} {r['lengths']} {r['peak_bytes'] / 2**20:.0f} MiB" for r in peaks), ""]
+    for name, kernel in record.get("kernels", {}).items():
+        lines += [f"## Kernel: {name} ({kernel['device']})", "", *_kernel_table(kernel), ""]
     return "\n".join(lines)
+
+
+def _kernel_table(kernel: dict) -> list[str]:
+    """A kernel benchmark's rows as they were recorded (every figure, one column each)."""
+    rows = kernel["results"]
+    keys = list(rows[0]) if rows else []
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
+    return lines
 
 
 def write_plots(record: dict, folder: Path) -> list[Path]:

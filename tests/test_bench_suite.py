@@ -93,3 +93,12 @@ def _fake_record():
 def test_markdown_of_a_record():
     text = plots.markdown(_fake_record())
     assert "| 1 | 8 | full | 1.0 ms (1.00x) |" in text and "| 2 | 1 | 0.50 |" in text
+
+
+def test_markdown_shows_peak_memory_and_kernel_tables_when_present():
+    record = _fake_record()
+    record["training"][0]["peak_bytes"] = 3 * 2**20
+    record["kernels"] = {"bench_ffn": {"device": "GPU", "results": [{"tokens": 4096, "block_speedup": 1.25}]}}
+    text = plots.markdown(record)
+    assert "transformers-sdpa full 3 MiB" in text
+    assert "## Kernel: bench_ffn (GPU)" in text and "| 4096 | 1.25 |" in text
