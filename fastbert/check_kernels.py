@@ -55,6 +55,30 @@ class AotVariant:
     divisible_by_16: Optional[tuple] = None
 
 
+def signature_of(kernel, constexprs: dict, element: str, fp32_pointers: Iterable[str] = (),
+                 i64_pointers: Iterable[str] = (), fp32_scalars: Iterable[str] = ("eps", "dropout_p"),
+                 ints: Iterable[str] = ()) -> dict:
+    """The ``AotVariant.signature`` of ``kernel`` as its launcher calls it: ``constexprs`` by name, the
+    named fp32/int64 pointers, every other capitalised argument (less ``ints``) a pointer to ``element``
+    (e.g. ``"fp16"``), the named fp32 scalars, and 32-bit integers for the rest."""
+    fp32_pointers, i64_pointers, fp32_scalars, ints = map(set, (fp32_pointers, i64_pointers, fp32_scalars, ints))
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in fp32_pointers:
+            signature[name] = "*fp32"
+        elif name in i64_pointers:
+            signature[name] = "*i64"
+        elif name in fp32_scalars:
+            signature[name] = "fp32"
+        elif name[0].isupper() and name not in ints:
+            signature[name] = f"*{element}"
+        else:
+            signature[name] = "i32"
+    return signature
+
+
 @dataclass(frozen=True)
 class Row:
     """The outcome of compiling one variant for one architecture; ``error`` says why it is not ``ok``.

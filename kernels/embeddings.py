@@ -290,21 +290,10 @@ _TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "
 
 
 def _signature(kernel, constexprs: dict, t: str) -> dict:
-    signature = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name in ("Mean", "Rstd", "DS", "DWeightPart", "DBetaPart", "Part"):
-            signature[name] = "*fp32"
-        elif name in ("Seed", "InputIds", "PositionIds", "TypeIds", "Order", "Keys", "Starts", "Ends"):
-            signature[name] = "*i64"
-        elif name in ("eps", "dropout_p"):
-            signature[name] = "fp32"
-        elif name[0].isupper():
-            signature[name] = f"*{t}"
-        else:
-            signature[name] = "i32"
-    return signature
+    from fastbert.check_kernels import signature_of
+
+    return signature_of(kernel, constexprs, t, fp32_pointers=("Mean", "Rstd", "DS", "DWeightPart", "DBetaPart", "Part"),
+                        i64_pointers=("Seed", "InputIds", "PositionIds", "TypeIds", "Order", "Keys", "Starts", "Ends"))
 
 
 def aot_variants():

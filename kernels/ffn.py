@@ -347,7 +347,7 @@ _ALIGNED_INTS = {"fwd": ("N", "K", "stride_xm", "stride_wn"), "bwd": ("N", "K", 
 
 def aot_variants():
     """Every (kernel, tile, dtype, precision) the launchers can run, for ``fastbert check-kernels``."""
-    from fastbert.check_kernels import AotVariant
+    from fastbert.check_kernels import AotVariant, signature_of
 
     for dtype, t in _TRITON_TYPES.items():
         for precision in (("ieee", "tf32") if dtype == torch.float32 else ("tf32",)):
@@ -358,9 +358,7 @@ def aot_variants():
                     constexprs.update({stride: 1 for stride in _UNIT_STRIDES[kind]})
                     if kind == "fwd":
                         constexprs.update(HAS_BIAS=True, STORE_Z=True)
-                    signature = {n: "constexpr" if n in constexprs else ("i32" if n in _INTS or n.startswith("stride_")
-                                                                         else f"*{t}")
-                                 for n in kernel.arg_names}
+                    signature = signature_of(kernel, constexprs, t, ints=_INTS)
                     aligned = tuple(n for n in kernel.arg_names
                                     if signature[n].startswith("*") or n in _ALIGNED_INTS[kind])
                     label = "{} {} M{BLOCK_M} N{BLOCK_N} K{BLOCK_K}".format(name, kind, **config.kwargs)

@@ -318,21 +318,10 @@ _TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "
 
 
 def _signature(kernel, constexprs: dict, t: str) -> dict:
-    signature = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name in ("Mean", "Rstd", "Terms", "DWeightPart", "DBetaPart", "DBiasPart", "Parts", "Out"):
-            signature[name] = "*fp32"
-        elif name == "Seed":
-            signature[name] = "*i64"
-        elif name in ("eps", "dropout_p"):
-            signature[name] = "fp32"
-        elif name[0].isupper():
-            signature[name] = f"*{t}"
-        else:
-            signature[name] = "i32"
-    return signature
+    from fastbert.check_kernels import signature_of
+
+    fp32 = ("Mean", "Rstd", "Terms", "DWeightPart", "DBetaPart", "DBiasPart", "Parts", "Out")
+    return signature_of(kernel, constexprs, t, fp32_pointers=fp32, i64_pointers=("Seed",))
 
 
 def aot_variants():

@@ -131,3 +131,15 @@ def test_cli_recompiles_outside_the_interpreter():
     assert " compiled for sm_80, sm_90: all OK, max regs " in summary and "zero spills" in summary
     progress = [line for line in done.stderr.splitlines() if line.startswith("[")]
     assert progress[-1].startswith(f"[{len(progress)}/{len(progress)}] ") and "UserWarning" not in done.stderr
+
+
+def test_signature_of_types_each_argument_as_the_launcher_passes_it():
+    from fastbert.check_kernels import signature_of
+    from fastbert.kernels import layernorm
+
+    sig = signature_of(layernorm._residual_layernorm_bwd_terms, {"BLOCK_N": 1024, "HAS_BIAS": True,
+                                                                 "HAS_DROPOUT": False},
+                       "bf16", fp32_pointers=("Mean", "Rstd", "Terms"), i64_pointers=("Seed",), ints=("hidden",))
+    assert sig["DY"] == sig["X"] == sig["Weight"] == "*bf16"
+    assert sig["Mean"] == sig["Terms"] == "*fp32" and sig["Seed"] == "*i64"
+    assert sig["hidden"] == "i32" and sig["dropout_p"] == "fp32" and sig["BLOCK_N"] == "constexpr"
