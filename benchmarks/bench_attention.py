@@ -12,13 +12,12 @@ Run: ``python -m benchmarks.bench_attention [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 import torch.nn.functional as F
 
-from .report import matmul_peak, write_report
+from .report import gpu_args, matmul_peak, write_report
 
 BATCH, HEADS, HEAD_DIM = 32, 12, 64
 MAX_LENS = (128, 256, 512)
@@ -100,13 +99,10 @@ def _table(results: list[dict], peak: float) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench-out")
-    parser.add_argument("--dtypes", default="float16,bfloat16")
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench_attention: skipped: it times the Triton kernel against SDPA's CUDA kernels and needs a "
-              "GPU; on the CPU the kernel only runs in the Triton interpreter, whose timings mean nothing.")
+    args = gpu_args(argv, __doc__, "bench_attention", "it times the Triton kernel against SDPA's CUDA "
+                    "kernels and needs a GPU",
+                    lambda parser: parser.add_argument("--dtypes", default="float16,bfloat16"))
+    if args is None:
         return 0
     device = torch.device("cuda")
     torch.manual_seed(0)

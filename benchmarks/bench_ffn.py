@@ -13,13 +13,13 @@ Run: ``python -m benchmarks.bench_ffn [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 import torch.nn.functional as F
 
-from .report import matmul_peak, write_report
+from .memory import saved_bytes
+from .report import gpu_args, matmul_peak, write_report
 
 TOKENS = (4096, 16384)
 SIZES = ((768, 3072), (1024, 4096))
@@ -37,19 +37,9 @@ def fused(x, w1, b1, w2, b2):
     return ops.ffn(x, w1, b1, w2) + b2
 
 
-def saved_bytes_per_token(fn, tokens: int, *args) -> float:
-    """Bytes of non-parameter tensors kept for backward by ``fn(*args)``, per token."""
-    params = {t.data_ptr() for t in args[1:]}
-    kept = {}
-
-    def pack(t):
-        if t.data_ptr() not in params:
-            kept[(t.data_ptr(), tuple(t.shape))] = t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(*args)
-    return sum(kept.values()) / tokens
+def saved_bytes_per_token(fn, tokens: int, x, *params) -> float:
+    """Bytes of non-parameter tensors kept for backward by ``fn(x, *params)``, per token."""
+    return saved_bytes(lambda: fn(x, *params), exclude=params) / tokens
 
 
 def measure(tokens: int, hidden: int, intermediate: int, dtype, device, peak: float) -> dict:
@@ -96,12 +86,8 @@ def _table(results: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench-out")
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench_ffn: skipped: it times the kernels against cuBLAS and needs a GPU; on the CPU the "
-              "kernels only run in the Triton interpreter, whose timings mean nothing.")
+    args = gpu_args(argv, __doc__, "bench_ffn", "it times the kernels against cuBLAS and needs a GPU")
+    if args is None:
         return 0
     device = torch.device("cuda")
     peak = matmul_peak(device)

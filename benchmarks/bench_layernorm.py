@@ -11,13 +11,12 @@ Run: ``python -m benchmarks.bench_layernorm [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 import torch.nn.functional as F
 
-from .report import copy_bandwidth, write_report
+from .report import copy_bandwidth, gpu_args, write_report
 
 ROWS = (4096, 16384, 65536)
 HIDDENS = (768, 1024)
@@ -78,12 +77,9 @@ def _table(results: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench-out")
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench_layernorm: skipped: it measures GB/s against the device's copy bandwidth and needs a "
-              "GPU; on the CPU the kernels only run in the Triton interpreter, whose timings mean nothing.")
+    args = gpu_args(argv, __doc__, "bench_layernorm", "it measures GB/s against the device's copy bandwidth "
+                    "and needs a GPU")
+    if args is None:
         return 0
     device = torch.device("cuda")
     peak = copy_bandwidth(device)

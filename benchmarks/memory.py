@@ -12,19 +12,28 @@ import torch
 from torch import nn
 
 
+def saved_bytes(run, exclude=(), counting=lambda: True) -> int:
+    """Bytes of the tensors autograd keeps for backward while ``run()`` executes, per storage (views of
+    one buffer, e.g. q/k/v of a packed QKV, count once), leaving out the storages of the tensors in
+    ``exclude`` (parameters) and whatever is saved while ``counting()`` is false."""
+    excluded = {t.untyped_storage().data_ptr() for t in exclude}
+    kept: dict = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if counting() and storage.data_ptr() not in excluded:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(kept.values())
+
+
 def saved_bytes_per_token_per_layer(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> float:
     """Bytes kept for backward per real token and encoder layer by one training forward of ``model``."""
     layers = _encoder_layers(model)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    kept: dict = {}
     inside = []
-
-    def pack(t):
-        # Counted per storage: views of one buffer (q/k/v of a packed QKV, a reshaped output) hold it once.
-        storage = t.untyped_storage()
-        if inside and storage.data_ptr() not in params:
-            kept[storage.data_ptr()] = storage.nbytes()
-        return t
 
     def enter(*_):
         inside.append(True)
@@ -39,14 +48,13 @@ def saved_bytes_per_token_per_layer(model: nn.Module, input_ids: torch.Tensor, a
     was_training = model.training
     try:
         model.train()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(input_ids=input_ids, attention_mask=attention_mask)
+        total = saved_bytes(lambda: model(input_ids=input_ids, attention_mask=attention_mask),
+                            exclude=list(model.parameters()), counting=lambda: bool(inside))
     finally:
         model.train(was_training)
         for h in handles:
             h.remove()
-    tokens = int(attention_mask.sum())
-    return sum(kept.values()) / tokens / len(layers)
+    return total / int(attention_mask.sum()) / len(layers)
 
 
 def _encoder_layers(model: nn.Module) -> list:

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import torch
+
+
+def gpu_args(argv, doc: str, name: str, why: str, add_arguments=None):
+    """The parsed ``--out`` (plus what ``add_arguments(parser)`` adds) of a GPU-only benchmark, or None
+    after saying why it skipped when there is no CUDA device."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", default="bench-out")
+    if add_arguments:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print(f"{name}: skipped: {why}; on the CPU the kernels only run in the Triton interpreter, whose "
+              "timings mean nothing.")
+        return None
+    return args
 
 
 def copy_bandwidth(device) -> float:
