@@ -101,6 +101,16 @@ def _dense_like(t: Tensor) -> Tensor:
     return t.new_empty(t.shape)
 
 
+def _autocast_inputs(*tensors: Optional[Tensor]) -> tuple:
+    """Under autocast, the floating-point inputs of a GEMM op in the autocast dtype, as autocast casts
+    ``F.linear``'s: custom ops are not autocast themselves, and their backward must see one dtype."""
+    device = next(t for t in tensors if t is not None).device.type
+    if not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+
+
 def _grad_or_none(grad: Tensor, input: Optional[Tensor]) -> Optional[Tensor]:
     # Custom ops return an empty tensor where autograd expects None (an absent input).
     return None if input is None else grad
@@ -297,6 +307,7 @@ def linear_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
                          f"got {tuple(weight.shape)}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"linear_gelu: bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
+    x, weight, bias = _autocast_inputs(x, weight, bias)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     needs_grad = torch.is_grad_enabled() and any(
@@ -377,6 +388,7 @@ def ffn(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor) -> Tensor:
                          " (need x (..., h), w1 (i, h), w2 (o, i))")
     if b1 is not None and tuple(b1.shape) != (w1.shape[0],):
         raise ValueError(f"ffn: b1 must be ({w1.shape[0]},), got {tuple(b1.shape)}")
+    x, w1, b1, w2 = _autocast_inputs(x, w1, b1, w2)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w1, b1, w2))

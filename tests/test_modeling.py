@@ -320,6 +320,32 @@ def test_low_precision_error_at_most_twice_transformers(dtype):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_autocast_bf16_training_step_errs_at_most_twice_transformers(backend, monkeypatch):
+    """fp32 weights under bf16 autocast (the fine-tuning setup): the loss and every parameter gradient
+    against a float64 reference err at most 2x what transformers does under the same autocast."""
+    monkeypatch.setenv("FASTBERT_BACKEND", backend)
+    config = tiny_config()
+    reference, model = pair(transformers.BertForSequenceClassification, fastbert.BertForSequenceClassification,
+                            config)
+    exact = transformers.BertForSequenceClassification(config).double()
+    exact.load_state_dict(reference.state_dict())
+    ids, types, mask = random_batch(config, seed=3)
+    labels = torch.tensor([2, 0, 1, 1])
+    exact(ids, token_type_ids=types, attention_mask=mask, labels=labels).loss.backward()
+    errors = {}
+    for name, net in (("transformers", reference), ("fastbert", model)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(ids, token_type_ids=types, attention_mask=mask, labels=labels)
+        out.loss.backward()
+        grads = dict(net.named_parameters())
+        # relative to each gradient's norm; rows no token touched have exact zero gradients
+        errors[name] = max((grads[n].grad.double() - p.grad).norm().item() / p.grad.norm().item()
+                           for n, p in exact.named_parameters() if p.grad is not None and p.grad.norm() > 1e-8)
+        assert all(p.grad.dtype == torch.float32 for p in net.parameters() if p.grad is not None)
+    assert errors["fastbert"] <= 2 * errors["transformers"], errors
+
+
 # ----------------------------------------------------------------------------- the Triton backend, whole model
 def test_triton_backend_matches_torch_backend_on_real_checkpoint(minilm_path, tokenizer, monkeypatch):
     """Every op with a Triton kernel runs it (in the interpreter on the CPU); fp32 within 5e-5."""
