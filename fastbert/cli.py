@@ -87,12 +87,18 @@ def main(argv=None) -> int:
     check.set_defaults(run=_check_kernels)
     sub.add_parser("bench", add_help=False, help="correctness and speed against transformers and "
                            "torch.compile on this device: tables, results.json and plots (--help for options)")
+    sub.add_parser("finetune", add_help=False, help="fine-tune a text classifier from CSV/TSV/JSONL, on one "
+                   "device or under torchrun (--help for options)")
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # its own parser (benchmarks/suite.py) takes every option after it
         from fastbert.benchmarks.suite import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["finetune"]:  # its own parser (fastbert/finetune/cli.py)
+        from fastbert.finetune.cli import main as finetune_main
+
+        return finetune_main(argv[1:])
     args = parser.parse_args(argv)
     args.argv = argv
     return args.run(args)

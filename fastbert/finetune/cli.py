@@ -1,0 +1,230 @@
+"""``fastbert finetune``: text classification (single texts or pairs) from CSV, TSV or JSONL.
+
+    fastbert finetune --model PATH_OR_ID --train train.csv --eval dev.csv --output out/
+    torchrun --nproc_per_node 8 -m fastbert.finetune --model ... (the same, data-parallel)
+
+Writes ``out/best`` (``save_pretrained`` model + tokenizer: transformers, sentence-transformers and
+fastbert load it), ``out/last`` (+ the training state ``--resume`` continues from) and
+``out/metrics.json`` (per-step losses, per-epoch evaluations, speed; with ``--reference`` the same for
+transformers' own model run through the identical loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from fastbert.finetune import checkpoint, distributed
+from fastbert.finetune.data import Columns, Encoded, LabelMap, encode, read_examples
+from fastbert.finetune.loop import METRICS, FineTuner, Result, Settings, load_state
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0")
+    return value
+
+
+def _ratio(text: str) -> float:
+    value = _non_negative_float(text)
+    if value > 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not in [0, 1]")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastbert finetune", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="a BERT checkpoint folder or Hub id")
+    p.add_argument("--train", required=True, help="training file: .csv, .tsv (header row) or .jsonl")
+    p.add_argument("--eval", default=None, help="evaluation file, same format, evaluated after every epoch")
+    p.add_argument("--output", required=True, help="folder for best/, last/ and metrics.json")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--text-pair-column", default=None, help="second text of a pair (e.g. NLI hypothesis)")
+    p.add_argument("--label-column", default="label", help="string or integer labels")
+    p.add_argument("--max-length", type=_positive_int, default=128, help="tokens per example, special ones included")
+    p.add_argument("--epochs", type=_positive_int, default=3)
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="examples per step and process")
+    p.add_argument("--eval-batch-size", type=_positive_int, default=None, help="default: 2x --batch-size")
+    p.add_argument("--lr", type=_non_negative_float, default=5e-5)
+    p.add_argument("--weight-decay", type=_non_negative_float, default=0.01)
+    p.add_argument("--warmup-ratio", type=_ratio, default=0.1, help="fraction of the steps with a rising lr")
+    p.add_argument("--max-grad-norm", type=_non_negative_float, default=1.0, help="0 turns clipping off")
+    p.add_argument("--seed", type=int, default=42)
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    precision.add_argument("--fp16", action="store_true", help="fp16 autocast with a gradient scaler")
+    p.add_argument("--metric", choices=METRICS, default="macro_f1", help="which evaluation picks best/")
+    p.add_argument("--save-steps", type=int, default=0, help="also write last/ every N steps (0: per epoch)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last")
+    p.add_argument("--reference", action="store_true",
+                   help="then run the identical loop on transformers' own model and compare speed")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
+    return p
+
+
+class InputError(ValueError):
+    """Bad input found before training: the message names the file and line, or the option."""
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, checked before any training starts."""
+
+    source: str  # where the model and tokenizer load from (OUTPUT/last when resuming)
+    resume: Optional[Path]
+    labels: LabelMap
+    tokenizer: object
+    train: Encoded
+    evaluation: Optional[Encoded]
+    settings: Settings
+    fingerprint: dict
+
+
+def prepare(args, ctx: distributed.Context) -> Prepared:
+    """Reads and checks the data, the model's limits and the resume state; raises ValueError (a
+    :class:`~fastbert.finetune.data.DataError` for a file problem) with the file and line."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if args.resume and args.reference:
+        raise ValueError("--resume and --reference do not go together: the comparison needs a whole run")
+    columns = Columns(args.text_column, args.text_pair_column, args.label_column)
+    train = read_examples(args.train, columns)
+    evaluation = read_examples(args.eval, columns) if args.eval else None
+    resume = None
+    if args.resume:
+        resume = checkpoint.find(Path(args.output) / "last")
+        if resume is None:
+            raise ValueError(f"--resume: no checkpoint in {Path(args.output) / 'last'}")
+    source = str(resume or args.model)
+    config = AutoConfig.from_pretrained(source)
+    if args.max_length > config.max_position_embeddings:
+        raise ValueError(f"--max-length {args.max_length} is beyond the model's {config.max_position_embeddings} "
+                         "positions (max_position_embeddings)")
+    labels = LabelMap.from_examples(train)
+    if resume is not None and LabelMap.from_config(config) != labels:
+        raise ValueError(f"--resume: the labels of {args.train} {list(labels.names)} differ from the checkpoint's "
+                         f"{list(LabelMap.from_config(config).names)}")
+    if len(labels.names) < 2:
+        raise ValueError(f"{args.train}: classification needs at least 2 labels, found {list(labels.names)}")
+    train_ids = labels.ids(train, args.train, args.train)
+    eval_ids = labels.ids(evaluation, args.eval, args.train) if evaluation is not None else None
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    train_data, cut = encode(train, train_ids, tokenizer, args.max_length)
+    eval_data = encode(evaluation, eval_ids, tokenizer, args.max_length)[0] if evaluation is not None else None
+    if cut and ctx.is_main:
+        print(f"note: {cut} of {len(train)} training examples reach --max-length {args.max_length} tokens "
+              "and may be truncated", file=sys.stderr)
+    settings = Settings(
+        epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size or 2 * args.batch_size,
+        lr=args.lr, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
+        max_grad_norm=args.max_grad_norm, seed=args.seed,
+        precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32", metric=args.metric,
+        save_steps=max(0, args.save_steps), num_workers=max(0, args.num_workers), progress=not args.no_progress)
+    # What must not change between a run and its --resume (the rest, e.g. --eval-batch-size, may).
+    trajectory = ("epochs", "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "seed", "precision")
+    fingerprint = {"train file sha256": hashlib.sha256(Path(args.train).read_bytes()).hexdigest(),
+                   "processes": ctx.world, "max_length": args.max_length,
+                   **{k: getattr(settings, k) for k in trajectory}}
+    if resume is not None:
+        load_state(resume, fingerprint)  # refuse now, not after loading the model
+    return Prepared(source, resume, labels, tokenizer, train_data, eval_data, settings, fingerprint)
+
+
+def _summary(result: Result) -> dict:
+    return {"losses": result.history.losses, "evals": result.history.evals, "speed": result.speed.as_dict(),
+            "steps": result.position.step}
+
+
+def comparison_table(runs: dict) -> str:
+    """A markdown table of time per step, tokens/s, peak memory and the last evaluation of each run."""
+    names = list(runs)
+    rows = [("time per step", [f"{r['speed']['seconds_per_step'] * 1e3:.1f} ms" for r in runs.values()]),
+            ("tokens/s", [f"{r['speed']['tokens_per_second']:.0f}" for r in runs.values()]),
+            ("peak memory", [f"{r['speed']['peak_memory_bytes'] / 2**20:.0f} MiB"
+                             if r["speed"]["peak_memory_bytes"] is not None else "n/a (CPU)" for r in runs.values()]),
+            ("final training loss", [f"{r['losses'][-1]:.4f}" if r["losses"] else "-" for r in runs.values()])]
+    if all(r["evals"] for r in runs.values()):
+        for key in ("accuracy", "macro_f1", "loss"):
+            rows.append((f"eval {key}", [f"{r['evals'][-1][key]:.4f}" for r in runs.values()]))
+    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
+    if len(names) == 2:
+        a, b = (runs[n]["speed"]["seconds_per_step"] for n in names)
+        lines.append(f"\n{names[0]} is {b / a:.2f}x as fast per step as {names[1]}.")
+    return "\n".join(lines)
+
+
+def run(args) -> dict:
+    """Trains as ``args`` say; returns what metrics.json holds."""
+    import transformers
+
+    import fastbert
+
+    ctx = distributed.setup(args.device)
+    try:
+        try:
+            prepared = prepare(args, ctx)
+            torch.manual_seed(args.seed)  # the new classifier's initial weights: the same in every process
+            model = fastbert.BertForSequenceClassification.from_pretrained(
+                prepared.source, ignore_mismatched_sizes=prepared.resume is None,
+                **prepared.labels.config_kwargs()).to(ctx.device)
+        except ValueError as err:  # a data problem, or a checkpoint fastbert cannot run
+            raise InputError(str(err)) from err
+        output = Path(args.output)
+        initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if args.reference else None
+        runs = {}
+        torch.manual_seed(args.seed + ctx.rank)  # dropout: each process its own masks
+        tuner = FineTuner(model, prepared.tokenizer, prepared.train, prepared.evaluation, prepared.settings, ctx,
+                          output, prepared.fingerprint, name="fastbert")
+        runs["fastbert"] = _summary(tuner.run(prepared.resume))
+        if args.reference:
+            reference = transformers.BertForSequenceClassification(model.config).to(ctx.device)
+            reference.load_state_dict(initial)
+            del model, tuner
+            torch.manual_seed(args.seed + ctx.rank)
+            # The identical loop, checkpoints included (into OUTPUT/reference), on transformers' own model.
+            runs["transformers"] = _summary(FineTuner(
+                reference, prepared.tokenizer, prepared.train, prepared.evaluation, prepared.settings, ctx,
+                output / "reference", prepared.fingerprint, name="transformers").run())
+        record = {"runs": runs, "settings": asdict(prepared.settings), "labels": list(prepared.labels.names),
+                  "processes": ctx.world, "device": str(ctx.device)}
+        if ctx.is_main:
+            output.mkdir(parents=True, exist_ok=True)
+            (output / "metrics.json").write_text(json.dumps(record, indent=2))
+            if args.reference:
+                print(comparison_table(runs))
+            print(f"best model: {output / 'best'}")
+        return record
+    finally:
+        distributed.teardown()
+
+
+def main(argv=None) -> int:
+    """Entry point of ``fastbert finetune`` and ``python -m fastbert.finetune``."""
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except InputError as err:
+        print(f"fastbert finetune: error: {err}", file=sys.stderr)
+        return 2
+    return 0
