@@ -3,8 +3,9 @@
 A *global batch* is what one optimizer step sees across all processes; each process takes the
 interleaved share ``batch[rank::world]`` of it (the batch is sorted by length, so every share has about
 the same number of tokens). The plan depends only on the lengths, the seed, the epoch and the global
-batch size: one process with batch ``2B`` and two with ``B`` each see the same examples per step, and a
-resumed run sees the same order as an uninterrupted one.
+batch size: one process with batch ``2B`` and two with ``B`` each see the same examples per step (a
+process left without an example in a short last batch runs a stand-in with weight 0), and a resumed run
+sees the same order as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ from fastbert.finetune.data import Encoded
 MEGA_BATCHES = 50  # sort by length within windows of this many batches, so batches stay random
 
 
-def train_plan(lengths: list[int], global_batch: int, world: int, seed: int, epoch: int) -> list[list[int]]:
-    """One epoch's global batches of example indices, grouped by length.
+def train_plan(lengths: list[int], global_batch: int, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch's global batches of example indices, grouped by length; every example once.
 
     The examples are shuffled, sorted by length (longest first) within windows of ``MEGA_BATCHES``
     batches and cut into batches; the batches are shuffled, and the one with the most padded tokens goes
-    first, so an out-of-memory error shows at the first step. A last batch smaller than ``world`` (a
-    process would get no example) is dropped.
+    first, so an out-of-memory error shows at the first step.
     """
     gen = torch.Generator().manual_seed(hash((seed, epoch)) & (2**63 - 1))  # ints hash the same in every run
     order = torch.randperm(len(lengths), generator=gen).tolist()
@@ -35,7 +35,6 @@ def train_plan(lengths: list[int], global_batch: int, world: int, seed: int, epo
         chunk = sorted(order[start:start + window], key=lambda i: -lengths[i])
         batches += [chunk[i:i + global_batch] for i in range(0, len(chunk), global_batch)]
     batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
-    batches = [b for b in batches if len(b) >= world]  # after the shuffle, so the order is the same for any world
     if batches:
         largest = max(range(len(batches)), key=lambda b: len(batches[b]) * lengths[batches[b][0]])
         batches.insert(0, batches.pop(largest))
@@ -49,24 +48,31 @@ def eval_plan(lengths: list[int], global_batch: int) -> list[list[int]]:
 
 
 class PlannedBatches(Dataset):
-    """Item ``i`` is this process's padded share of global batch ``i`` of a plan (None when empty).
+    """Item ``i`` is this process's padded share of global batch ``i`` of a plan.
 
     Items: ``input_ids``, ``token_type_ids``, ``attention_mask`` int64 ``(share, longest)``, ``labels``
-    int64 ``(share,)``, ``index`` int64 ``(share,)`` (example numbers), and the global batch's
-    ``global_examples`` and ``global_tokens`` (ints). Use with ``DataLoader(batch_size=None)``.
+    int64 ``(share,)``, ``index`` int64 ``(share,)`` (example numbers), ``weight`` (1.0, or 0.0 for a
+    stand-in), and the global batch's ``global_examples`` and ``global_tokens`` (ints). A process whose
+    share is empty (a last batch smaller than the process count) gets None, or with ``stand_in`` the
+    batch's first example with weight 0, so that it still joins the gradient all-reduce. Use with
+    ``DataLoader(batch_size=None)``.
     """
 
-    def __init__(self, data: Encoded, plan: list[list[int]], rank: int, world: int, pad_id: int):
+    def __init__(self, data: Encoded, plan: list[list[int]], rank: int, world: int, pad_id: int,
+                 stand_in: bool = False):
         self.data, self.plan, self.rank, self.world, self.pad_id = data, plan, rank, world, pad_id
+        self.stand_in = stand_in
 
     def __len__(self) -> int:
         return len(self.plan)
 
     def __getitem__(self, i: int) -> Optional[dict]:
         batch = self.plan[i]
-        share = batch[self.rank::self.world]
+        share, weight = batch[self.rank::self.world], 1.0
         if not share:
-            return None
+            if not self.stand_in:
+                return None
+            share, weight = batch[:1], 0.0
         lengths = [len(self.data.input_ids[j]) for j in share]
         longest = max(lengths)
         ids = torch.full((len(share), longest), self.pad_id, dtype=torch.long)
@@ -80,6 +86,7 @@ class PlannedBatches(Dataset):
             "input_ids": ids, "token_type_ids": types, "attention_mask": mask,
             "labels": torch.tensor([self.data.labels[j] for j in share]),
             "index": torch.tensor(share),
+            "weight": weight,
             "global_examples": len(batch),
             "global_tokens": sum(len(self.data.input_ids[j]) for j in batch),
         }

@@ -50,7 +50,8 @@ def _ratio(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastbert finetune", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="fastbert finetune", description="Fine-tune a BERT text classifier (single "
+                                "texts or pairs) from CSV, TSV or JSONL; under torchrun, data-parallel.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="a BERT checkpoint folder or Hub id")
     p.add_argument("--train", required=True, help="training file: .csv, .tsv (header row) or .jsonl")
@@ -141,7 +142,8 @@ def prepare(args, ctx: distributed.Context) -> Prepared:
         precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32", metric=args.metric,
         save_steps=max(0, args.save_steps), num_workers=max(0, args.num_workers), progress=not args.no_progress)
     # What must not change between a run and its --resume (the rest, e.g. --eval-batch-size, may).
-    trajectory = ("epochs", "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "seed", "precision")
+    trajectory = ("epochs", "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "seed", "precision",
+                  "metric")
     fingerprint = {"train file sha256": hashlib.sha256(Path(args.train).read_bytes()).hexdigest(),
                    "processes": ctx.world, "max_length": args.max_length,
                    **{k: getattr(settings, k) for k in trajectory}}
@@ -158,8 +160,11 @@ def _summary(result: Result) -> dict:
 def comparison_table(runs: dict) -> str:
     """A markdown table of time per step, tokens/s, peak memory and the last evaluation of each run."""
     names = list(runs)
-    rows = [("time per step", [f"{r['speed']['seconds_per_step'] * 1e3:.1f} ms" for r in runs.values()]),
-            ("tokens/s", [f"{r['speed']['tokens_per_second']:.0f}" for r in runs.values()]),
+    def timed(value, fmt):
+        return "-" if value is None else fmt.format(value)
+
+    rows = [("time per step", [timed(r["speed"]["seconds_per_step"], "{:.4f} s") for r in runs.values()]),
+            ("tokens/s", [timed(r["speed"]["tokens_per_second"], "{:.0f}") for r in runs.values()]),
             ("peak memory", [f"{r['speed']['peak_memory_bytes'] / 2**20:.0f} MiB"
                              if r["speed"]["peak_memory_bytes"] is not None else "n/a (CPU)" for r in runs.values()]),
             ("final training loss", [f"{r['losses'][-1]:.4f}" if r["losses"] else "-" for r in runs.values()])]
@@ -168,8 +173,8 @@ def comparison_table(runs: dict) -> str:
             rows.append((f"eval {key}", [f"{r['evals'][-1][key]:.4f}" for r in runs.values()]))
     lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
-    if len(names) == 2:
-        a, b = (runs[n]["speed"]["seconds_per_step"] for n in names)
+    a, b = (runs[n]["speed"]["seconds_per_step"] for n in names) if len(names) == 2 else (None, None)
+    if a and b:
         lines.append(f"\n{names[0]} is {b / a:.2f}x as fast per step as {names[1]}.")
     return "\n".join(lines)
 

@@ -73,6 +73,7 @@ def _decode(path: Path) -> str:
 
 
 def _read_table(path: Path, text: str, columns: Columns, kind: str) -> list[Example]:
+    # TSV quoted as pandas/csv write it (a field with a tab, newline or quote is quoted), as pandas reads it.
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if kind == "tsv" else ",")
     try:
         header = next(reader)
@@ -84,6 +85,8 @@ def _read_table(path: Path, text: str, columns: Columns, kind: str) -> list[Exam
     for option, name in wanted.items():
         if name not in header:
             raise DataError(path, 1, f"no column {name!r} ({option}); the header has {header}")
+        if header.count(name) > 1:
+            raise DataError(path, 1, f"column {name!r} ({option}) appears {header.count(name)} times in the header")
     index = {name: header.index(name) for name in wanted.values()}
     examples, line = [], reader.line_num
     while True:

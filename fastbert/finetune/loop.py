@@ -78,12 +78,12 @@ class Speed:
     peak_memory_bytes: Optional[int] = None  # CUDA only
 
     @property
-    def seconds_per_step(self) -> float:
-        return self.seconds / self.steps if self.steps else float("nan")
+    def seconds_per_step(self) -> Optional[float]:
+        return self.seconds / self.steps if self.steps else None
 
     @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds else float("nan")
+    def tokens_per_second(self) -> Optional[float]:
+        return self.tokens / self.seconds if self.steps else None
 
     def as_dict(self) -> dict:
         return dict(asdict(self), seconds_per_step=self.seconds_per_step, tokens_per_second=self.tokens_per_second)
@@ -131,9 +131,7 @@ class FineTuner:
         self.fingerprint, self.name = fingerprint or {}, name
         self.autocast_dtype = PRECISIONS[settings.precision]
         self.global_batch = settings.batch_size * ctx.world
-        self.steps_per_epoch = len(train_plan(train.lengths, self.global_batch, ctx.world, settings.seed, 0))
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"the training data ({len(train)} examples) gives no batch for {ctx.world} processes")
+        self.steps_per_epoch = math.ceil(len(train) / self.global_batch)
         self.total_steps = self.steps_per_epoch * settings.epochs
         # The fused AdamW: one kernel per step on CUDA; on the CPU about 7x faster than the for-each one
         # (the embedding table alone is 12M parameters for a MiniLM).
@@ -171,8 +169,8 @@ class FineTuner:
 
     def _train_epoch(self, bar, on_step) -> None:
         settings, ctx = self.settings, self.ctx
-        plan = train_plan(self.train.lengths, self.global_batch, ctx.world, settings.seed, self.position.epoch)
-        batches = PlannedBatches(self.train, plan, ctx.rank, ctx.world, self.tokenizer.pad_token_id)
+        plan = train_plan(self.train.lengths, self.global_batch, settings.seed, self.position.epoch)
+        batches = PlannedBatches(self.train, plan, ctx.rank, ctx.world, self.tokenizer.pad_token_id, stand_in=True)
         # Its own generator: a DataLoader draws a base seed from the global one per epoch otherwise, and
         # a resumed run would then see other dropout masks than an uninterrupted one.
         loader = DataLoader(batches, batch_size=None, sampler=range(self.position.batch, len(plan)),
@@ -202,7 +200,10 @@ class FineTuner:
                 tokens_since_log, log_started = 0, now
             if settings.save_steps and self.position.step % settings.save_steps == 0 \
                     and self.position.batch < len(plan):
+                _sync(ctx.device)
+                paused = time.perf_counter()
                 self._save(best=False)
+                started += time.perf_counter() - paused  # checkpoints are not training time
             if on_step is not None:
                 on_step(self.position.step)
         _sync(ctx.device)
@@ -222,7 +223,7 @@ class FineTuner:
         labels = batch["labels"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             logits = self.ddp(**inputs).logits
-        loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")
+        loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum") * batch["weight"]
         loss = loss_sum * (self.ctx.world / batch["global_examples"])
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -316,9 +317,9 @@ class FineTuner:
                 torch.save({**self.state(), "rng": rng}, folder / checkpoint.STATE_FILE)
 
             self.output.mkdir(parents=True, exist_ok=True)
-            checkpoint.write_atomically(self.output / "last", write_last)
-            if best:
+            if best:  # before last: a crash in between must not leave a last/ whose history claims this best
                 checkpoint.write_atomically(self.output / "best", write_model)
+            checkpoint.write_atomically(self.output / "last", write_last)
         self.ctx.barrier()
 
     def _load_state(self, folder: Path) -> None:

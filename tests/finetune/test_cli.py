@@ -75,6 +75,8 @@ BAD_INPUTS = {
     # name: (train file, dev file or None, extra args, the expected message with {train}/{dev})
     "missing column": ("sentence,label\nhello,a\nbye,b\n", None, [], "{train}:1: no column 'text' (--text-column)"),
     "empty file": ("", None, [], "{train}:1: the file is empty"),
+    "duplicate column": ("text,label,text\nhello,a,x\nbye,b,y\n", None, [],
+                         "{train}:1: column 'text' (--text-column) appears 2 times"),
     "header only": ("text,label\n", None, [], "{train}:2: no examples after the header"),
     "unseen eval label": ("text,label\nhello,a\nbye,b\n", "text,label\nhi,a\nhm,c\n", [],
                           "{dev}:3: label 'c' does not occur in the training file {train}"),

@@ -22,12 +22,17 @@ def _finetune(launcher, model, train, dev, output, batch_size):
 
 def test_two_processes_match_one_process_with_the_combined_batch(tmp_path, tiny_checkpoint, sample_train,
                                                                  sample_dev):
+    """481 examples: each epoch's last global batch has one example, so process 1 runs a weight-0 stand-in."""
+    lines = open(sample_train).read().splitlines()
+    train = tmp_path / "train.csv"
+    train.write_text("\n".join(lines + lines[1:2]) + "\n")
+    sample_train = str(train)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     two = _finetune(torchrun, tiny_checkpoint, sample_train, sample_dev, tmp_path / "two", batch_size=8)
     one = _finetune([sys.executable], tiny_checkpoint, sample_train, sample_dev, tmp_path / "one", batch_size=16)
     assert two["processes"] == 2 and one["processes"] == 1
     a, b = one["runs"]["fastbert"], two["runs"]["fastbert"]
-    assert len(a["losses"]) == len(b["losses"]) == 60
+    assert len(a["losses"]) == len(b["losses"]) == 62
     assert max(abs(x - y) for x, y in zip(a["losses"], b["losses"])) <= 1e-5
     for x, y in zip(a["evals"], b["evals"]):
         assert abs(x["loss"] - y["loss"]) <= 1e-5 and x["accuracy"] == y["accuracy"]
