@@ -70,7 +70,7 @@ def random_batch(config, batch=4, seqlen=13, seed=0, padding="right"):
 # tests that import from it.
 from pathlib import Path  # noqa: E402
 
-SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sentiment"
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sentiment"
 
 
 def save_tiny_checkpoint(folder: Path, tokenizer, dropout: float) -> str:
