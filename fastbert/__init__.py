@@ -18,6 +18,7 @@ from fastbert.modeling import (
     BertPreTrainedModel,
 )
 from fastbert.patch import optimize
+from fastbert.warmup import warmup
 
 __version__ = "0.1.0"
 
@@ -36,4 +37,5 @@ __all__ = [
     "BertTokenizer",
     "BertTokenizerFast",
     "optimize",
+    "warmup",
 ]

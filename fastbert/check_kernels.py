@@ -1,4 +1,4 @@
-"""Ahead-of-time compilation of every registered Triton kernel for sm_80 and sm_90, without a GPU.
+"""Ahead-of-time compilation of every registered Triton kernel for each GPU architecture, without a GPU.
 
 Kernel modules in :mod:`fastbert.kernels` describe the variants they launch with :func:`register_aot`;
 :func:`check_kernels` compiles each one with ``triton.compile`` for every requested architecture and
@@ -6,8 +6,11 @@ reads the resources of the result with the CUDA tools bundled with triton: regis
 frame (``cuobjdump -res-usage``), spill stores/loads (``ptxas -v`` on triton's PTX), shared memory
 (triton's metadata and ``cuobjdump``) and tensor-core instructions (``cuobjdump -sass``).
 
-A build fails on a compile error, any spilling or local memory, or more shared memory than one block
-may opt in to. ``fastbert check-kernels`` prints the table (:func:`format_report`).
+Each kernel module lists the variants its launchers may run on one architecture (the tiles its
+autotuner may pick there, which fit that arch's shared memory). A build fails on a compile error, any
+spilling or local memory, more shared memory than one block may opt in to, or a dot kernel without a
+tensor-core instruction on sm_80 or newer. ``fastbert check-kernels`` prints the table
+(:func:`format_report`).
 
 Nothing here imports triton at module import, so kernel modules can register in any process; the
 compiling happens in worker processes where ``TRITON_INTERPRET`` is not in effect.
@@ -26,9 +29,12 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
-ARCHS = (80, 90)
-# The most shared memory one block may opt in to (cudaDevAttrMaxSharedMemoryPerBlockOptin).
-SMEM_LIMITS = {80: 166912, 90: 232448}
+from fastbert.routing import TENSOR_CORE_CAPABILITY, smem_limit
+
+# Turing (T4), A100, consumer Ampere (A10, RTX 30), Ada (L4, L40, RTX 40), H100/H200, B200, RTX 50.
+ALL_ARCHS = (75, 80, 86, 89, 90, 100, 120)
+ARCHS = (80, 90)  # the default of ``fastbert check-kernels``
+SMEM_LIMITS = {arch: smem_limit(arch) for arch in ALL_ARCHS}
 
 _MMA = re.compile(r"\b(?:HMMA|IMMA|BMMA|HGMMA|IGMMA|QGMMA|BGMMA)\b")
 _SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -43,7 +49,8 @@ class AotVariant:
     ``"fp32"``...) or ``"constexpr"``; ``constexprs`` gives the constexpr values. At launch the JIT
     specializes on the arguments that are multiples of 16 (pointers: 16-byte aligned), which changes
     vectorization and software pipelining; ``divisible_by_16`` names those arguments, ``None`` meaning
-    every pointer argument (as torch allocates them) and no integer.
+    every pointer argument (as torch allocates them) and no integer. ``tensor_cores``: the kernel's
+    ``tl.dot`` must lower to tensor-core instructions (from sm_80 on; not for exact fp32 products).
     """
 
     kernel: object
@@ -53,6 +60,12 @@ class AotVariant:
     num_stages: int
     label: str
     divisible_by_16: Optional[tuple] = None
+    tensor_cores: bool = False
+
+
+def aligned_arguments(signature: dict, ints: Iterable[str] = ()) -> tuple:
+    """``AotVariant.divisible_by_16`` for every pointer of ``signature`` plus the integers ``ints``."""
+    return tuple(name for name, t in signature.items() if t.startswith("*") or name in ints)
 
 
 def signature_of(kernel, constexprs: dict, element: str, fp32_pointers: Iterable[str] = (),
@@ -104,29 +117,55 @@ class Row:
     seconds: float = 0.0
 
 
-_REGISTRY: dict[str, list[Callable[[], Iterable[AotVariant]]]] = {}
+_REGISTRY: dict[str, list[Callable[[int], Iterable[AotVariant]]]] = {}
 
 
-def register_aot(op: str, variants: Callable[[], Iterable[AotVariant]]) -> None:
-    """Register a callable listing the :class:`AotVariant` s of ``op``; it is only called by the checks."""
+def register_aot(op: str, variants: Callable[[int], Iterable[AotVariant]]) -> None:
+    """Register ``variants(arch)``, listing the :class:`AotVariant` s of ``op`` its launchers may run on
+    compute capability ``arch`` (e.g. 86); it is only called by the checks."""
     factories = _REGISTRY.setdefault(op, [])
     if variants not in factories:
         factories.append(variants)
 
 
-def registered_variants() -> list[tuple[str, AotVariant]]:
-    """``(op, variant)`` for every registered variant, after importing :mod:`fastbert.kernels`."""
+def registered_variants(arch: int) -> list[tuple[str, AotVariant]]:
+    """``(op, variant)`` for every variant registered for ``arch``, after importing :mod:`fastbert.kernels`."""
     import fastbert.kernels  # noqa: F401
 
-    return [(op, v) for op, factories in _REGISTRY.items() for factory in factories for v in factory()]
+    return [(op, v) for op, factories in _REGISTRY.items() for factory in factories for v in factory(arch)]
+
+
+def supported_archs(archs: Sequence[int] = ALL_ARCHS) -> tuple:
+    """The archs among ``archs`` that the installed Triton (with its bundled ptxas) compiles for, found
+    by compiling a one-line kernel for each."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    _init_worker()
+
+    @triton.jit
+    def probe(X):
+        tl.store(X, 1.0)
+
+    def compiles(arch: int) -> bool:
+        try:
+            triton.compile(ASTSource(probe, {"X": "*fp32"}), target=GPUTarget("cuda", arch, 32))
+            return True
+        except Exception:  # an arch this Triton or its ptxas does not know
+            return False
+
+    return tuple(a for a in archs if compiles(a))
 
 
 def check_kernels(archs: Sequence[int] = ARCHS, jobs: Optional[int] = None, match: Optional[str] = None,
                   on_row: Optional[Callable[[Row, int, int], None]] = None) -> list[Row]:
-    """Compile the registered variants whose op, kernel name or label contains ``match``."""
-    variants = [(op, v) for op, v in registered_variants()
-                if match is None or any(match in s for s in (op, _kernel_name(v.kernel), v.label))]
-    return check_variants(variants, archs, jobs, on_row)
+    """Compile, for each arch, the variants registered for it whose op, kernel name or label contains
+    ``match``; rows arch by arch."""
+    tasks = [(op, v, arch) for arch in archs for op, v in registered_variants(arch)
+             if match is None or any(match in s for s in (op, _kernel_name(v.kernel), v.label))]
+    return _compile_tasks(tasks, jobs, on_row)
 
 
 def check_variants(variants: Iterable[tuple[str, AotVariant]], archs: Sequence[int] = ARCHS,
@@ -136,11 +175,15 @@ def check_variants(variants: Iterable[tuple[str, AotVariant]], archs: Sequence[i
 
     ``on_row(row, done, total)`` is called as each build finishes, in the order they finish.
     """
-    variants = list(variants)
-    for arch in archs:
+    return _compile_tasks([(op, v, arch) for op, v in variants for arch in archs], jobs, on_row)
+
+
+def _compile_tasks(tasks: list, jobs: Optional[int], on_row) -> list[Row]:
+    for arch in {arch for _, _, arch in tasks}:
         if arch not in SMEM_LIMITS:
             raise ValueError(f"arch {arch} is not one of {tuple(SMEM_LIMITS)}")
-    tasks = [(op, _describe(v), arch) for op, v in variants for arch in archs]
+    variants = [(op, v) for op, v, _ in tasks]
+    tasks = [(op, _describe(v), arch) for op, v, arch in tasks]
     if not tasks:
         return []
     workers = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
@@ -198,7 +241,7 @@ def _describe(v: AotVariant) -> dict:
     fn = getattr(v.kernel, "fn", v.kernel)
     return dict(module=fn.__module__, qualname=fn.__qualname__, signature=dict(v.signature),
                 constexprs=dict(v.constexprs), num_warps=v.num_warps, num_stages=v.num_stages, label=v.label,
-                divisible_by_16=v.divisible_by_16)
+                divisible_by_16=v.divisible_by_16, tensor_cores=v.tensor_cores)
 
 
 def _mp_context(variants):
@@ -267,6 +310,8 @@ def _compile_row(op: str, desc: dict, arch: int) -> Row:
         problems.append(f"{local_bytes} B local memory")
     if shared > SMEM_LIMITS[arch]:
         problems.append(f"smem {shared} B > {SMEM_LIMITS[arch]} B")
+    if desc["tensor_cores"] and not tensor_cores and arch >= TENSOR_CORE_CAPABILITY[0] * 10:
+        problems.append("no tensor-core instruction")
     return Row(op, ck.metadata.name, desc["label"], arch, desc["num_warps"], desc["num_stages"], regs,
                spill_stores, local_bytes, shared, SMEM_LIMITS[arch], tensor_cores, not problems,
                "; ".join(problems) or None, time.perf_counter() - start)

@@ -14,7 +14,7 @@ def _info(_args) -> int:
     import transformers
 
     import fastbert
-    from fastbert import ops
+    from fastbert import ops, routing
 
     try:
         import triton
@@ -30,16 +30,30 @@ def _info(_args) -> int:
     print(f"transformers  {transformers.__version__}")
     print(f"gpu           {gpu}")
     print(f"backend       FASTBERT_BACKEND={ops.backend_name()} -> {ops.resolve_backend(device)} on {device.type}")
+    if device.type == "cuda":
+        capability = torch.cuda.get_device_capability(0)
+        where = f"{gpu} (sm_{capability[0]}{capability[1]})"
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=True)
+    else:
+        capability, where, bf16 = None, "cpu", True
+    print(f"\nroutes of the fused ops on {where}, FASTBERT_BACKEND={ops.backend_name()}:")
+    print(routing.routing_table(capability, ops.backend_name(), bf16))
     return 0
 
 
+ALL_ARCHS = (75, 80, 86, 89, 90, 100, 120)  # fastbert.check_kernels.ALL_ARCHS, without importing torch
+
+
 def _archs(text: str) -> tuple:
+    if text.strip() == "all":
+        return ALL_ARCHS
     try:
         archs = tuple(dict.fromkeys(int(a) for a in text.split(",") if a.strip()))
     except ValueError:
         archs = ()
-    if not archs or any(a not in (80, 90) for a in archs):
-        raise argparse.ArgumentTypeError(f"{text!r}: give 80, 90 or 80,90")
+    if not archs or any(a not in ALL_ARCHS for a in archs):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated list of {', '.join(map(str, ALL_ARCHS))}"
+                                         " or 'all'")
     return archs
 
 
@@ -57,7 +71,15 @@ def _check_kernels(args) -> int:
                               stdout=subprocess.PIPE, text=True)
         sys.stdout.write(done.stdout)
         return done.returncode
-    from fastbert.check_kernels import check_kernels, format_report
+    from fastbert.check_kernels import check_kernels, format_report, supported_archs
+
+    missing = [a for a in args.arch if a not in supported_archs(args.arch)]
+    if missing:
+        import triton
+
+        print(f"fastbert check-kernels: triton {triton.__version__} cannot compile for "
+              f"{', '.join(f'sm_{a}' for a in missing)}", file=sys.stderr)
+        return 2
 
     def progress(row, done, total):
         result = "OK" if row.ok else f"FAIL({row.error.splitlines()[0]})"
@@ -79,9 +101,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastbert", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, device and the backend the fused ops will use").set_defaults(run=_info)
-    check = sub.add_parser("check-kernels", help="compile every registered Triton kernel for sm_80/sm_90 "
+    check = sub.add_parser("check-kernels", help="compile every registered Triton kernel for GPU architectures "
                            "without a GPU and report registers, spills, shared memory and tensor cores")
-    check.add_argument("--arch", type=_archs, default=(80, 90), help="comma-separated: 80, 90 (default 80,90)")
+    check.add_argument("--arch", type=_archs, default=(80, 90),
+                       help=f"comma-separated compute capabilities of {', '.join(map(str, ALL_ARCHS))}, or 'all' "
+                       "(default: 80,90)")
     check.add_argument("--jobs", type=_positive, default=None, help="compile processes (default: CPU count)")
     check.add_argument("--match", default=None, help="only variants whose op, kernel or label contains this")
     check.set_defaults(run=_check_kernels)

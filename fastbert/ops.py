@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from fastbert import torch_ops
+from fastbert import routing, torch_ops
 from fastbert.validation import check_attention_inputs, check_embeddings_inputs
 
 BACKENDS = ("auto", "triton", "torch")
@@ -50,16 +50,31 @@ def backend_name() -> str:
     return name
 
 
-def resolve_backend(device: torch.device) -> str:
-    """``"triton"`` or ``"torch"``: the backend ops on ``device`` run with."""
+def resolve_backend(device: torch.device, dtype: torch.dtype = torch.float32, op: str = "attention") -> str:
+    """``"triton"`` or ``"torch"``: the backend ``op`` runs with on ``device`` for ``dtype`` inputs
+    (:func:`fastbert.routing.route`)."""
+    return _route(op, device, dtype).backend
+
+
+def _route(op: str, device: torch.device, dtype: torch.dtype) -> routing.Route:
     name = backend_name()
-    if name == "auto":
-        return "triton" if device.type == "cuda" else "torch"
-    return name
+    if device.type != "cuda" or name == "torch":
+        return routing.route(op, None, dtype, name)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    capability, bf16 = _device_facts(index)
+    return routing.route(op, capability, dtype, name, bf16)
 
 
-def _impl(op: str, direction: str, device: torch.device) -> Callable:
-    if resolve_backend(device) == "triton":
+@functools.lru_cache(maxsize=None)
+def _device_facts(index: int) -> tuple:
+    """``(capability, whether PyTorch runs bf16)`` of CUDA device ``index``, read once."""
+    with torch.cuda.device(index):
+        return torch.cuda.get_device_capability(index), torch.cuda.is_bf16_supported(including_emulation=True)
+
+
+def _impl(op: str, direction: str, device: torch.device, dtype: torch.dtype = torch.float32) -> Callable:
+    route = _route(op, device, dtype)
+    if route.backend == "triton":
         if device.type != "cuda" and not interpreting():
             raise ValueError(f"FASTBERT_BACKEND=triton on {device.type} tensors needs the Triton interpreter: "
                              "set TRITON_INTERPRET=1 before triton is imported")
@@ -69,6 +84,8 @@ def _impl(op: str, direction: str, device: torch.device) -> Callable:
         if backend_name() == "triton" and op not in _warned_missing:
             _warned_missing.add(op)
             warnings.warn(f"fastbert: no Triton kernel for op {op!r} yet; using the PyTorch implementation")
+    elif backend_name() == "triton":  # forced, but the kernels cannot take this call
+        return torch_fallback(op, direction, route.reason)
     return getattr(torch_ops, f"{op}_{direction}")
 
 
@@ -81,7 +98,7 @@ def interpreting() -> bool:
 def torch_fallback(op: str, direction: str, reason: str) -> Callable:
     """The PyTorch implementation of ``op`` for inputs a Triton kernel does not take, with one warning
     per ``(op, direction, reason)``."""
-    warnings.warn(f"fastbert: the Triton {op} kernel does not take {reason}; using PyTorch")
+    warnings.warn(f"fastbert: the Triton {op} kernel does not take this call ({reason}); using PyTorch")
     return getattr(torch_ops, f"{op}_{direction}")
 
 
@@ -120,7 +137,7 @@ def _grad_or_none(grad: Tensor, input: Optional[Tensor]) -> Optional[Tensor]:
 @torch.library.custom_op("fastbert::attention", mutates_args=())
 def _attention(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float,
                seed: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    return _impl("attention", "fwd", qkv.device)(qkv, cu_seqlens, max_seqlen, dropout_p, seed)
+    return _impl("attention", "fwd", qkv.device, qkv.dtype)(qkv, cu_seqlens, max_seqlen, dropout_p, seed)
 
 
 @_attention.register_fake
@@ -132,7 +149,7 @@ def _(qkv, cu_seqlens, max_seqlen, dropout_p, seed):
 @torch.library.custom_op("fastbert::attention_backward", mutates_args=())
 def _attention_backward(dout: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, cu_seqlens: Tensor,
                         max_seqlen: int, dropout_p: float, seed: Optional[Tensor]) -> Tensor:
-    return _impl("attention", "bwd", qkv.device)(dout, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, seed)
+    return _impl("attention", "bwd", qkv.device, qkv.dtype)(dout, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, seed)
 
 
 @_attention_backward.register_fake
@@ -186,7 +203,7 @@ def attention(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float
 @torch.library.custom_op("fastbert::residual_layernorm", mutates_args=())
 def _residual_layernorm(x: Tensor, bias: Optional[Tensor], residual: Tensor, weight: Tensor, beta: Tensor,
                         eps: float, dropout_p: float, seed: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    return _impl("residual_layernorm", "fwd", x.device)(x, bias, residual, weight, beta, eps, dropout_p, seed)
+    return _impl("residual_layernorm", "fwd", x.device, x.dtype)(x, bias, residual, weight, beta, eps, dropout_p, seed)
 
 
 @_residual_layernorm.register_fake
@@ -201,7 +218,7 @@ def _residual_layernorm_backward(
     dy: Tensor, x: Tensor, bias: Optional[Tensor], residual: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor,
     dropout_p: float, seed: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _impl("residual_layernorm", "bwd", x.device)(dy, x, bias, residual, weight, mean, rstd, dropout_p, seed)
+    return _impl("residual_layernorm", "bwd", x.device, x.dtype)(dy, x, bias, residual, weight, mean, rstd, dropout_p, seed)
 
 
 @_residual_layernorm_backward.register_fake
@@ -246,7 +263,7 @@ def residual_layernorm(x: Tensor, bias: Optional[Tensor], residual: Tensor, weig
 # ============================================================================= linear + bias + GELU
 @torch.library.custom_op("fastbert::linear_gelu", mutates_args=())
 def _linear_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    return _impl("linear_gelu", "fwd", x.device)(x, weight, bias)
+    return _impl("linear_gelu", "fwd", x.device, x.dtype)(x, weight, bias)
 
 
 @_linear_gelu.register_fake
@@ -258,7 +275,7 @@ def _(x, weight, bias):
 @torch.library.custom_op("fastbert::linear_gelu_backward", mutates_args=())
 def _linear_gelu_backward(dy: Tensor, x: Tensor, weight: Tensor, z: Tensor,
                           has_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
-    return _impl("linear_gelu", "bwd", x.device)(dy, x, weight, z, has_bias)
+    return _impl("linear_gelu", "bwd", x.device, x.dtype)(dy, x, weight, z, has_bias)
 
 
 @_linear_gelu_backward.register_fake
@@ -284,7 +301,7 @@ _linear_gelu.register_autograd(_linear_gelu_grad, setup_context=_linear_gelu_set
 
 @torch.library.custom_op("fastbert::linear_gelu_inference", mutates_args=())
 def _linear_gelu_inference(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    return _impl("linear_gelu", "inference_fwd", x.device)(x, weight, bias)
+    return _impl("linear_gelu", "inference_fwd", x.device, x.dtype)(x, weight, bias)
 
 
 @_linear_gelu_inference.register_fake
@@ -319,7 +336,7 @@ def linear_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
 # ============================================================================= feed-forward block
 @torch.library.custom_op("fastbert::ffn", mutates_args=())
 def _ffn(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor) -> tuple[Tensor, Tensor]:
-    return _impl("ffn", "fwd", x.device)(x, w1, b1, w2)
+    return _impl("ffn", "fwd", x.device, x.dtype)(x, w1, b1, w2)
 
 
 @_ffn.register_fake
@@ -330,7 +347,7 @@ def _(x, w1, b1, w2):
 @torch.library.custom_op("fastbert::ffn_backward", mutates_args=())
 def _ffn_backward(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor, has_bias: bool,
                   weight_grads: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _impl("ffn", "bwd", x.device)(dout, x, w1, w2, z, has_bias, weight_grads)
+    return _impl("ffn", "bwd", x.device, x.dtype)(dout, x, w1, w2, z, has_bias, weight_grads)
 
 
 @_ffn_backward.register_fake
@@ -362,7 +379,7 @@ _ffn.register_autograd(_ffn_grad, setup_context=_ffn_setup)
 
 @torch.library.custom_op("fastbert::ffn_inference", mutates_args=())
 def _ffn_inference(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor) -> Tensor:
-    return _impl("ffn", "inference_fwd", x.device)(x, w1, b1, w2)
+    return _impl("ffn", "inference_fwd", x.device, x.dtype)(x, w1, b1, w2)
 
 
 @_ffn_inference.register_fake
@@ -402,7 +419,7 @@ def _embeddings(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], po
                 token_type_ids: Tensor, word: Tensor, pos: Tensor, types: Tensor, weight: Tensor, beta: Tensor,
                 eps: float, dropout_p: float, seed: Optional[Tensor],
                 padding_idx: int) -> tuple[Tensor, Tensor, Tensor]:
-    return _impl("embeddings", "fwd", word.device)(input_ids, inputs_embeds, position_ids, token_type_ids, word,
+    return _impl("embeddings", "fwd", word.device, word.dtype)(input_ids, inputs_embeds, position_ids, token_type_ids, word,
                                                   pos, types, weight, beta, eps, dropout_p, seed)
 
 
@@ -420,7 +437,7 @@ def _embeddings_backward(
     token_type_ids: Tensor, word: Tensor, pos: Tensor, types: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor,
     dropout_p: float, seed: Optional[Tensor], padding_idx: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _impl("embeddings", "bwd", word.device)(dy, input_ids, inputs_embeds, position_ids, token_type_ids,
+    return _impl("embeddings", "bwd", word.device, word.dtype)(dy, input_ids, inputs_embeds, position_ids, token_type_ids,
                                                   word, pos, types, weight, mean, rstd, dropout_p, seed,
                                                   padding_idx)
 

@@ -17,7 +17,6 @@ dK/dV per key block (looping over queries), then dQ per query block (looping ove
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from typing import Optional
@@ -28,7 +27,11 @@ import triton.language as tl
 from torch import Tensor
 
 from fastbert.ops import interpreting, torch_fallback
+from fastbert.routing import TENSOR_CORE_CAPABILITY
 from fastbert.validation import check_attention_inputs
+
+from .launch import (TunedKernel, device_smem_limit, dot, fitting, input_precision, on_input_device, smem_limit,
+                     upcast)
 
 LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: jit functions may read it
 MAX_HEAD_DIM = 128
@@ -37,15 +40,6 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 # ============================================================================= shared device helpers
-@triton.jit
-def _dot(a, b, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    # UPCAST: bf16 operands computed in fp32 (exact products, fp32 accumulation, as the tensor cores
-    # do), only for the Triton interpreter, whose bf16 tl.dot is broken (see _interpreter_needs_upcast).
-    if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    return tl.dot(a, b, input_precision=INPUT_PRECISION)
-
-
 @triton.jit
 def _dropout_keep(seed, head, total_tokens, query_tokens, key_positions, dropout_p):
     """Keep bits for the broadcast of ``query_tokens`` (global indices) and ``key_positions``."""
@@ -82,7 +76,8 @@ def _seq_ptrs(Q, K, V, start, head, stride_qt, stride_qh, stride_kt, stride_kh, 
 
 
 # ============================================================================= forward
-@triton.jit(do_not_specialize=["total_tokens"])
+# The token count and the length bucket (a tuning key only) are not specialized: one binary for any batch.
+@triton.jit(do_not_specialize=["total_tokens", "max_seqlen_bucket"])
 def _attention_fwd(
     Q, K, V, Out, Lse, CuSeqlens, Seed,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
@@ -112,7 +107,7 @@ def _attention_fwd(
         n_valid = offs_n < seqlen
         k = _load_rows(k_seq, offs_n, n_valid, stride_kt, offs_d, HEAD_DIM, BLOCK_D)
         v = _load_rows(v_seq, offs_n, n_valid, stride_vt, offs_d, HEAD_DIM, BLOCK_D)
-        s = _dot(q, tl.trans(k), INPUT_PRECISION, UPCAST) * qk_scale
+        s = dot(q, tl.trans(k), INPUT_PRECISION, UPCAST) * qk_scale
         s = tl.where(n_valid[None, :], s, float("-inf"))
         m_i = tl.max(s, 1)
         p = tl.math.exp2(s - m_i[:, None])
@@ -120,7 +115,7 @@ def _attention_fwd(
         if HAS_DROPOUT:
             keep = _dropout_keep(seed, head, total_tokens, (start + offs_m)[:, None], offs_n[None, :], dropout_p)
             p = tl.where(keep, p, 0.0)
-        acc = _dot(p.to(v.dtype), v, INPUT_PRECISION, UPCAST)
+        acc = dot(p.to(v.dtype), v, INPUT_PRECISION, UPCAST)
     else:
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -130,7 +125,7 @@ def _attention_fwd(
             n_valid = keys < seqlen
             k = _load_rows(k_seq, keys, n_valid, stride_kt, offs_d, HEAD_DIM, BLOCK_D)
             v = _load_rows(v_seq, keys, n_valid, stride_vt, offs_d, HEAD_DIM, BLOCK_D)
-            s = _dot(q, tl.trans(k), INPUT_PRECISION, UPCAST) * qk_scale
+            s = dot(q, tl.trans(k), INPUT_PRECISION, UPCAST) * qk_scale
             s = tl.where(n_valid[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.math.exp2(m_i - m_new)
@@ -139,7 +134,7 @@ def _attention_fwd(
             if HAS_DROPOUT:
                 keep = _dropout_keep(seed, head, total_tokens, (start + offs_m)[:, None], keys[None, :], dropout_p)
                 p = tl.where(keep, p, 0.0)
-            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, INPUT_PRECISION, UPCAST)
+            acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, INPUT_PRECISION, UPCAST)
             m_i = m_new
 
     out_scale = 1.0 / l_i
@@ -169,7 +164,7 @@ def _attention_bwd_preprocess(
     tl.store(Delta + head * total_tokens + tokens, delta, mask=t_valid)
 
 
-@triton.jit(do_not_specialize=["total_tokens"])
+@triton.jit(do_not_specialize=["total_tokens", "max_seqlen_bucket"])
 def _attention_bwd_dkdv(
     Q, K, V, DOut, Lse, Delta, DK, DV, CuSeqlens, Seed,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
@@ -211,24 +206,24 @@ def _attention_bwd_dkdv(
         do = _load_rows(dout_seq, queries, m_valid, stride_ot, offs_d, HEAD_DIM, BLOCK_D)
         lse = tl.load(Lse + head * total_tokens + start + queries, mask=m_valid, other=0.0)
         delta = tl.load(Delta + head * total_tokens + start + queries, mask=m_valid, other=0.0)
-        s_t = _dot(k, tl.trans(q), INPUT_PRECISION, UPCAST) * qk_scale
+        s_t = dot(k, tl.trans(q), INPUT_PRECISION, UPCAST) * qk_scale
         p_t = tl.math.exp2(s_t - lse[None, :] * LOG2E)
         p_t = tl.where(m_valid[None, :], p_t, 0.0)
-        dp_t = _dot(v, tl.trans(do), INPUT_PRECISION, UPCAST)
+        dp_t = dot(v, tl.trans(do), INPUT_PRECISION, UPCAST)
         if HAS_DROPOUT:
             keep_t = _dropout_keep(seed, head, total_tokens, (start + queries)[None, :], keys[:, None], dropout_p)
             p_dropped_t = tl.where(keep_t, p_t * drop_scale, 0.0)
             dp_t = tl.where(keep_t, dp_t * drop_scale, 0.0)
         else:
             p_dropped_t = p_t
-        dv += _dot(p_dropped_t.to(do.dtype), do, INPUT_PRECISION, UPCAST)
+        dv += dot(p_dropped_t.to(do.dtype), do, INPUT_PRECISION, UPCAST)
         ds_t = p_t * (dp_t - delta[None, :])
-        dk += _dot(ds_t.to(q.dtype), q, INPUT_PRECISION, UPCAST)
+        dk += dot(ds_t.to(q.dtype), q, INPUT_PRECISION, UPCAST)
     _store_rows(dk_seq, dk * sm_scale, keys, n_valid, stride_gt, offs_d, HEAD_DIM, BLOCK_D)
     _store_rows(dv_seq, dv, keys, n_valid, stride_gt, offs_d, HEAD_DIM, BLOCK_D)
 
 
-@triton.jit(do_not_specialize=["total_tokens"])
+@triton.jit(do_not_specialize=["total_tokens", "max_seqlen_bucket"])
 def _attention_bwd_dq(
     Q, K, V, DOut, Lse, Delta, DQ, CuSeqlens, Seed,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
@@ -265,15 +260,15 @@ def _attention_bwd_dq(
         n_valid = keys < seqlen
         k = _load_rows(k_seq, keys, n_valid, stride_kt, offs_d, HEAD_DIM, BLOCK_D)
         v = _load_rows(v_seq, keys, n_valid, stride_vt, offs_d, HEAD_DIM, BLOCK_D)
-        s = _dot(q, tl.trans(k), INPUT_PRECISION, UPCAST) * qk_scale
+        s = dot(q, tl.trans(k), INPUT_PRECISION, UPCAST) * qk_scale
         p = tl.math.exp2(s - lse[:, None] * LOG2E)
         p = tl.where(n_valid[None, :], p, 0.0)
-        dp = _dot(do, tl.trans(v), INPUT_PRECISION, UPCAST)
+        dp = dot(do, tl.trans(v), INPUT_PRECISION, UPCAST)
         if HAS_DROPOUT:
             keep = _dropout_keep(seed, head, total_tokens, (start + queries)[:, None], keys[None, :], dropout_p)
             dp = tl.where(keep, dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])
-        dq += _dot(ds.to(k.dtype), k, INPUT_PRECISION, UPCAST)
+        dq += dot(ds.to(k.dtype), k, INPUT_PRECISION, UPCAST)
     _store_rows(dq_seq, dq * sm_scale, queries, m_valid, stride_gt, offs_d, HEAD_DIM, BLOCK_D)
 
 
@@ -297,47 +292,6 @@ def _attention_dropout_mask(
 
 
 # ============================================================================= launch configuration
-@functools.lru_cache(maxsize=None)
-def _interpreter_needs_upcast() -> bool:
-    """Whether the interpreter's bf16 ``tl.dot`` is wrong (triton 3.9.0 multiplies the raw bits):
-    probed once on a 16x16 product, so a fixed triton stops the workaround by itself."""
-    a = torch.arange(256, dtype=torch.float32).reshape(16, 16).div(64).to(torch.bfloat16)
-    out = torch.empty(16, 16, dtype=torch.float32)
-    _bf16_dot_probe[(1,)](a, out)
-    with torch.autocast("cpu", enabled=False):  # the first probe may run inside a caller's autocast
-        return not torch.allclose(out, a.float() @ a.float(), rtol=1e-3, atol=1e-3)
-
-
-@triton.jit
-def _bf16_dot_probe(A, Out):
-    idx = tl.arange(0, 16)[:, None] * 16 + tl.arange(0, 16)[None, :]
-    a = tl.load(A + idx)
-    tl.store(Out + idx, tl.dot(a, a))
-
-
-def _upcast(dtype: torch.dtype) -> bool:
-    return dtype == torch.bfloat16 and interpreting() and _interpreter_needs_upcast()
-
-
-def _tf32_allowed() -> bool:
-    """PyTorch's TF32 setting for CUDA matmuls, read through the precision API where it exists (reading
-    the legacy ``allow_tf32`` raises once the new API was used)."""
-    matmul = torch.backends.cuda.matmul
-    precision = getattr(matmul, "fp32_precision", None)
-    if precision is None:
-        return bool(matmul.allow_tf32)
-    if precision == "none":  # inherits the global setting
-        precision = getattr(torch.backends, "fp32_precision", "none")
-    return precision == "tf32"
-
-
-def _input_precision(dtype: torch.dtype) -> str:
-    """``tl.dot``'s precision: fp32 operands use TF32 only when PyTorch allows it for matmuls."""
-    if dtype == torch.float32 and not _tf32_allowed():
-        return "ieee"
-    return "tf32"  # ignored for fp16/bf16 operands
-
-
 def _block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
@@ -356,7 +310,7 @@ _TILES = {
         (False, "16bit"): [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 2), (64, 64, 8, 2)],
         (True, "16bit"): [(64, 64, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2)],
         (False, "tf32"): [(64, 32, 4, 2), (128, 32, 8, 2), (64, 64, 4, 2)],
-        (True, "tf32"): [(128, 32, 8, 2)],
+        (True, "tf32"): [(128, 32, 8, 2), (64, 32, 4, 2)],
         (False, "ieee"): [(32, 32, 4, 2), (16, 32, 4, 2)],
         (True, "ieee"): [(32, 16, 8, 2), (16, 32, 8, 2), (16, 16, 4, 2)],
     },
@@ -382,7 +336,7 @@ _TILES = {
         (False, "tf32"): [(32, 64, 4, 2), (64, 32, 4, 2)],
         (True, "tf32"): [(32, 32, 4, 2)],
         (False, "ieee"): [(32, 32, 4, 2), (16, 32, 4, 2)],
-        (True, "ieee"): [(16, 32, 4, 2)],
+        (True, "ieee"): [(16, 32, 4, 2), (16, 16, 4, 2)],
     },
 }
 
@@ -393,11 +347,24 @@ def _config(tile) -> triton.Config:
     return triton.Config(kwargs, num_warps=warps, num_stages=stages)
 
 
-def tile_configs(kind: str, block_d: int, dtype: torch.dtype, precision: str) -> list[triton.Config]:
+def smem_bytes(kind: str, config: triton.Config, block_d: int, dtype: torch.dtype, block_n: int = 0) -> int:
+    """Estimated shared memory of one block of kernel ``kind`` with ``config``: its operand tiles, the
+    ones the key (or query) loop loads once per pipeline stage. ``block_n`` is the single-tile kernel's
+    key block (the sequence-length bucket). ``fastbert check-kernels`` fails where a tile this lets
+    through exceeds the arch's limit."""
+    m, n = config.kwargs["BLOCK_M"], config.kwargs.get("BLOCK_N", block_n)
+    per_stage, resident = (2 * m, 2 * n) if kind == "dkdv" else (2 * n, m if kind in ("fwd", "single") else 2 * m)
+    return dtype.itemsize * block_d * (resident + per_stage * max(config.num_stages, 1))
+
+
+def tile_configs(kind: str, block_d: int, dtype: torch.dtype, precision: str, limit: Optional[int] = None,
+                 block_n: int = SINGLE_TILE_MAX_SEQLEN) -> list[triton.Config]:
     """The launch configs of kernel ``kind`` ("fwd", "single", "dkdv", "dq") for a head-dim block, a
-    dtype and ``tl.dot``'s input precision (which only matters for fp32)."""
+    dtype and ``tl.dot``'s input precision (which only matters for fp32), default first; with
+    ``limit`` (bytes of shared memory) only those whose shared memory fits it (for "single", at key block ``block_n``)."""
     operands = precision if dtype == torch.float32 else "16bit"
-    return [_config(t) for t in _TILES[kind][(block_d > 64, operands)]]
+    configs = [_config(t) for t in _TILES[kind][(block_d > 64, operands)]]
+    return fitting(configs, lambda c: smem_bytes(kind, c, block_d, dtype, block_n), limit)
 
 
 def _all_configs(kind: str) -> list[triton.Config]:
@@ -405,40 +372,25 @@ def _all_configs(kind: str) -> list[triton.Config]:
     return [_config(t) for t in sorted(tiles)]
 
 
-def _pruner(kind: str):
-    """Autotune only over the tiles proven for this head dim and dtype."""
-    def prune(configs, named_args, **kwargs):
-        allowed = tile_configs(kind, kwargs["BLOCK_D"], named_args["Q"].dtype, kwargs["INPUT_PRECISION"])
-        keys = {(str(c.kwargs), c.num_warps, c.num_stages) for c in allowed}
-        return [c for c in configs if (str(c.kwargs), c.num_warps, c.num_stages) in keys]
-    return prune
+def _allowed(kind: str):
+    """The tiles proven for a launch's head dim, dtype and precision that fit its device."""
+    def allowed(named_args, meta):
+        q = named_args["Q"]
+        return tile_configs(kind, meta["BLOCK_D"], q.dtype, meta["INPUT_PRECISION"], device_smem_limit(q.device),
+                            meta.get("BLOCK_N", SINGLE_TILE_MAX_SEQLEN))
+    return allowed
 
 
-def _autotuned(kind: str, kernel):
-    # The key is bucketed (next power of two of max_seqlen): a new batch shape reuses the tuning.
-    return triton.autotune(_all_configs(kind), key=["max_seqlen_bucket", "HEAD_DIM", "HAS_DROPOUT", "INPUT_PRECISION"],
-                           prune_configs_by={"early_config_prune": _pruner(kind)})(kernel)
-
-
-_TUNED = {"fwd": _autotuned("fwd", _attention_fwd), "single": _autotuned("single", _attention_fwd),
-          "dkdv": _autotuned("dkdv", _attention_bwd_dkdv), "dq": _autotuned("dq", _attention_bwd_dq)}
+# The key is bucketed (next power of two of max_seqlen): a new batch shape reuses the tuning.
+_KEY = ("max_seqlen_bucket", "HEAD_DIM", "HAS_DROPOUT", "INPUT_PRECISION")
 _KERNELS = {"fwd": _attention_fwd, "single": _attention_fwd, "dkdv": _attention_bwd_dkdv, "dq": _attention_bwd_dq}
+_TUNED = {kind: TunedKernel(kernel, _all_configs(kind), _KEY, _allowed(kind)) for kind, kernel in _KERNELS.items()}
 
 
-def _use_autotune(device: torch.device) -> bool:
-    # Different tiles sum in different orders; deterministic mode pins one config across processes.
-    return device.type == "cuda" and not interpreting() and not torch.are_deterministic_algorithms_enabled()
-
-
-def _launch(kind: str, grid_of, *args, **kwargs):
-    """Runs kernel ``kind`` autotuned on a GPU; otherwise with its default tile (interpreter, deterministic mode)."""
-    q = args[0]
-    if _use_autotune(q.device):
-        _TUNED[kind][grid_of](*args, **kwargs)
-        return
-    config = tile_configs(kind, kwargs["BLOCK_D"], q.dtype, kwargs["INPUT_PRECISION"])[0]
-    meta = {**kwargs, **config.kwargs}
-    _KERNELS[kind][grid_of(meta)](*args, **meta, num_warps=config.num_warps, num_stages=config.num_stages)
+def _launch(kind: str, grid_of, *args, **meta):
+    """Runs kernel ``kind`` autotuned on a GPU; otherwise with its default tile (interpreter, deterministic
+    mode, CUDA-graph capture)."""
+    _TUNED[kind].launch(grid_of, *args, device=args[0].device, **meta)
 
 
 # ============================================================================= input checks
@@ -471,6 +423,7 @@ def _last_dim_contiguous(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+@on_input_device
 def attention_forward(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int,
                       dropout_p: float = 0.0, seed: Optional[Tensor] = None, out: Optional[Tensor] = None,
                       lse: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
@@ -493,11 +446,11 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_s
     batch = cu_seqlens.numel() - 1
     if total == 0:
         return out, lse
-    precision = _input_precision(q.dtype)
-    single = max_seqlen <= SINGLE_TILE_MAX_SEQLEN and bool(tile_configs("single", _block_d(head_dim), q.dtype,
-                                                                         precision))
+    precision = input_precision(q.dtype, q.device)
+    single = max_seqlen <= SINGLE_TILE_MAX_SEQLEN and bool(tile_configs(
+        "single", _block_d(head_dim), q.dtype, precision, device_smem_limit(q.device), _seqlen_bucket(max_seqlen)))
     meta = dict(HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), SINGLE_TILE=single, HAS_DROPOUT=dropout_p > 0.0,
-                INPUT_PRECISION=precision, UPCAST=_upcast(q.dtype))
+                INPUT_PRECISION=precision, UPCAST=upcast(q.dtype))
     if single:
         meta["BLOCK_N"] = _seqlen_bucket(max_seqlen)
     grid = lambda m: (batch, triton.cdiv(max_seqlen, m["BLOCK_M"]), heads)  # noqa: E731
@@ -508,6 +461,7 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_s
     return out, lse
 
 
+@on_input_device
 def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                        cu_seqlens: Tensor, max_seqlen: int, dropout_p: float, seed: Optional[Tensor],
                        dq: Tensor, dk: Tensor, dv: Tensor) -> None:
@@ -528,7 +482,7 @@ def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
         out, dout, delta, *_strides(out), total, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=block_t)
 
     meta = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, HAS_DROPOUT=dropout_p > 0.0,
-                INPUT_PRECISION=_input_precision(q.dtype), UPCAST=_upcast(q.dtype))
+                INPUT_PRECISION=input_precision(q.dtype, q.device), UPCAST=upcast(q.dtype))
     seed_arg = seed if seed is not None else cu_seqlens
     common = (*_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dq),
               total, _seqlen_bucket(max_seqlen), head_dim ** -0.5, float(dropout_p))
@@ -538,6 +492,7 @@ def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
             q, k, v, dout, lse, delta, dq, cu_seqlens, seed_arg, *common, **meta)
 
 
+@on_input_device
 def dropout_mask(cu_seqlens: Tensor, heads: int, max_seqlen: int, dropout_p: float, seed: Tensor) -> Tensor:
     """Debug: the kernels' keep mask, bool ``(heads, total_tokens, max_seqlen)``; entry ``[h, i, j]`` is
     key position ``j`` of query token ``i``'s sequence (only ``j < len(sequence)`` is meaningful)."""
@@ -638,7 +593,8 @@ def _qkv_backward(dout, qkv, out, lse, cu_seqlens, max_seqlen: int, dropout_p: f
 # ============================================================================= ahead-of-time variants
 _TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 _AOT_PRECISIONS = {torch.float16: ("tf32",), torch.bfloat16: ("tf32",), torch.float32: ("ieee", "tf32")}
-_AOT_HEAD_DIMS = {torch.float16: (64, 128), torch.bfloat16: (64, 128), torch.float32: (64, 128)}
+# 32: MiniLM's heads (tiles of the narrow table at BLOCK_D 32); 64: BERT's; 128: the wide table.
+_AOT_HEAD_DIMS = {torch.float16: (32, 64, 128), torch.bfloat16: (32, 64, 128), torch.float32: (64, 128)}
 
 
 def _aot_signature(kernel, dtype: torch.dtype) -> dict:
@@ -661,11 +617,28 @@ def _aot_signature(kernel, dtype: torch.dtype) -> dict:
     return signature
 
 
-def aot_variants():
-    """Every (kernel, tile, dtype, representative head dim, dropout) the launchers can run, for
-    ``fastbert check-kernels``. Strides are taken as multiples of 16, as for BERT's packed QKV."""
+def _aot_tiles(kind: str, block_d: int, dtype: torch.dtype, precision: str, limit: int):
+    """``(config, single-tile key block)`` of each tile that fits ``limit``; a single tile at the largest
+    length bucket it fits at (the one with the most registers), 0 for the other kernels."""
+    if kind != "single":
+        return [(c, 0) for c in tile_configs(kind, block_d, dtype, precision, limit)]
+    tiles = []
+    for config in tile_configs(kind, block_d, dtype, precision):
+        buckets = [b for b in (SINGLE_TILE_MAX_SEQLEN, 64, 32, 16) if smem_bytes(kind, config, block_d, dtype, b) <= limit]
+        if buckets:
+            tiles.append((config, buckets[0]))
+    return tiles
+
+
+def aot_variants(arch: int):
+    """Every (kernel, tile, dtype, representative head dim, dropout) the launchers can run on compute
+    capability ``arch`` (the tiles that fit its shared memory; none before sm_80, where attention runs
+    PyTorch), for ``fastbert check-kernels``. Strides are multiples of 16, as for BERT's packed QKV."""
     from fastbert.check_kernels import AotVariant
 
+    limit = smem_limit(arch)
+    if arch < TENSOR_CORE_CAPABILITY[0] * 10:
+        return  # the dot ops run PyTorch there (fastbert.routing)
     for dtype, head_dims in _AOT_HEAD_DIMS.items():
         for head_dim, precision in itertools.product(head_dims, _AOT_PRECISIONS[dtype]):
             block_d = _block_d(head_dim)
@@ -673,18 +646,19 @@ def aot_variants():
             name = f"{_TRITON_TYPES[dtype]}{'-' + precision if dtype == torch.float32 else ''} d{head_dim}"
             for kind, kernel in _KERNELS.items():
                 signature = _aot_signature(kernel, dtype)
-                aligned = tuple(n for n, t in signature.items() if t.startswith("*") or n.startswith("stride_"))
-                for config in tile_configs(kind, block_d, dtype, precision):
+                aligned = tuple(n for n, t in signature.items()
+                                if t.startswith("*") or n.startswith("stride_"))
+                for config, block_n in _aot_tiles(kind, block_d, dtype, precision, limit):
                     for dropout in (False, True):
                         constexprs = {**base, **config.kwargs, "HAS_DROPOUT": dropout}
                         if kind in ("fwd", "single"):
                             constexprs["SINGLE_TILE"] = kind == "single"
                         if kind == "single":
-                            constexprs["BLOCK_N"] = SINGLE_TILE_MAX_SEQLEN  # the largest it launches with
+                            constexprs["BLOCK_N"] = block_n
                         label = (f"{name} M{constexprs['BLOCK_M']} N{constexprs['BLOCK_N']} "
                                  f"{'dropout' if dropout else 'no-dropout'}")
                         yield AotVariant(kernel, signature, constexprs, config.num_warps, config.num_stages,
-                                         label, aligned)
+                                         label, aligned, tensor_cores=precision != "ieee")
             if precision == "ieee":
                 continue  # the preprocess has no dot
             pre = _attention_bwd_preprocess

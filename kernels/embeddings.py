@@ -29,6 +29,8 @@ from torch import Tensor
 from fastbert.ops import torch_fallback
 from fastbert.validation import check_embeddings_inputs
 
+from .launch import on_input_device
+
 from .layernorm import KERNEL_DTYPES, ONE_PASS_HIDDEN, _normalize_row, _num_warps, dropout_mask, sum_partials  # noqa: F401,E501
 
 # The backward holds whole rows in registers (as the one-pass LayerNorm backward); wider rows run PyTorch.
@@ -58,7 +60,9 @@ def _gather_sum(InputIds, Embeds, PositionIds, TypeIds, Word, Pos, Types, token,
     return s, valid
 
 
-@triton.jit
+# Row and token counts are not specialized (one binary for any batch or vocabulary; a table of one row
+# is not a constant).
+@triton.jit(do_not_specialize=["word_rows", "pos_rows", "type_rows"])
 def _embeddings_fwd(
     InputIds, Embeds, PositionIds, TypeIds, Word, Pos, Types, Weight, Beta, Y, Mean, Rstd, Seed,
     hidden, word_rows, pos_rows, type_rows, eps, dropout_p,
@@ -83,7 +87,7 @@ def _embeddings_fwd(
     tl.store(Rstd + token, rstd)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["tokens", "word_rows", "pos_rows", "type_rows", "tokens_per_program"])
 def _embeddings_bwd(
     DY, InputIds, Embeds, PositionIds, TypeIds, Word, Pos, Types, Weight, Mean, Rstd, Seed, DS,
     DWeightPart, DBetaPart, tokens, hidden, word_rows, pos_rows, type_rows, tokens_per_program, dropout_p,
@@ -120,7 +124,7 @@ def _embeddings_bwd(
     tl.store(DBetaPart + part, dbeta, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["tokens"])
 def _embeddings_bwd_runs(DS, Order, Keys, Part, tokens, hidden, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr):
     """Pass 1 of a table's gradient. ``Keys`` are the ids sorted (stably), ``Order`` the tokens in that
     order; over sorted positions ``[c * CHUNK, (c + 1) * CHUNK)`` the fp32 sum of ``DS`` over each run of
@@ -142,7 +146,7 @@ def _embeddings_bwd_runs(DS, Order, Keys, Part, tokens, hidden, CHUNK: tl.conste
     tl.store(Part + slot * hidden + cols, acc, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["padding_idx"])
 def _embeddings_bwd_rows(Part, Starts, Ends, Grad, hidden, padding_idx, CHUNK: tl.constexpr,
                          BLOCK_N: tl.constexpr):
     """Pass 2: row ``r`` of the table's gradient is the sum, in order, of its runs' sums in ``Part``: the
@@ -182,6 +186,7 @@ def _pointer_or(t: Optional[Tensor], stand_in: Tensor) -> Tensor:
     return t if t is not None else stand_in
 
 
+@on_input_device
 def embeddings_fwd(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, beta,
                    eps: float, dropout_p: float, seed, check_values: bool = True):
     """``(y, mean, rstd)``: ``y (tokens, hidden)`` in the tables' dtype, fp32 ``(tokens,)`` statistics.
@@ -204,6 +209,7 @@ def embeddings_fwd(input_ids, inputs_embeds, position_ids, token_type_ids, word,
     return y, mean, rstd
 
 
+@on_input_device
 def embeddings_bwd(dy, input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight,
                    mean, rstd, dropout_p: float, seed, padding_idx: int):
     """``(dinputs_embeds, dword, dpos, dtypes, dweight, dbeta)``, each in its input's dtype; the one of
@@ -234,6 +240,7 @@ def embeddings_bwd(dy, input_ids, inputs_embeds, position_ids, token_type_ids, w
     return dembeds, dword, dpos, dtypes, sums[0].to(weight.dtype, copy=True), sums[1].to(weight.dtype, copy=True)
 
 
+@on_input_device
 def table_grad(ds: Tensor, ids: Tensor, rows: int, dtype: torch.dtype, padding_idx: int = -1) -> Tensor:
     """``(rows, hidden)`` gradient of an embedding table in ``dtype``: row ``r`` is the sum of
     ``ds (tokens, hidden)`` fp32 over the tokens with id ``r``, in token order (deterministic, no host
@@ -296,26 +303,34 @@ def _signature(kernel, constexprs: dict, t: str) -> dict:
                         i64_pointers=("Seed", "InputIds", "PositionIds", "TypeIds", "Order", "Keys", "Starts", "Ends"))
 
 
-def aot_variants():
-    """Forward and backward for each dtype, row block (384 -> 512, 768 -> 1024), word ids or
-    ``inputs_embeds`` and dropout, and the two table-gradient kernels, for ``fastbert check-kernels``."""
-    from fastbert.check_kernels import AotVariant
+def _variant(kernel, constexprs: dict, t: str, num_warps: int, label: str):
+    """The variant as launched for a hidden size that is a multiple of 16 (BERT's are: the JIT then
+    specializes ``hidden`` as divisible by 16)."""
+    from fastbert.check_kernels import AotVariant, aligned_arguments
 
-    for t in _TRITON_TYPES.values():
+    signature = _signature(kernel, constexprs, t)
+    return AotVariant(kernel, signature, constexprs, num_warps, 1, label, aligned_arguments(signature, ("hidden",)))
+
+
+def aot_variants(arch: int):
+    """Forward and backward for each dtype (bf16 from sm_80), row block (384 -> 512, 768 -> 1024), word
+    ids or ``inputs_embeds`` and dropout, and the two table-gradient kernels, for ``fastbert
+    check-kernels``."""
+    for dtype, t in _TRITON_TYPES.items():
+        if dtype == torch.bfloat16 and arch < 80:
+            continue
         for block_h in (128, 512, 1024):
             for has_embeds in (False, True):
                 for dropout in (False, True):
                     constexprs = dict(BLOCK_H=block_h, HAS_EMBEDS=has_embeds, HAS_DROPOUT=dropout)
                     label = f"{t} H{block_h}{' embeds' if has_embeds else ''}{' dropout' if dropout else ''}"
                     for kernel in (_embeddings_fwd, _embeddings_bwd):
-                        yield AotVariant(kernel, _signature(kernel, constexprs, t), constexprs,
-                                         _num_warps(block_h), 1, label)
+                        yield _variant(kernel, constexprs, t, _num_warps(block_h), label)
     constexprs = dict(CHUNK=CHUNK, BLOCK_N=TABLE_BLOCK)
-    yield AotVariant(_embeddings_bwd_runs, _signature(_embeddings_bwd_runs, constexprs, "fp32"), constexprs, 4, 1,
-                     "fp32 table runs")
-    for t in _TRITON_TYPES.values():
-        yield AotVariant(_embeddings_bwd_rows, _signature(_embeddings_bwd_rows, constexprs, t), constexprs, 4, 1,
-                         f"{t} table rows")
+    yield _variant(_embeddings_bwd_runs, constexprs, "fp32", 4, "fp32 table runs")
+    for dtype, t in _TRITON_TYPES.items():
+        if dtype != torch.bfloat16 or arch >= 80:
+            yield _variant(_embeddings_bwd_rows, constexprs, t, 4, f"{t} table rows")
 
 
 # ============================================================================= op adapters

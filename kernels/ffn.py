@@ -26,8 +26,9 @@ import triton.language as tl
 from torch import Tensor
 
 from fastbert.ops import torch_fallback
+from fastbert.routing import TENSOR_CORE_CAPABILITY
 
-from .attention import _dot, _input_precision, _upcast, _use_autotune
+from .launch import TunedKernel, device_smem_limit, dot, fitting, input_precision, on_input_device, smem_limit, upcast
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
@@ -84,13 +85,14 @@ def _matmul(A, B, rows, cols, M, N, K, stride_am, stride_ak, stride_bk, stride_b
         b = tl.load(b_ptrs, mask=(ks[:, None] < K - k) & (cols[None, :] < N), other=0.0)
         if GELU_B:
             b = _cast(_gelu(b.to(tl.float32)), A.dtype.element_ty, UPCAST)
-        acc += _dot(a, b, INPUT_PRECISION, UPCAST)
+        acc += dot(a, b, INPUT_PRECISION, UPCAST)
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
     return acc
 
 
-@triton.jit
+# The token count and its bucket (a tuning key only) are not specialized: one binary for any batch.
+@triton.jit(do_not_specialize=["M", "M_BUCKET"])
 def _ffn_fwd(
     X, W, Bias, Z, Y, M, N, K, stride_xm, stride_xk, stride_wn, stride_wk, M_BUCKET,
     HAS_BIAS: tl.constexpr, STORE_Z: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -110,7 +112,7 @@ def _ffn_fwd(
     tl.store(Y + offsets, _cast(_gelu(z), Y.dtype.element_ty, UPCAST), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "M_BUCKET"])
 def _ffn_bwd(
     DOut, W2, Z, DZ, M, N, K, stride_dm, stride_dk, stride_wk, stride_wn, M_BUCKET,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -127,7 +129,7 @@ def _ffn_bwd(
     tl.store(DZ + offsets, _cast(dy * _gelu_grad(z), DZ.dtype.element_ty, UPCAST), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["K", "M_BUCKET"])
 def _ffn_bwd_dw2(
     DOut, Z, DW2, M, N, K, stride_dm, stride_dk, stride_zk, stride_zn, M_BUCKET,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -169,12 +171,19 @@ def _config(tile) -> triton.Config:
                          num_stages=stages)
 
 
-def tile_configs(kind: str, dtype: torch.dtype, precision: str) -> list[triton.Config]:
+def smem_bytes(config: triton.Config, dtype: torch.dtype) -> int:
+    """Shared memory of one block: the pipeline's A and B tiles, one pair per stage."""
+    kw = config.kwargs
+    return dtype.itemsize * kw["BLOCK_K"] * (kw["BLOCK_M"] + kw["BLOCK_N"]) * max(config.num_stages, 1)
+
+
+def tile_configs(kind: str, dtype: torch.dtype, precision: str, limit: Optional[int] = None) -> list[triton.Config]:
     """The launch configs of kernel ``kind`` ("fwd", "bwd", "dw2") for a dtype and ``tl.dot``'s input
-    precision (which only matters for fp32)."""
+    precision (which only matters for fp32), default first; with ``limit`` (bytes of shared memory) only those that fit it."""
     operands = _operands(dtype, precision)
     excluded = _SPILLS.get((kind, operands), set())
-    return [_config(t) for t in _TILES[operands] if t not in excluded]
+    configs = [_config(t) for t in _TILES[operands] if t not in excluded]
+    return fitting(configs, lambda c: smem_bytes(c, dtype), limit)
 
 
 def fits_shape(config: triton.Config, m: int, n: int) -> bool:
@@ -184,44 +193,30 @@ def fits_shape(config: triton.Config, m: int, n: int) -> bool:
             and config.kwargs["BLOCK_N"] <= max(32, 2 * triton.next_power_of_2(n)))
 
 
-def _pruner(kind: str):
-    """Autotune only over the tiles proven for this kernel, dtype and precision, and sized for the output
-    (the default tile stays when nothing else fits)."""
-    def prune(configs, named_args, **kwargs):
-        key = lambda c: (str(c.kwargs), c.num_warps, c.num_stages)  # noqa: E731
-        proven = tile_configs(kind, named_args["Z"].dtype, kwargs["INPUT_PRECISION"])
-        allowed = {key(c) for c in proven}
-        kept = [c for c in configs if key(c) in allowed]
+def _allowed(kind: str):
+    """The tiles proven for this kernel, dtype and precision that fit the device, sized for the output
+    (the default tile alone when nothing else fits)."""
+    def allowed(named_args, meta):
+        z = named_args["Z"]
+        proven = tile_configs(kind, z.dtype, meta["INPUT_PRECISION"], device_smem_limit(z.device))
         m = named_args["M_BUCKET"] if kind != "dw2" else named_args["M"]
-        sized = [c for c in kept if fits_shape(c, m, named_args["N"])]
-        return sized or [c for c in kept if key(c) == key(proven[0])]
-    return prune
+        return [c for c in proven if fits_shape(c, m, named_args["N"])] or proven[:1]
+    return allowed
 
 
 _ALL_CONFIGS = [_config(t) for t in sorted({t for table in _TILES.values() for t in table})]
-
-
-def _autotuned(kind: str, kernel):
-    # M_BUCKET (next power of two of the token count) keys the tuning instead of the token count itself,
-    # so a new batch shape reuses it; the token count is M, or K for dW2.
-    sizes = ["M", "N", "M_BUCKET"] if kind == "dw2" else ["M_BUCKET", "N", "K"]
-    return triton.autotune(_ALL_CONFIGS, key=sizes + ["INPUT_PRECISION"],
-                           prune_configs_by={"early_config_prune": _pruner(kind)})(kernel)
-
-
+# M_BUCKET (next power of two of the token count) keys the tuning instead of the token count itself,
+# so a new batch shape reuses it; the token count is M, or K for dW2.
+_KEYS = {"fwd": ("M_BUCKET", "N", "K"), "bwd": ("M_BUCKET", "N", "K"), "dw2": ("M", "N", "M_BUCKET")}
 _KERNELS = {"fwd": _ffn_fwd, "bwd": _ffn_bwd, "dw2": _ffn_bwd_dw2}
-_TUNED = {kind: _autotuned(kind, kernel) for kind, kernel in _KERNELS.items()}
+_TUNED = {kind: TunedKernel(kernel, _ALL_CONFIGS, _KEYS[kind] + ("INPUT_PRECISION",), _allowed(kind))
+          for kind, kernel in _KERNELS.items()}
 
 
 def _launch(kind: str, M: int, N: int, *args, dtype: torch.dtype, device: torch.device, **meta):
     grid = lambda m: (triton.cdiv(M, m["BLOCK_M"]) * triton.cdiv(N, m["BLOCK_N"]),)  # noqa: E731
-    meta.update(GROUP_M=GROUP_M, UPCAST=_upcast(dtype))
-    if _use_autotune(device):
-        _TUNED[kind][grid](*args, **meta)
-        return
-    config = tile_configs(kind, dtype, meta["INPUT_PRECISION"])[0]
-    _KERNELS[kind][grid(config.kwargs)](*args, **meta, **config.kwargs, num_warps=config.num_warps,
-                                        num_stages=config.num_stages)
+    meta.update(GROUP_M=GROUP_M, UPCAST=upcast(dtype))
+    _TUNED[kind].launch(grid, *args, device=device, **meta)
 
 
 def _bucket(m: int) -> int:
@@ -257,6 +252,7 @@ def _unit_stride_inner(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+@on_input_device
 def linear_gelu(x: Tensor, w1: Tensor, b1: Optional[Tensor], store_z: bool = True) -> tuple[Tensor, Optional[Tensor]]:
     """``(y, z)``: ``z = x @ w1^T + b1`` ``(tokens, intermediate)`` and ``y = gelu(z)``, both in x's dtype;
     ``z`` is None when not ``store_z``. ``x`` and ``w1`` may be strided (a unit inner stride is used as is)."""
@@ -267,7 +263,7 @@ def linear_gelu(x: Tensor, w1: Tensor, b1: Optional[Tensor], store_z: bool = Tru
     if M and N:
         _launch("fwd", M, N, x, w1, b1.contiguous() if b1 is not None else x, z if store_z else y, y, M, N, K,
                 x.stride(0), x.stride(1), w1.stride(0), w1.stride(1), _bucket(M), HAS_BIAS=b1 is not None,
-                STORE_Z=store_z, INPUT_PRECISION=_input_precision(x.dtype), dtype=x.dtype, device=x.device)
+                STORE_Z=store_z, INPUT_PRECISION=input_precision(x.dtype, x.device), dtype=x.dtype, device=x.device)
     return y, z
 
 
@@ -285,6 +281,7 @@ def ffn_inference_fwd(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor) -
     return linear_gelu(x, w1, b1, store_z=False)[0] @ w2.t()
 
 
+@on_input_device
 def ffn_bwd(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor, has_bias: bool, weight_grads: bool = True):
     """``(dx, dw1, db1, dw2)`` from the saved ``z``; ``db1`` is empty without a bias, the weight gradients
     are empty (and not computed) without ``weight_grads``. The signature of
@@ -293,7 +290,7 @@ def ffn_bwd(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor, has_bias
     (M, N), H = z.shape, dout.shape[1]
     dz = torch.empty_like(z)
     dw2 = w2.new_empty(w2.shape)
-    precision = _input_precision(x.dtype)
+    precision = input_precision(x.dtype, x.device)
     if M and N:
         # dZ = (dOut @ W2) * gelu'(Z): A = dOut (M, H), B = W2 (H, N)
         _launch("bwd", M, N, dout, w2, z, dz, M, N, H, dout.stride(0), dout.stride(1), w2.stride(0),
@@ -345,15 +342,19 @@ _ALIGNED_INTS = {"fwd": ("N", "K", "stride_xm", "stride_wn"), "bwd": ("N", "K", 
                  "dw2": ("M", "N", "stride_dk", "stride_zk")}
 
 
-def aot_variants():
-    """Every (kernel, tile, dtype, precision) the launchers can run, for ``fastbert check-kernels``."""
+def aot_variants(arch: int):
+    """Every (kernel, tile, dtype, precision) the launchers can run on compute capability ``arch`` (the
+    tiles that fit its shared memory; none before sm_80, where the GEMMs run PyTorch), for ``fastbert
+    check-kernels``."""
     from fastbert.check_kernels import AotVariant, signature_of
+    if arch < TENSOR_CORE_CAPABILITY[0] * 10:
+        return  # the dot ops run PyTorch there (fastbert.routing)
 
     for dtype, t in _TRITON_TYPES.items():
         for precision in (("ieee", "tf32") if dtype == torch.float32 else ("tf32",)):
             name = f"{t}{'-' + precision if dtype == torch.float32 else ''}"
             for kind, kernel in _KERNELS.items():
-                for config in tile_configs(kind, dtype, precision):
+                for config in tile_configs(kind, dtype, precision, smem_limit(arch)):
                     constexprs = dict(config.kwargs, GROUP_M=GROUP_M, INPUT_PRECISION=precision, UPCAST=False)
                     constexprs.update({stride: 1 for stride in _UNIT_STRIDES[kind]})
                     if kind == "fwd":
@@ -363,7 +364,7 @@ def aot_variants():
                                     if signature[n].startswith("*") or n in _ALIGNED_INTS[kind])
                     label = "{} {} M{BLOCK_M} N{BLOCK_N} K{BLOCK_K}".format(name, kind, **config.kwargs)
                     yield AotVariant(kernel, signature, constexprs, config.num_warps, config.num_stages, label,
-                                     aligned)
+                                     aligned, tensor_cores=precision != "ieee")
 
 
 # ============================================================================= op adapters

@@ -21,6 +21,8 @@ from torch import Tensor
 
 from fastbert.ops import torch_fallback
 
+from .launch import on_input_device
+
 # Hidden sizes the kernels take (BERT-base 768, MiniLM 384, BERT-large 1024, up to 8192); wider rows
 # run the PyTorch implementation.
 MAX_HIDDEN = 8192
@@ -104,7 +106,7 @@ def _residual_layernorm_bwd_terms(
     tl.store(Terms + 2 * row + 1, tl.sum(sum_wdy, 0) / hidden)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows", "rows_per_program"])  # one binary for any row count
 def _residual_layernorm_bwd(
     DY, X, Bias, Residual, Weight, Mean, Rstd, Seed, Terms, DX, DRes, DWeightPart, DBetaPart, DBiasPart,
     rows, hidden, rows_per_program, dropout_p,
@@ -153,7 +155,7 @@ def _residual_layernorm_bwd(
         tl.store(DBiasPart + part, dbias, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["programs"])
 def _residual_layernorm_bwd_sum(Parts, Out, programs, hidden, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     """``Out[g] = sum over p of Parts[g, p]`` for ``Parts (groups, programs, hidden)`` fp32, in a fixed
     order (tiles of ``BLOCK_P`` programs in turn, a fixed tree within a tile). Grid ``(groups, column blocks)``."""
@@ -211,6 +213,7 @@ def check_inputs(x: Tensor, bias: Optional[Tensor], residual: Tensor, weight: Te
 
 
 # ============================================================================= launchers
+@on_input_device
 def residual_layernorm_fwd(x: Tensor, bias: Optional[Tensor], residual: Tensor, weight: Tensor, beta: Tensor,
                            eps: float, dropout_p: float, seed: Optional[Tensor]):
     """``(y, mean, rstd)`` for ``(rows, hidden)`` inputs; ``y`` in x's dtype, statistics fp32 ``(rows,)``.
@@ -232,6 +235,7 @@ def residual_layernorm_fwd(x: Tensor, bias: Optional[Tensor], residual: Tensor, 
     return y, mean, rstd
 
 
+@on_input_device
 def residual_layernorm_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], residual: Tensor, weight: Tensor,
                            mean: Tensor, rstd: Tensor, dropout_p: float, seed: Optional[Tensor]):
     """``(dx, dbias, dresidual, dweight, dbeta)``; ``dbias`` is empty when ``bias`` is None.
@@ -266,6 +270,7 @@ def residual_layernorm_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], residu
     return dx, dbias, dres, dweight, dbeta
 
 
+@on_input_device
 def sum_partials(parts: Tensor) -> Tensor:
     """``(groups, hidden)`` fp32 sums over axis 1 of the programs' partial sums ``(groups, programs, hidden)``,
     in an order fixed by the shapes alone (not by the device, unlike ``Tensor.sum``)."""
@@ -276,6 +281,7 @@ def sum_partials(parts: Tensor) -> Tensor:
     return out
 
 
+@on_input_device
 def dropout_mask(rows: int, hidden: int, dropout_p: float, seed: Tensor) -> Tensor:
     """Debug: the kernels' keep mask, bool ``(rows, hidden)``."""
     keep = torch.empty(rows, hidden, dtype=torch.int8, device=seed.device)
@@ -324,13 +330,22 @@ def _signature(kernel, constexprs: dict, t: str) -> dict:
     return signature_of(kernel, constexprs, t, fp32_pointers=fp32, i64_pointers=("Seed",))
 
 
-def aot_variants():
-    """Every launch for each dtype, bias and dropout, for ``fastbert check-kernels``: the forward at row
-    blocks 128 (hidden 96), 512 (384), 1024 and 2048..8192, the one-pass backward up to 1024, both
-    passes of the wide backward, and the sum of the partial sums."""
-    from fastbert.check_kernels import AotVariant
+def _variant(kernel, constexprs: dict, t: str, num_warps: int, label: str):
+    """The variant as launched for a hidden size that is a multiple of 16 (BERT's are: the JIT then
+    specializes ``hidden`` as divisible by 16)."""
+    from fastbert.check_kernels import AotVariant, aligned_arguments
 
+    signature = _signature(kernel, constexprs, t)
+    return AotVariant(kernel, signature, constexprs, num_warps, 1, label, aligned_arguments(signature, ("hidden",)))
+
+
+def aot_variants(arch: int):
+    """Every launch for each dtype (bf16 from sm_80), bias and dropout, for ``fastbert check-kernels``:
+    the forward at row blocks 128 (hidden 96), 512 (384), 1024 and 2048..8192, the one-pass backward
+    up to 1024, both passes of the wide backward, and the sum of the partial sums."""
     for dtype, t in _TRITON_TYPES.items():
+        if dtype == torch.bfloat16 and arch < 80:
+            continue
         for has_bias in (False, True):
             for dropout in (False, True):
                 flags = dict(HAS_BIAS=has_bias, HAS_DROPOUT=dropout)
@@ -344,11 +359,9 @@ def aot_variants():
                 for kernel, blocks, width in launches:
                     constexprs = dict(blocks, **flags)
                     block = blocks.get("BLOCK_H", blocks.get("BLOCK_N"))
-                    yield AotVariant(kernel, _signature(kernel, constexprs, t), constexprs, _num_warps(block), 1,
-                                     f"{t} {width}{extra}")
-    constexprs = dict(BLOCK_P=SUM_BLOCK_P, BLOCK_N=SUM_BLOCK_N)
-    yield AotVariant(_residual_layernorm_bwd_sum, _signature(_residual_layernorm_bwd_sum, constexprs, "fp32"),
-                     constexprs, 4, 1, "fp32 partial sums")
+                    yield _variant(kernel, constexprs, t, _num_warps(block), f"{t} {width}{extra}")
+    yield _variant(_residual_layernorm_bwd_sum, dict(BLOCK_P=SUM_BLOCK_P, BLOCK_N=SUM_BLOCK_N), "fp32", 4,
+                   "fp32 partial sums")
 
 
 # ============================================================================= op adapters

@@ -42,7 +42,7 @@ MATMUL_SIG = {"a_ptr": "*fp16", "b_ptr": "*fp16", "c_ptr": "*fp16", "K": "i32",
 MATMUL_ALIGNED = ("a_ptr", "b_ptr", "c_ptr", "K")
 # 64x64 tile, 32-wide K steps, 3 stages: 16-24 KiB of shared memory, no spills.
 CLEAN = AotVariant(matmul_kernel, MATMUL_SIG, {"BLOCK": 64, "BLOCK_K": 32}, 4, 3, "fp16 BLOCK=64 BLOCK_K=32",
-                   MATMUL_ALIGNED)
+                   MATMUL_ALIGNED, tensor_cores=True)
 # 16 stages of 64x64 A and B tiles: 240-256 KiB, over both opt-in limits.
 BIG_SMEM = AotVariant(matmul_kernel, MATMUL_SIG, {"BLOCK": 64, "BLOCK_K": 64}, 4, 16,
                       "fp16 BLOCK=64 BLOCK_K=64 16 stages", MATMUL_ALIGNED)
@@ -50,3 +50,17 @@ BIG_SMEM = AotVariant(matmul_kernel, MATMUL_SIG, {"BLOCK": 64, "BLOCK_K": 64}, 4
 SPILLS = AotVariant(softmax_row_kernel, {"x_ptr": "*fp32", "y_ptr": "*fp32", "N": "constexpr"}, {"N": 8192},
                     1, 1, "fp32 N=8192 one warp")
 BROKEN = AotVariant(broken_kernel, {"x_ptr": "*i32", "N": "constexpr"}, {"N": 4}, 4, 1, "static_assert")
+
+
+@triton.jit
+def fma_matmul_kernel(a_ptr, b_ptr, c_ptr, BLOCK: tl.constexpr):
+    rows = tl.arange(0, BLOCK)
+    tile = rows[:, None] * BLOCK + rows[None, :]
+    acc = tl.dot(tl.load(a_ptr + tile), tl.load(b_ptr + tile), input_precision="ieee")
+    tl.store(c_ptr + tile, acc)
+
+
+# Exact fp32 products run on FFMA, never on tensor cores: a dot kernel that promised them fails from sm_80.
+NO_TENSOR_CORES = AotVariant(fma_matmul_kernel, {"a_ptr": "*fp32", "b_ptr": "*fp32", "c_ptr": "*fp32",
+                                                 "BLOCK": "constexpr"}, {"BLOCK": 32}, 4, 1, "fp32 ieee dot",
+                             tensor_cores=True)

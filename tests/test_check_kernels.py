@@ -1,4 +1,4 @@
-"""``fastbert check-kernels``: AOT compiles for sm_80/sm_90 on a machine without a GPU."""
+"""``fastbert check-kernels``: AOT compiles for every GPU architecture on a machine without a GPU."""
 
 import os
 import subprocess
@@ -6,6 +6,7 @@ import sys
 import types
 
 import pytest
+import torch
 
 pytest.importorskip("triton")
 
@@ -14,6 +15,7 @@ from fastbert import cli  # noqa: E402
 from tests import _aot_kernels as k  # noqa: E402
 
 VARIANTS = [("test", v) for v in (k.CLEAN, k.BIG_SMEM, k.SPILLS, k.BROKEN)]
+ARCHS = (75, 80, 86, 90)
 CLI = [sys.executable, "-m", "fastbert.cli", "check-kernels"]
 
 
@@ -21,7 +23,9 @@ CLI = [sys.executable, "-m", "fastbert.cli", "check-kernels"]
 def rows():
     """Every test variant compiled for both archs in one pool (``spawn`` workers where conftest set
     TRITON_INTERPRET before triton loaded)."""
-    return {(r.label, r.arch): r for r in ck.check_variants(VARIANTS, archs=(80, 90), jobs=2)}
+    rows = ck.check_variants(VARIANTS, archs=(80, 90), jobs=2)
+    rows += ck.check_variants([("test", k.CLEAN), ("test", k.NO_TENSOR_CORES)], archs=ARCHS, jobs=2)
+    return {(r.label, r.arch): r for r in rows}
 
 
 @pytest.fixture
@@ -31,7 +35,7 @@ def registry(monkeypatch):
     monkeypatch.setitem(sys.modules, "fastbert.kernels", types.ModuleType("fastbert.kernels"))
 
 
-@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("arch", [80, 86, 90])
 def test_clean_dot_kernel_uses_tensor_cores_and_passes(rows, arch):
     r = rows[k.CLEAN.label, arch]
     assert (r.ok, r.error, r.kernel, r.tensor_cores) == (True, None, "matmul_kernel", True)
@@ -63,7 +67,16 @@ def test_compile_error_is_a_failed_row(rows, arch):
     assert r.error.splitlines()[0] == "compile error: N must be negative"
 
 
+def test_dot_kernel_without_tensor_cores_fails_from_sm80(rows):
+    assert rows[k.NO_TENSOR_CORES.label, 75].ok  # Turing's tl.dot has none to give
+    assert rows[k.CLEAN.label, 75].smem_limit == 65536 and not rows[k.CLEAN.label, 75].tensor_cores
+    for arch in (80, 86, 90):
+        r = rows[k.NO_TENSOR_CORES.label, arch]
+        assert not r.ok and not r.tensor_cores and r.error == "no tensor-core instruction"
+
+
 def test_report_lists_every_build_and_the_failures(rows):
+    rows = {key: r for key, r in rows.items() if key[1] in (80, 90) and key[0] != k.NO_TENSOR_CORES.label}
     report = ck.format_report(list(rows.values()))
     assert report.splitlines()[0].split()[:3] == ["op", "kernel", "variant"]
     assert report.count("FAIL(") == 6
@@ -76,26 +89,33 @@ def test_report_lists_every_build_and_the_failures(rows):
 
 
 def test_registry_and_match(registry, monkeypatch):
-    def variants():
+    def variants(arch):
         return [k.CLEAN, k.BROKEN]
 
     ck.register_aot("test", variants)
     ck.register_aot("test", variants)
-    assert ck.registered_variants() == [("test", k.CLEAN), ("test", k.BROKEN)]
-    monkeypatch.setattr(ck, "check_variants", lambda variants, archs, jobs, on_row: (list(variants), archs, jobs))
-    assert ck.check_kernels((80,), 3, "static_assert") == ([("test", k.BROKEN)], (80,), 3)
-    assert ck.check_kernels(match="broken_kernel")[0] == [("test", k.BROKEN)]
-    assert ck.check_kernels(match="tes")[0] == [("test", k.CLEAN), ("test", k.BROKEN)]
+    assert ck.registered_variants(80) == [("test", k.CLEAN), ("test", k.BROKEN)]
+    monkeypatch.setattr(ck, "_compile_tasks", lambda tasks, jobs, on_row: (tasks, jobs))
+    assert ck.check_kernels((80,), 3, "static_assert") == ([("test", k.BROKEN, 80)], 3)
+    assert ck.check_kernels(match="broken_kernel")[0] == [("test", k.BROKEN, 80), ("test", k.BROKEN, 90)]
+    assert ck.check_kernels((86,), match="tes")[0] == [("test", k.CLEAN, 86), ("test", k.BROKEN, 86)]
     assert ck.check_kernels(match="no such kernel")[0] == []
+
+
+def test_each_arch_gets_the_variants_registered_for_it(registry):
+    ck.register_aot("test", lambda arch: [k.CLEAN] if arch >= 80 else [k.SPILLS])
+    assert ck.registered_variants(75) == [("test", k.SPILLS)]
+    assert ck.registered_variants(120) == [("test", k.CLEAN)]
 
 
 def test_cli_exit_codes(rows, monkeypatch, capsys):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(ck, "supported_archs", lambda archs: tuple(a for a in archs if a != 120))
     calls = []
 
     def check_kernels(archs, jobs, match, on_row):
         calls.append((archs, jobs, match))
-        return [r for r in rows.values() if match in r.label]
+        return [r for r in rows.values() if match in r.label and r.arch in archs and r.label != k.NO_TENSOR_CORES.label]
 
     monkeypatch.setattr(ck, "check_kernels", check_kernels)
     assert cli.main(["check-kernels", "--match", "no such kernel"]) == 2
@@ -105,9 +125,18 @@ def test_cli_exit_codes(rows, monkeypatch, capsys):
     assert cli.main(["check-kernels", "--match", "fp"]) == 1
     assert "3 variants compiled for sm_80, sm_90: 4 of 6 builds FAILED" in capsys.readouterr().out
     assert calls == [((80, 90), None, "no such kernel"), ((90, 80), 3, k.CLEAN.label), ((80, 90), None, "fp")]
+    assert cli.main(["check-kernels", "--arch", "86,120"]) == 2  # an arch this triton cannot compile for
+    assert "cannot compile for sm_120" in capsys.readouterr().err and len(calls) == 3
 
 
-@pytest.mark.parametrize("arch", ["75", "80,86", "sm_80", ""])
+def test_arch_list_and_all():
+    parser_arch = cli._archs
+    assert parser_arch("all") == ck.ALL_ARCHS == (75, 80, 86, 89, 90, 100, 120)
+    assert parser_arch("120,75,75") == (120, 75)
+    assert set(ck.supported_archs((75, 90))) <= {75, 90}
+
+
+@pytest.mark.parametrize("arch", ["70", "80,85", "sm_80", ""])
 def test_bad_arch_is_an_argparse_error(arch, capsys):
     with pytest.raises(SystemExit) as raised:
         cli.main(["check-kernels", "--arch", arch])
@@ -117,12 +146,12 @@ def test_bad_arch_is_an_argparse_error(arch, capsys):
 
 def test_cli_recompiles_outside_the_interpreter():
     """The registered kernels, from a process where TRITON_INTERPRET=1: the command re-runs itself without
-    it, where workers fork. Every tile of every kernel for one dtype and head dim (the first two words of
-    the first label, e.g. "fp16 d64"), or every variant with FASTBERT_CHECK_ALL_KERNELS=1 (minutes)."""
-    variants = ck.registered_variants()
+    it, where workers fork. The tiles of the first label's first three words (e.g. "fp16 d32 M64"), or
+    every variant with FASTBERT_CHECK_ALL_KERNELS=1 (an hour)."""
+    variants = ck.registered_variants(80)
     if not variants:
         pytest.skip("no kernel registers AOT variants yet (fastbert.check_kernels.register_aot)")
-    subset = " ".join(variants[0][1].label.split()[:2])
+    subset = " ".join(variants[0][1].label.split()[:3])
     match = [] if os.environ.get("FASTBERT_CHECK_ALL_KERNELS") == "1" else ["--match", subset]
     done = subprocess.run([*CLI, "--arch", "80,90", *match], env={**os.environ, "TRITON_INTERPRET": "1"},
                           capture_output=True, text=True, timeout=3600)
@@ -143,3 +172,24 @@ def test_signature_of_types_each_argument_as_the_launcher_passes_it():
     assert sig["DY"] == sig["X"] == sig["Weight"] == "*bf16"
     assert sig["Mean"] == sig["Terms"] == "*fp32" and sig["Seed"] == "*i64"
     assert sig["hidden"] == "i32" and sig["dropout_p"] == "fp32" and sig["BLOCK_N"] == "constexpr"
+
+
+def test_registered_variants_follow_each_arch():
+    """What the launchers may run on each arch: no bf16 and no TF32 before sm_80, tiles within the arch's
+    shared memory, tensor cores promised by every dot kernel but the exact-fp32 ones, and the row
+    kernels' hidden size marked divisible by 16 as the JIT specializes BERT's sizes."""
+    from fastbert.kernels import ffn
+
+    at75, at86, at90 = (ck.registered_variants(a) for a in (75, 86, 90))
+    assert not any("bf16" in v.label or "fp32-tf32" in v.label for _, v in at75)
+    assert any("bf16" in v.label for _, v in at90) and len(at75) < len(at86) <= len(at90)
+    dots = [v for op, v in at90 if op in ("attention", "ffn") and "preprocess" not in ck._kernel_name(v.kernel)]
+    assert dots and all(v.tensor_cores == ("ieee" not in v.label) for v in dots)
+    for op, v in at90:
+        if op in ("residual_layernorm", "embeddings"):
+            assert "hidden" in v.divisible_by_16 and not v.tensor_cores, v.label
+    for op, v in at86:
+        if op == "ffn":
+            config = types.SimpleNamespace(kwargs=v.constexprs, num_stages=v.num_stages)
+            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[v.label[:4]]
+            assert ffn.smem_bytes(config, dtype) <= ck.SMEM_LIMITS[86], v.label

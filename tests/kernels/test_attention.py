@@ -144,42 +144,49 @@ def test_empty_sequences_and_an_empty_batch(monkeypatch):
     assert out.shape == (0, 2, 32) and empty.grad.shape == empty.shape
 
 
-def test_fp32_follows_pytorchs_tf32_setting():
-    matmul = torch.backends.cuda.matmul
-    saved = matmul.fp32_precision
-    try:
-        matmul.fp32_precision = "ieee"
-        assert A._input_precision(torch.float32) == "ieee"
-        matmul.fp32_precision = "tf32"
-        assert A._input_precision(torch.float32) == "tf32"
-        matmul.fp32_precision = "none"  # inherits torch.backends.fp32_precision
-        assert A._input_precision(torch.float32) == ("tf32" if torch.backends.fp32_precision == "tf32" else "ieee")
-    finally:
-        matmul.fp32_precision = saved
-
-
 @pytest.mark.parametrize("kind", list(A._TILES))
 def test_autotuner_prunes_to_the_proven_tiles(kind):
-    """On a GPU the autotuner only tries the tiles check-kernels proved for that head dim and dtype."""
+    """The autotuner only tries the tiles check-kernels proved for that head dim and dtype (here, without
+    a device limit: the interpreter's)."""
     for block_d, dtype, precision in itertools.product((16, 32, 64, 128), A.KERNEL_DTYPES, ("ieee", "tf32")):
         q = torch.empty(1, 1, block_d, dtype=dtype)
-        kept = A._pruner(kind)(A._all_configs(kind), {"Q": q}, BLOCK_D=block_d, INPUT_PRECISION=precision)
+        kept = A._TUNED[kind]._prune(A._all_configs(kind), {"Q": q}, BLOCK_D=block_d, INPUT_PRECISION=precision)
         want = A.tile_configs(kind, block_d, dtype, precision)
         assert sorted(map(str, kept)) == sorted(map(str, want))
         assert kept or (kind, block_d, dtype, precision) == ("single", 128, torch.float32, "ieee")
 
 
-def test_interpreter_bf16_workaround_is_probed():
-    """The bf16 upcast is on exactly when the interpreter's bf16 dot is broken, and never on a GPU."""
-    if DEVICE.type == "cuda":
-        assert not A._upcast(torch.bfloat16)
-        return
-    a = torch.randn(16, 16).to(torch.bfloat16)
-    out = torch.empty(16, 16)
-    A._bf16_dot_probe[(1,)](a, out)
-    broken = not torch.allclose(out, a.float() @ a.float(), rtol=1e-2, atol=1e-2)
-    assert A._upcast(torch.bfloat16) == broken
-    assert not A._upcast(torch.float16) and not A._upcast(torch.float32)
+@pytest.mark.parametrize("arch", [75, 80, 86, 89, 90, 100, 120])
+def test_every_kernel_has_a_tile_that_fits_each_arch(arch):
+    """On every arch the tables leave a tile within its shared memory for each kernel, dtype and head
+    dim (the single-tile kernel at some length bucket), and only such tiles; check-kernels compiles
+    exactly these."""
+    from fastbert.routing import smem_limit
+
+    limit = smem_limit(arch)
+    for kind, block_d, dtype, precision in itertools.product(("fwd", "dkdv", "dq"), (32, 64, 128), A.KERNEL_DTYPES,
+                                                            ("ieee", "tf32")):
+        if precision == "tf32" and dtype == torch.float32 and arch < 80:
+            continue  # no TF32 before sm_80: input_precision gives "ieee" there
+        tiles = A.tile_configs(kind, block_d, dtype, precision, limit)
+        assert tiles, (kind, block_d, dtype, precision)
+        assert all(A.smem_bytes(kind, c, block_d, dtype) <= limit for c in tiles)
+        assert len(tiles) <= len(A.tile_configs(kind, block_d, dtype, precision))
+
+
+def test_single_tile_is_skipped_where_its_length_bucket_does_not_fit(monkeypatch):
+    """With a device limit below the single tile's shared memory at 128 keys, 128-token batches take
+    the tiled kernel and still match the reference."""
+    seen = []
+    real = A._launch
+    monkeypatch.setattr(A, "_launch", lambda kind, *a, **m: seen.append(kind) or real(kind, *a, **m))
+    monkeypatch.setattr(A, "device_smem_limit", lambda device: 60000)
+    q, k, v = (torch.randn(128, 2, 128, device=DEVICE, dtype=torch.float16) for _ in range(3))
+    cu = _cu([128])
+    out, _ = A.attention_forward(q, k, v, cu, 128)
+    assert seen == ["fwd"]
+    ref = A.attention_reference(q.float(), k.float(), v.float(), cu)
+    assert (out.float() - ref).abs().max() < 1e-2
 
 
 # ============================================================================= dropout

@@ -163,10 +163,10 @@ def test_tiles_are_the_checked_ones():
             for precision in ("ieee", "tf32"):
                 configs = {str(c) for c in F.tile_configs(kind, dtype, precision)}
                 big = dict(Z=torch.empty(0, dtype=dtype), M=768, N=3072, M_BUCKET=16384)
-                pruned = F._pruner(kind)(F._ALL_CONFIGS, big, INPUT_PRECISION=precision)
+                pruned = F._TUNED[kind]._prune(F._ALL_CONFIGS, big, INPUT_PRECISION=precision)
                 assert {str(c) for c in pruned} == configs and configs
                 few = dict(big, M=8, M_BUCKET=8) if kind != "dw2" else dict(big, M=8)
-                small = F._pruner(kind)(F._ALL_CONFIGS, few, INPUT_PRECISION=precision)
+                small = F._TUNED[kind]._prune(F._ALL_CONFIGS, few, INPUT_PRECISION=precision)
                 assert small and {str(c) for c in small} <= configs
                 table = F.tile_configs(kind, dtype, precision)
                 fitting = {str(c) for c in table if c.kwargs["BLOCK_M"] <= 32}
