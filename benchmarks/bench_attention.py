@@ -7,7 +7,7 @@ Batch 32, 12 heads, head dim 64, max length 128/256/512, fp16 and bf16:
 Both sides are credited with the same useful FLOPs (real tokens only): forward ``4 * sum(L^2) * H * D``,
 backward 2.5x that. Timing: ``triton.testing.do_bench`` (median, warm-up, L2 flushed).
 Goals: >= 1.0x SDPA at full length, >= 1.5x on variable lengths.
-Run: ``python -m benchmarks.bench_attention [--out DIR]``.
+Run: ``python -m benchmarks.bench_attention [--out DIR] [--dtypes float16,bfloat16] [--max-lens 128,256,512]``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from .report import gpu_args, matmul_peak, write_report
+from .report import gpu_args, int_list, matmul_peak, write_report
 
 BATCH, HEADS, HEAD_DIM = 32, 12, 64
 MAX_LENS = (128, 256, 512)
@@ -98,16 +98,20 @@ def _table(results: list[dict], peak: float) -> str:
     return "\n".join(lines)
 
 
+def _arguments(parser) -> None:
+    parser.add_argument("--dtypes", default="float16,bfloat16")
+    parser.add_argument("--max-lens", type=int_list, default=MAX_LENS, help="comma-separated (default 128,256,512)")
+
+
 def main(argv=None) -> int:
     args = gpu_args(argv, __doc__, "bench_attention", "it times the Triton kernel against SDPA's CUDA "
-                    "kernels and needs a GPU",
-                    lambda parser: parser.add_argument("--dtypes", default="float16,bfloat16"))
+                    "kernels and needs a GPU", _arguments)
     if args is None:
         return 0
     device = torch.device("cuda")
     torch.manual_seed(0)
     results = [measure(kind, max_len, getattr(torch, name), device)
-               for name in args.dtypes.split(",") for max_len in MAX_LENS for kind in ("full", "variable")]
+               for name in args.dtypes.split(",") for max_len in args.max_lens for kind in ("full", "variable")]
     peak = matmul_peak(device)
     table = _table(results, peak)
     print(table)

@@ -74,8 +74,15 @@ def real_checkpoint_batch(path: str, sentences: list[str], device):
 def random_bert_base(layers: int, batch: int, seqlen: int, device, seed: int = 0):
     """BERT-base geometry (hidden 768, 12 heads, intermediate 3072) with random weights, and a batch
     with lengths uniform in [seqlen/4, seqlen], right-padded."""
+    return random_model({}, layers, batch, seqlen, device, seed)
+
+
+def random_model(geometry: dict, layers: int, batch: int, seqlen: int, device, seed: int = 0):
+    """A ``sdpa`` BertModel with random weights at ``geometry`` (``BertConfig`` fields; BERT-base where
+    left out) and ``layers`` layers, and a batch with lengths uniform in [seqlen/4, seqlen], right-padded
+    (the first one full)."""
     torch.manual_seed(seed)
-    config = transformers.BertConfig(num_hidden_layers=layers, attn_implementation="sdpa")
+    config = transformers.BertConfig(**{**geometry, "num_hidden_layers": layers}, attn_implementation="sdpa")
     model = transformers.BertModel(config).to(device)
     gen = torch.Generator().manual_seed(seed)
     lengths = torch.randint(max(1, seqlen // 4), seqlen + 1, (batch,), generator=gen)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _correctness_table(rows: list) -> list[str]:
+def correctness_table(rows: list) -> list[str]:
+    """Markdown rows: per case, backend and dtype, fastbert's error next to transformers'."""
     lines = ["| case | backend | dtype | hidden: fastbert / transformers | pooled: fastbert / transformers "
              "| gradients: fastbert / transformers |", "|---|---|---|---|---|---|"]
     keyed = {(r["case"], r["backend"], r["dtype"], r["impl"]): r for r in rows}
@@ -16,7 +17,10 @@ def _correctness_table(rows: list) -> list[str]:
     return lines
 
 
-def _speed_table(rows: list, keys: tuple) -> list[str]:
+def speed_table(rows: list, keys: tuple) -> list[str]:
+    """Markdown rows: one per case (the values of ``keys``), one column per implementation with its time and
+    speed-up. Rows from several models (a ``model`` key with more than one value) get a model column."""
+    keys = case_keys(rows, keys)
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     lines = ["| " + " | ".join(keys) + " | " + " | ".join(impls) + " |",
              "|" + "---|" * (len(keys) + len(impls))]
@@ -30,33 +34,53 @@ def _speed_table(rows: list, keys: tuple) -> list[str]:
     return lines
 
 
+def case_keys(rows: list, keys: tuple) -> tuple:
+    """``keys``, led by ``model`` when the rows come from more than one model."""
+    if len({r.get("model") for r in rows}) > 1:
+        return ("model", *keys)
+    return tuple(keys)
+
+
+def memory_table(memory: dict) -> list[str]:
+    """Markdown rows of :func:`benchmarks.suite.memory_section`'s record."""
+    return ["| transformers | fastbert | ratio (goal <= 0.6) |", "|---|---|---|",
+            f"| {memory['transformers_bytes']:.0f} | {memory['fastbert_bytes']:.0f} | {memory['ratio']:.2f} |"]
+
+
+def peak_memory_line(training_rows: list) -> list[str]:
+    """One line with each training row's peak device memory (CUDA runs), or nothing."""
+    peaks = [r for r in training_rows if r.get("peak_bytes")]
+    if not peaks:
+        return []
+    return ["Peak device memory of a training step: " + ", ".join(
+        f"{r['impl']} {r['lengths']} {r['peak_bytes'] / 2**20:.0f} MiB" for r in peaks)]
+
+
 def markdown(record: dict) -> str:
     """The report's tables: correctness, inference, training step, memory."""
     env = record["environment"]
-    m = record["memory"]
     lines = [f"# fastbert bench: {env['device_name']} ({env['device']}), torch {env['torch']}, "
              f"transformers {env['transformers']}, {env['date']}{' (quick)' if record['quick'] else ''}", "",
+             *([f"Model: {record['model']}", ""] if record.get("model") else []),
              "## Correctness: max abs error against float64 (gradients: relative to the largest)", "",
-             *_correctness_table(record["correctness"]), "",
+             *correctness_table(record["correctness"]), "",
              "## Inference: time per forward (speed-up against transformers sdpa)", "",
              *([] if record.get("compiled", True) else
                ["torch.compile is left out of quick runs on the CPU (minutes of compiling per graph).", ""]),
-             *_speed_table(record["inference"], ("batch", "max_len", "lengths")), "",
+             *speed_table(record["inference"], ("batch", "max_len", "lengths")), "",
              "## Training step: forward, backward, AdamW at BERT-base geometry", "",
-             *_speed_table(record["training"], ("layers", "batch", "max_len", "lengths")), "",
+             *speed_table(record["training"], ("layers", "batch", "max_len", "lengths")), "",
              "## Memory: bytes kept for backward per token and layer (BERT-base geometry, bf16, dropout on)", "",
-             "| transformers | fastbert | ratio (goal <= 0.6) |", "|---|---|---|",
-             f"| {m['transformers_bytes']:.0f} | {m['fastbert_bytes']:.0f} | {m['ratio']:.2f} |", ""]
-    peaks = [r for r in record["training"] if r.get("peak_bytes")]
+             *memory_table(record["memory"]), ""]
+    peaks = peak_memory_line(record["training"])
     if peaks:
-        lines += ["Peak device memory of a training step: " + ", ".join(
-            f"{r['impl']} {r['lengths']} {r['peak_bytes'] / 2**20:.0f} MiB" for r in peaks), ""]
+        lines += [*peaks, ""]
     for name, kernel in record.get("kernels", {}).items():
-        lines += [f"## Kernel: {name} ({kernel['device']})", "", *_kernel_table(kernel), ""]
+        lines += [f"## Kernel: {name} ({kernel['device']})", "", *kernel_table(kernel), ""]
     return "\n".join(lines)
 
 
-def _kernel_table(kernel: dict) -> list[str]:
+def kernel_table(kernel: dict) -> list[str]:
     """A kernel benchmark's rows as they were recorded (every figure, one column each)."""
     rows = kernel["results"]
     keys = list(rows[0]) if rows else []
@@ -69,33 +93,54 @@ def _kernel_table(kernel: dict) -> list[str]:
 def write_plots(record: dict, folder: Path) -> list[Path]:
     """``speedup.png`` (inference speed-up against transformers sdpa per case) and ``correctness.png``
     (fastbert's error next to transformers' per case and dtype); returns their paths."""
+    folder = Path(folder)
+    return [speedup_plot(record["inference"], f"inference, {record['environment']['device_name']}",
+                         folder / "speedup.png"),
+            correctness_plot(record["correctness"], folder / "correctness.png")]
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
-    rows = record["inference"]
+    return plt
+
+
+def speedup_plot(rows: list, title: str, path: Path) -> Path:
+    """Bars of each implementation's speed-up against transformers sdpa per inference case, into ``path``."""
+    plt = _pyplot()
     impls = list(dict.fromkeys(r["impl"] for r in rows))
-    cases = list(dict.fromkeys((r["batch"], r["max_len"], r["lengths"]) for r in rows))
+    keys = case_keys(rows, ("batch", "max_len", "lengths"))
+    cases = list(dict.fromkeys(tuple(r[k] for k in keys) for r in rows))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(cases)), 4))
     width = 0.8 / len(impls)
     for i, impl in enumerate(impls):
-        values = [next(r["speedup"] for r in rows if (r["batch"], r["max_len"], r["lengths"]) == c
-                       and r["impl"] == impl) for c in cases]
+        values = [next(r["speedup"] for r in rows if tuple(r[k] for k in keys) == c and r["impl"] == impl)
+                  for c in cases]
         ax.bar([x + i * width for x in range(len(cases))], values, width, label=impl)
     ax.axhline(1.0, color="gray", linewidth=0.8)
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(cases))])
-    ax.set_xticklabels([f"b{b} L{n}\n{k}" for b, n, k in cases], fontsize=7)
+    ax.set_xticklabels([_case_label(dict(zip(keys, c))) for c in cases], fontsize=7)
     ax.set_ylabel("speed-up vs transformers sdpa")
-    ax.set_title(f"inference, {record['environment']['device_name']}")
+    ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    paths.append(folder / "speedup.png")
-    fig.savefig(paths[-1], dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
+    return Path(path)
 
-    rows = record["correctness"]
+
+def _case_label(case: dict) -> str:
+    label = f"b{case['batch']} L{case['max_len']}\n{case['lengths']}"
+    return f"{case['model']}\n{label}" if "model" in case else label
+
+
+def correctness_plot(rows: list, path: Path) -> Path:
+    """Bars (log scale) of fastbert's and transformers' max error of the hidden states against float64, per
+    case, backend and dtype, into ``path``."""
+    plt = _pyplot()
     groups = list(dict.fromkeys((r["case"], r["backend"], r["dtype"]) for r in rows))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups)), 4))
     for i, impl in enumerate(("fastbert", "transformers")):
@@ -108,7 +153,6 @@ def write_plots(record: dict, folder: Path) -> list[Path]:
     ax.set_ylabel("max abs error of hidden states vs float64")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    paths.append(folder / "correctness.png")
-    fig.savefig(paths[-1], dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return paths
+    return Path(path)

