@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test bench venv clean
+.PHONY: test test-triton36 bench venv clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,34 @@ $(VENV)/.stamp-%: pyproject.toml setup.py | $(PY)
 
 venv: $(VENV)/.stamp-dev
 
+# Two workers, one test file each at a time (module fixtures are built once); each torch takes one thread.
+TEST_WORKERS ?= 2
 test: $(VENV)/.stamp-dev
-	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
+		--durations=15 $(PYTEST_ARGS)
+
+# A second environment with the oldest triton CI checks (.ci/triton36-constraints.txt pins it and numpy)
+# runs a subset: the tests listed in tests/triton36-subset.txt, on the Triton backend, and the sm_90
+# builds of the attention kernels. Set up idempotently like .venv, redone when the metadata or pins change.
+VENV36 := .venv-triton36
+PY36 := $(VENV36)/bin/python
+PINS36 := .ci/triton36-constraints.txt
+SUBSET36 := tests/triton36-subset.txt
+
+$(PY36):
+	$(PYTHON) -m venv $(VENV36)
+	$(PY36) -m pip install -q --upgrade pip
+
+$(VENV36)/.stamp-dev: pyproject.toml setup.py $(PINS36) | $(PY36)
+	$(PY36) -m pip install -q -c $(PINS36) "$(TORCH)"
+	$(PY36) -m pip install -q -c $(PINS36) -e ".[dev]"
+	touch $@
+
+test-triton36: $(VENV36)/.stamp-dev
+	@$(PY36) -c 'import numpy, torch, triton; print(f"triton {triton.__version__}, torch {torch.__version__}, numpy {numpy.__version__}")'
+	set -f; ids=$$(sed -e 's/#.*//' $(SUBSET36)) && test -n "$$ids" && \
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false FASTBERT_BACKEND=triton $(PY36) -m pytest -q $$ids $(PYTEST_ARGS)
+	$(VENV36)/bin/fastbert check-kernels --arch 90 --match attention
 
 # Without an NVIDIA GPU the quick grid runs (minutes on a CPU); BENCH_ARGS overrides.
 BENCH_ARGS ?= $(shell nvidia-smi -L >/dev/null 2>&1 || echo --quick)
@@ -29,4 +55,4 @@ bench: $(VENV)/.stamp-bench
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(VENV)/bin/fastbert bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info bench-out
+	rm -rf $(VENV) $(VENV36) build *.egg-info bench-out

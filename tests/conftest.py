@@ -15,6 +15,9 @@ if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # make test runs one worker per core
+    torch.set_num_threads(1)
+
 # Without a GPU the Triton kernels run in the interpreter, which must be chosen before triton loads.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
