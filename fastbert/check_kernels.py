@@ -29,14 +29,15 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
-from fastbert.routing import TENSOR_CORE_CAPABILITY, smem_limit
+from fastbert.routing import CHECKED_ARCHS, TENSOR_CORE_CAPABILITY, smem_limit
 
 # Turing (T4), A100, consumer Ampere (A10, RTX 30), Ada (L4, L40, RTX 40), H100/H200, B200, RTX 50.
-ALL_ARCHS = (75, 80, 86, 89, 90, 100, 120)
+ALL_ARCHS = CHECKED_ARCHS
 ARCHS = (80, 90)  # the default of ``fastbert check-kernels``
 SMEM_LIMITS = {arch: smem_limit(arch) for arch in ALL_ARCHS}
 
-_MMA = re.compile(r"\b(?:HMMA|IMMA|BMMA|HGMMA|IGMMA|QGMMA|BGMMA)\b")
+# mma.sync (sm_80+), wgmma (sm_90) and tcgen05 (sm_100: UTCHMMA, UTCQMMA, ...) tensor-core instructions
+_MMA = re.compile(r"\b(?:HMMA|IMMA|BMMA|HGMMA|IGMMA|QGMMA|BGMMA|UTC[A-Z]*MMA)\b")
 _SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
 

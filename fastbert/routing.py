@@ -35,6 +35,17 @@ SMEM_LIMITS = {70: 98304, 75: 65536, 80: 166912, 86: 101376, 87: 166912, 89: 101
                100: 232448, 103: 232448, 120: 101376, 121: 101376}
 
 
+# The architectures fastbert check-kernels compiles for: T4, A100, A10/RTX 30, L4/L40/RTX 40, H100/H200,
+# B200, RTX 50. A device runs the binaries proven for the nearest one at or below its capability.
+CHECKED_ARCHS = (75, 80, 86, 89, 90, 100, 120)
+
+
+def checked_arch(capability: tuple) -> int:
+    """The arch of :data:`CHECKED_ARCHS` whose proof covers a device of ``capability`` (e.g. (8, 7) -> 80)."""
+    arch = capability[0] * 10 + capability[1]
+    return max([a for a in CHECKED_ARCHS if a <= arch], default=CHECKED_ARCHS[0])
+
+
 def smem_limit(arch: int) -> int:
     """Shared memory one block may use on compute capability ``arch`` (e.g. 86), in bytes."""
     known = [a for a in SMEM_LIMITS if a <= arch]

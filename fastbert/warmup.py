@@ -17,33 +17,37 @@ from torch import nn
 
 def warmup_shapes(max_tokens: int, max_seqlen: int, min_seqlen: int = 16) -> list[tuple[int, int]]:
     """``(batch, seqlen)`` shapes that cover every tuning bucket up to ``max_tokens`` tokens per batch
-    and ``max_seqlen`` tokens per sequence: each power-of-two length from ``min_seqlen`` (and
-    ``max_seqlen`` itself), each with every power-of-two token count it can fill."""
+    and ``max_seqlen`` tokens per sequence: single sequences of 1, 2, 4 and 8 tokens, then each
+    power-of-two length from ``min_seqlen`` (and ``max_seqlen`` itself), each with every power-of-two
+    token count it can fill."""
     if max_tokens < 1 or max_seqlen < 1:
         raise ValueError(f"warmup: max_tokens and max_seqlen must be >= 1, got {max_tokens} and {max_seqlen}")
+    # one short sequence per token bucket below min_seqlen (short queries: 1, 2, 4, 8 tokens)
+    shapes = [(1, n) for n in (1, 2, 4, 8) if n < min_seqlen and n <= min(max_tokens, max_seqlen)]
     lengths, length = [], min(min_seqlen, max_seqlen)
     while length < max_seqlen:
         lengths.append(length)
         length *= 2
     lengths.append(max_seqlen)
-    shapes = []
     for length in lengths:
         batch = 1
         while batch * length <= max_tokens:
             shapes.append((batch, length))
             batch *= 2
-        if not shapes or shapes[-1][1] != length:
+        if shapes[-1][1] != length:
             shapes.append((1, length))  # one sequence longer than max_tokens still gets its length bucket
     return shapes
 
 
 def _encoder(model: nn.Module):
+    """The encoder itself (``base_model``: no task head, which may want other input shapes, e.g.
+    multiple choice, or vocabulary-sized outputs) of the first transformers model in ``model``."""
     from transformers import PreTrainedModel
 
     found = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
     if found is None:
         raise TypeError(f"warmup: model must be or contain a transformers model, got {type(model).__name__}")
-    return found
+    return found.base_model
 
 
 def warmup(model: nn.Module, max_tokens: int = 8192, dtype: Optional[torch.dtype] = None,
@@ -75,13 +79,17 @@ def warmup(model: nn.Module, max_tokens: int = 8192, dtype: Optional[torch.dtype
     for p in grads:
         p.grad = None
     rng = torch.random.get_rng_state(), (torch.cuda.get_rng_state_all() if device.type == "cuda" else None)
+    modes = {m: m.training for m in encoder.modules()}
     start = time.perf_counter()
     try:
+        encoder.train(train)  # dropout on when training: its kernels are tuned apart
         for batch, length in shapes:
             _run_once(encoder, batch, length, config.vocab_size, device, dtype, weight.dtype, train)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     finally:
+        for m, training in modes.items():
+            m.training = training
         for p, g in grads.items():
             p.grad = g
         torch.random.set_rng_state(rng[0])
@@ -95,6 +103,6 @@ def _run_once(encoder, batch: int, length: int, vocab: int, device, dtype, weigh
     mask = torch.ones(batch, length, dtype=torch.long, device=device)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != weight_dtype)
     with torch.set_grad_enabled(train), autocast:
-        first = encoder(input_ids=ids, attention_mask=mask)[0]  # hidden states, or a head's logits
+        first = encoder(input_ids=ids, attention_mask=mask)[0]
     if train:
         first.float().sum().backward()

@@ -17,6 +17,7 @@ dK/dV per key block (looping over queries), then dQ per query block (looping ove
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Optional
@@ -30,8 +31,8 @@ from fastbert.ops import interpreting, torch_fallback
 from fastbert.routing import TENSOR_CORE_CAPABILITY
 from fastbert.validation import check_attention_inputs
 
-from .launch import (TunedKernel, device_smem_limit, dot, fitting, input_precision, on_input_device, smem_limit,
-                     upcast)
+from .launch import (TunedKernel, device_arch, device_smem_limit, dot, fitting, input_precision, on_input_device,
+                     smem_limit, upcast)
 
 LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: jit functions may read it
 MAX_HEAD_DIM = 128
@@ -336,7 +337,7 @@ _TILES = {
         (False, "tf32"): [(32, 64, 4, 2), (64, 32, 4, 2)],
         (True, "tf32"): [(32, 32, 4, 2)],
         (False, "ieee"): [(32, 32, 4, 2), (16, 32, 4, 2)],
-        (True, "ieee"): [(16, 32, 4, 2), (16, 16, 4, 2)],
+        (True, "ieee"): [(16, 32, 4, 2)],
     },
 }
 
@@ -357,14 +358,68 @@ def smem_bytes(kind: str, config: triton.Config, block_d: int, dtype: torch.dtyp
     return dtype.itemsize * block_d * (resident + per_stage * max(config.num_stages, 1))
 
 
+# Tiles that spill under one Triton version (``fastbert check-kernels`` run under it), as (kind, BLOCK_D,
+# operands, dropout (None: either), tile, archs (None: every arch)). Under a version not measured here,
+# every tile that spilled under any measured one is left out. 3.6 was measured on sm_80 and sm_90; the
+# other archs take 3.9's entries there too.
+_SPILLS_39 = [
+    ("dq", 32, "16bit", None, (32, 128, 8, 2), None),
+    ("single", 64, "16bit", False, (32, 0, 4, 1), (86, 89)),
+    ("fwd", 32, "16bit", True, (64, 32, 4, 2), (120,)),
+    ("fwd", 128, "16bit", None, (64, 64, 4, 2), (120,)),
+    ("fwd", 64, "tf32", True, (64, 64, 4, 2), (120,)),
+    ("dkdv", 64, "tf32", False, (16, 64, 4, 2), (120,)),
+    ("dq", 64, "tf32", True, (32, 64, 4, 2), (100,)),
+]
+_SPILLS_BY_TRITON = {
+    (3, 6): _SPILLS_39 + [
+        ("single", 32, "16bit", True, (64, 0, 8, 1), None),
+        ("single", 32, "16bit", True, (32, 0, 4, 1), None),
+        ("single", 32, "16bit", True, (32, 0, 8, 1), None),
+        ("single", 64, "16bit", True, (64, 0, 8, 1), None),
+        ("single", 128, "16bit", True, (64, 0, 8, 1), None),
+        ("single", 64, "ieee", False, (16, 0, 4, 1), None),
+        ("single", 128, "tf32", True, (64, 0, 8, 1), None),
+        ("fwd", 64, "tf32", True, (64, 64, 4, 2), None),
+    ],
+    (3, 9): _SPILLS_39,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_version() -> tuple:
+    return tuple(int(part) for part in triton.__version__.split(".")[:2])
+
+
+def _spilling(kind: str, block_d: int, operands: str, dropout: Optional[bool], version: tuple,
+              arch: Optional[int]) -> set:
+    """The tiles of a table that spill under Triton ``version`` on ``arch`` (every arch when None), with
+    dropout or without (either when None)."""
+    measured = _SPILLS_BY_TRITON.get(version)
+    entries = measured if measured is not None else [e for table in _SPILLS_BY_TRITON.values() for e in table]
+    return {tile for k, d, o, drop, tile, archs in entries
+            if (k, d, o) == (kind, block_d, operands) and (drop is None or dropout is None or drop == dropout)
+            and (archs is None or arch is None or arch in archs)}
+
+
 def tile_configs(kind: str, block_d: int, dtype: torch.dtype, precision: str, limit: Optional[int] = None,
-                 block_n: int = SINGLE_TILE_MAX_SEQLEN) -> list[triton.Config]:
+                 block_n: int = SINGLE_TILE_MAX_SEQLEN, dropout: Optional[bool] = None,
+                 arch: Optional[int] = None) -> tuple:
     """The launch configs of kernel ``kind`` ("fwd", "single", "dkdv", "dq") for a head-dim block, a
-    dtype and ``tl.dot``'s input precision (which only matters for fp32), default first; with
-    ``limit`` (bytes of shared memory) only those whose shared memory fits it (for "single", at key block ``block_n``)."""
+    dtype and ``tl.dot``'s input precision (which only matters for fp32), default first, less those
+    that spill under the installed Triton on ``arch`` (any, when None) with ``dropout`` (either way
+    when None); with ``limit`` (bytes of shared memory) only those that fit it (for "single", at key
+    block ``block_n``)."""
     operands = precision if dtype == torch.float32 else "16bit"
-    configs = [_config(t) for t in _TILES[kind][(block_d > 64, operands)]]
-    return fitting(configs, lambda c: smem_bytes(kind, c, block_d, dtype, block_n), limit)
+    table = tuple(_TILES[kind][(block_d > 64, operands)])
+    return _tile_configs(kind, block_d, dtype, operands, table, limit, block_n, dropout, _triton_version(), arch)
+
+
+@functools.lru_cache(maxsize=4096)  # called on every launch: a few microseconds saved each time
+def _tile_configs(kind, block_d, dtype, operands, table, limit, block_n, dropout, version, arch) -> tuple:
+    spilling = _spilling(kind, block_d, operands, dropout, version, arch)
+    configs = [_config(t) for t in table if t not in spilling]
+    return tuple(fitting(configs, lambda c: smem_bytes(kind, c, block_d, dtype, block_n), limit))
 
 
 def _all_configs(kind: str) -> list[triton.Config]:
@@ -377,7 +432,7 @@ def _allowed(kind: str):
     def allowed(named_args, meta):
         q = named_args["Q"]
         return tile_configs(kind, meta["BLOCK_D"], q.dtype, meta["INPUT_PRECISION"], device_smem_limit(q.device),
-                            meta.get("BLOCK_N", SINGLE_TILE_MAX_SEQLEN))
+                            meta.get("BLOCK_N", SINGLE_TILE_MAX_SEQLEN), meta["HAS_DROPOUT"], device_arch(q.device))
     return allowed
 
 
@@ -448,7 +503,8 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_s
         return out, lse
     precision = input_precision(q.dtype, q.device)
     single = max_seqlen <= SINGLE_TILE_MAX_SEQLEN and bool(tile_configs(
-        "single", _block_d(head_dim), q.dtype, precision, device_smem_limit(q.device), _seqlen_bucket(max_seqlen)))
+        "single", _block_d(head_dim), q.dtype, precision, device_smem_limit(q.device), _seqlen_bucket(max_seqlen),
+        dropout_p > 0.0, device_arch(q.device)))
     meta = dict(HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), SINGLE_TILE=single, HAS_DROPOUT=dropout_p > 0.0,
                 INPUT_PRECISION=precision, UPCAST=upcast(q.dtype))
     if single:
@@ -479,7 +535,8 @@ def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
     delta = torch.empty(heads, total, dtype=torch.float32, device=q.device)
     block_t = 64
     _attention_bwd_preprocess[(triton.cdiv(total, block_t), heads)](
-        out, dout, delta, *_strides(out), total, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=block_t)
+        out, dout, delta, *_strides(out), total, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=block_t,
+        num_warps=4, num_stages=1)
 
     meta = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, HAS_DROPOUT=dropout_p > 0.0,
                 INPUT_PRECISION=input_precision(q.dtype, q.device), UPCAST=upcast(q.dtype))
@@ -594,7 +651,7 @@ def _qkv_backward(dout, qkv, out, lse, cu_seqlens, max_seqlen: int, dropout_p: f
 _TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 _AOT_PRECISIONS = {torch.float16: ("tf32",), torch.bfloat16: ("tf32",), torch.float32: ("ieee", "tf32")}
 # 32: MiniLM's heads (tiles of the narrow table at BLOCK_D 32); 64: BERT's; 128: the wide table.
-_AOT_HEAD_DIMS = {torch.float16: (32, 64, 128), torch.bfloat16: (32, 64, 128), torch.float32: (64, 128)}
+_AOT_HEAD_DIMS = {torch.float16: (32, 64, 128), torch.bfloat16: (32, 64, 128), torch.float32: (32, 64, 128)}
 
 
 def _aot_signature(kernel, dtype: torch.dtype) -> dict:
@@ -617,13 +674,14 @@ def _aot_signature(kernel, dtype: torch.dtype) -> dict:
     return signature
 
 
-def _aot_tiles(kind: str, block_d: int, dtype: torch.dtype, precision: str, limit: int):
+def _aot_tiles(kind: str, block_d: int, dtype: torch.dtype, precision: str, arch: int, dropout: bool):
     """``(config, single-tile key block)`` of each tile that fits ``limit``; a single tile at the largest
     length bucket it fits at (the one with the most registers), 0 for the other kernels."""
+    limit = smem_limit(arch)
     if kind != "single":
-        return [(c, 0) for c in tile_configs(kind, block_d, dtype, precision, limit)]
+        return [(c, 0) for c in tile_configs(kind, block_d, dtype, precision, limit, dropout=dropout, arch=arch)]
     tiles = []
-    for config in tile_configs(kind, block_d, dtype, precision):
+    for config in tile_configs(kind, block_d, dtype, precision, dropout=dropout, arch=arch):
         buckets = [b for b in (SINGLE_TILE_MAX_SEQLEN, 64, 32, 16) if smem_bytes(kind, config, block_d, dtype, b) <= limit]
         if buckets:
             tiles.append((config, buckets[0]))
@@ -636,7 +694,6 @@ def aot_variants(arch: int):
     PyTorch), for ``fastbert check-kernels``. Strides are multiples of 16, as for BERT's packed QKV."""
     from fastbert.check_kernels import AotVariant
 
-    limit = smem_limit(arch)
     if arch < TENSOR_CORE_CAPABILITY[0] * 10:
         return  # the dot ops run PyTorch there (fastbert.routing)
     for dtype, head_dims in _AOT_HEAD_DIMS.items():
@@ -648,8 +705,8 @@ def aot_variants(arch: int):
                 signature = _aot_signature(kernel, dtype)
                 aligned = tuple(n for n, t in signature.items()
                                 if t.startswith("*") or n.startswith("stride_"))
-                for config, block_n in _aot_tiles(kind, block_d, dtype, precision, limit):
-                    for dropout in (False, True):
+                for dropout in (False, True):
+                    for config, block_n in _aot_tiles(kind, block_d, dtype, precision, arch, dropout):
                         constexprs = {**base, **config.kwargs, "HAS_DROPOUT": dropout}
                         if kind in ("fwd", "single"):
                             constexprs["SINGLE_TILE"] = kind == "single"
@@ -664,4 +721,5 @@ def aot_variants(arch: int):
             pre = _attention_bwd_preprocess
             pre_signature = _aot_signature(pre, dtype)
             yield AotVariant(pre, pre_signature, dict(HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=64), 4, 1,
-                             f"{name} T64", tuple(n for n, t in pre_signature.items() if t.startswith("*")))
+                             f"{name} T64", tuple(n for n, t in pre_signature.items()
+                                                  if t.startswith("*") or n.startswith("stride_")))

@@ -205,7 +205,7 @@ def embeddings_fwd(input_ids, inputs_embeds, position_ids, token_type_ids, word,
         token_type_ids.contiguous(), word.contiguous(), pos.contiguous(), types.contiguous(), weight.contiguous(),
         beta.contiguous(), y, mean, rstd, _pointer_or(seed, mean), hidden, word.shape[0], pos.shape[0], types.shape[0], float(eps),
         float(dropout_p), BLOCK_H=block_h, HAS_EMBEDS=inputs_embeds is not None, HAS_DROPOUT=dropout_p > 0.0,
-        num_warps=_num_warps(block_h))
+        num_warps=_num_warps(block_h), num_stages=1)
     return y, mean, rstd
 
 
@@ -229,7 +229,7 @@ def embeddings_bwd(dy, input_ids, inputs_embeds, position_ids, token_type_ids, w
             types.contiguous(), weight.contiguous(), mean, rstd, _pointer_or(seed, mean), ds, parts[0], parts[1], tokens,
             hidden, word.shape[0], pos.shape[0], types.shape[0], per_program, float(dropout_p),
             BLOCK_H=block_h, HAS_EMBEDS=inputs_embeds is not None, HAS_DROPOUT=dropout_p > 0.0,
-            num_warps=_num_warps(block_h))
+            num_warps=_num_warps(block_h), num_stages=1)
     if inputs_embeds is not None:
         dembeds, dword = ds.to(inputs_embeds.dtype, copy=True), word.new_empty(0)
     else:
@@ -255,9 +255,9 @@ def table_grad(ds: Tensor, ids: Tensor, rows: int, dtype: torch.dtype, padding_i
     col_blocks = triton.cdiv(hidden, TABLE_BLOCK)
     if tokens:
         _embeddings_bwd_runs[(triton.cdiv(tokens, CHUNK), col_blocks)](
-            ds, order, keys, part, tokens, hidden, CHUNK=CHUNK, BLOCK_N=TABLE_BLOCK)
+            ds, order, keys, part, tokens, hidden, CHUNK=CHUNK, BLOCK_N=TABLE_BLOCK, num_warps=4, num_stages=1)
     _embeddings_bwd_rows[(rows, col_blocks)](part, starts, ends, grad, hidden, padding_idx, CHUNK=CHUNK,
-                                             BLOCK_N=TABLE_BLOCK)
+                                             BLOCK_N=TABLE_BLOCK, num_warps=4, num_stages=1)
     return grad
 
 

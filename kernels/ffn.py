@@ -17,6 +17,7 @@ check-kernels`` proves free of spills on sm_80 and sm_90; the tuning key buckets
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -28,7 +29,8 @@ from torch import Tensor
 from fastbert.ops import torch_fallback
 from fastbert.routing import TENSOR_CORE_CAPABILITY
 
-from .launch import TunedKernel, device_smem_limit, dot, fitting, input_precision, on_input_device, smem_limit, upcast
+from .launch import (TunedKernel, device_arch, device_smem_limit, dot, fitting, input_precision, on_input_device,
+                     smem_limit, upcast)
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
@@ -157,7 +159,9 @@ _TILES = {
              (64, 64, 32, 8, 3)],
     "ieee": [(64, 64, 32, 8, 2), (32, 64, 32, 4, 2), (64, 32, 32, 4, 2), (32, 32, 32, 4, 2)],
 }
-_SPILLS = {("bwd", "tf32"): {(128, 128, 32, 8, 3)}}  # 24 B of spills on sm_90
+# (kind, operands) -> {tile: the archs it spills on (None: all)}, under triton 3.6 and 3.9.
+_SPILLS = {("bwd", "tf32"): {(128, 128, 32, 8, 3): None},  # 24 B of spills on sm_90
+           ("fwd", "ieee"): {(64, 64, 32, 8, 2): (120,)}}
 GROUP_M = 8
 
 
@@ -177,13 +181,21 @@ def smem_bytes(config: triton.Config, dtype: torch.dtype) -> int:
     return dtype.itemsize * kw["BLOCK_K"] * (kw["BLOCK_M"] + kw["BLOCK_N"]) * max(config.num_stages, 1)
 
 
-def tile_configs(kind: str, dtype: torch.dtype, precision: str, limit: Optional[int] = None) -> list[triton.Config]:
+def tile_configs(kind: str, dtype: torch.dtype, precision: str, limit: Optional[int] = None,
+                 arch: Optional[int] = None) -> tuple:
     """The launch configs of kernel ``kind`` ("fwd", "bwd", "dw2") for a dtype and ``tl.dot``'s input
-    precision (which only matters for fp32), default first; with ``limit`` (bytes of shared memory) only those that fit it."""
+    precision (which only matters for fp32), default first, less those that spill on ``arch`` (on any,
+    when None); with ``limit`` (bytes of shared memory) only those that fit it."""
     operands = _operands(dtype, precision)
-    excluded = _SPILLS.get((kind, operands), set())
-    configs = [_config(t) for t in _TILES[operands] if t not in excluded]
-    return fitting(configs, lambda c: smem_bytes(c, dtype), limit)
+    spilling = frozenset(tile for tile, archs in _SPILLS.get((kind, operands), {}).items()
+                         if archs is None or arch is None or arch in archs)
+    return _tile_configs(kind, dtype, tuple(_TILES[operands]), spilling, limit)
+
+
+@functools.lru_cache(maxsize=1024)  # called on every launch
+def _tile_configs(kind, dtype, table, excluded, limit) -> tuple:
+    configs = [_config(t) for t in table if t not in excluded]
+    return tuple(fitting(configs, lambda c: smem_bytes(c, dtype), limit))
 
 
 def fits_shape(config: triton.Config, m: int, n: int) -> bool:
@@ -198,7 +210,7 @@ def _allowed(kind: str):
     (the default tile alone when nothing else fits)."""
     def allowed(named_args, meta):
         z = named_args["Z"]
-        proven = tile_configs(kind, z.dtype, meta["INPUT_PRECISION"], device_smem_limit(z.device))
+        proven = tile_configs(kind, z.dtype, meta["INPUT_PRECISION"], device_smem_limit(z.device), device_arch(z.device))
         m = named_args["M_BUCKET"] if kind != "dw2" else named_args["M"]
         return [c for c in proven if fits_shape(c, m, named_args["N"])] or proven[:1]
     return allowed
@@ -354,7 +366,7 @@ def aot_variants(arch: int):
         for precision in (("ieee", "tf32") if dtype == torch.float32 else ("tf32",)):
             name = f"{t}{'-' + precision if dtype == torch.float32 else ''}"
             for kind, kernel in _KERNELS.items():
-                for config in tile_configs(kind, dtype, precision, smem_limit(arch)):
+                for config in tile_configs(kind, dtype, precision, smem_limit(arch), arch):
                     constexprs = dict(config.kwargs, GROUP_M=GROUP_M, INPUT_PRECISION=precision, UPCAST=False)
                     constexprs.update({stride: 1 for stride in _UNIT_STRIDES[kind]})
                     if kind == "fwd":

@@ -28,13 +28,21 @@ import triton
 import triton.language as tl
 
 from fastbert.ops import interpreting
-from fastbert.routing import smem_limit
+from fastbert.routing import checked_arch, smem_limit
 
 @functools.lru_cache(maxsize=None)
 def _device_smem(index: int) -> int:
     props = torch.cuda.get_device_properties(index)
     optin = getattr(props, "shared_memory_per_block_optin", 0)
     return optin or smem_limit(props.major * 10 + props.minor)
+
+
+def device_arch(device: torch.device) -> Optional[int]:
+    """The checked arch (:func:`fastbert.routing.checked_arch`) of a CUDA device, None elsewhere (and in
+    the interpreter, where tiles are left out if they spill on any arch)."""
+    if device.type != "cuda" or interpreting():
+        return None
+    return checked_arch(_capability(device.index if device.index is not None else torch.cuda.current_device()))
 
 
 def device_smem_limit(device: torch.device) -> Optional[int]:
@@ -75,7 +83,8 @@ def use_autotune(device: torch.device) -> bool:
 
 
 def _disk_cache() -> bool:
-    return os.environ.get("FASTBERT_AUTOTUNE_CACHE", "1") not in ("", "0")
+    """Tuning results kept on disk across processes (never in the interpreter, where nothing is timed)."""
+    return os.environ.get("FASTBERT_AUTOTUNE_CACHE", "1") not in ("", "0") and not interpreting()
 
 
 class TunedKernel:
@@ -92,10 +101,20 @@ class TunedKernel:
         self.kernel = kernel
         self.key = tuple(key)
         self.allowed = allowed
+        self._configs = list(configs)
+        self._do_bench = do_bench
         self._lock = threading.Lock()
         self._chosen: dict[tuple, triton.Config] = {}
-        self._tuner = triton.autotune(list(configs), key=list(key), cache_results=_disk_cache(), do_bench=do_bench,
-                                      prune_configs_by={"early_config_prune": self._prune})(kernel)
+        # One Triton autotuner per device: its cache keys on the arguments only, and a tile tuned on
+        # an A100 may not fit an L4's shared memory in the same process.
+        self._tuners: dict[Optional[int], object] = {}
+
+    def _tuner(self, device: torch.device):
+        if device.index not in self._tuners:
+            self._tuners[device.index] = triton.autotune(
+                self._configs, key=list(self.key), cache_results=_disk_cache(), do_bench=self._do_bench,
+                prune_configs_by={"early_config_prune": self._prune})(self.kernel)
+        return self._tuners[device.index]
 
     def _prune(self, configs, named_args, **meta):
         keys = {_config_key(c) for c in self.allowed(named_args, meta)}
@@ -104,12 +123,13 @@ class TunedKernel:
     def _named(self, args, meta) -> dict:
         return {**dict(zip(self.kernel.arg_names, args)), **meta}
 
-    def _launch_key(self, named: dict) -> tuple:
+    def _launch_key(self, named: dict, device: torch.device) -> tuple:
         dtypes = tuple(str(v.dtype) for v in named.values() if isinstance(v, torch.Tensor))
-        return tuple(named[k] for k in self.key) + dtypes
+        return (device.index, *(named[k] for k in self.key), *dtypes)
 
     def default_config(self, args, meta) -> triton.Config:
-        """The first allowed tile: what the interpreter, deterministic mode and capture run."""
+        """The first allowed tile: what the interpreter, deterministic mode and an untuned shape under
+        CUDA-graph capture run."""
         allowed = self.allowed(self._named(args, meta), meta)
         if not allowed:
             name = getattr(self.kernel, "__name__", type(self.kernel).__name__)
@@ -117,19 +137,24 @@ class TunedKernel:
         return allowed[0]
 
     def launch(self, grid_of: Callable[[dict], tuple], *args, device: torch.device, **meta) -> None:
-        """Launch on ``grid_of(config kwargs + meta)`` with the tuned tile (or the default one where
-        :func:`use_autotune` says no)."""
+        """Launch on ``grid_of(config kwargs + meta)`` with the tuned tile: tuned now if the key is new
+        and :func:`use_autotune` allows it; during a capture the tile tuned before, else the default;
+        in deterministic mode and the interpreter always the default."""
         if not use_autotune(device):
-            self.run_config(self.default_config(args, meta), grid_of, args, meta)
+            config = None
+            if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
+                config = self._chosen.get(self._launch_key(self._named(args, meta), device))
+            self.run_config(config or self.default_config(args, meta), grid_of, args, meta)
             return
-        key = self._launch_key(self._named(args, meta))
+        key = self._launch_key(self._named(args, meta), device)
         config = self._chosen.get(key)
         if config is None:
             with self._lock:
                 config = self._chosen.get(key)
                 if config is None:
-                    self._tuner[grid_of](*args, **meta)
-                    self._chosen[key] = self._tuner.best_config
+                    tuner = self._tuner(device)
+                    tuner[grid_of](*args, **meta)
+                    self._chosen[key] = tuner.best_config
                     return
         self.run_config(config, grid_of, args, meta)
 
@@ -209,4 +234,9 @@ def input_precision(dtype: torch.dtype, device: Optional[torch.device] = None) -
 def _has_tf32(device: Optional[torch.device]) -> bool:
     if device is None or device.type != "cuda" or interpreting():
         return True
-    return torch.cuda.get_device_capability(device) >= (8, 0)
+    return _capability(device.index if device.index is not None else torch.cuda.current_device()) >= (8, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> tuple:
+    return torch.cuda.get_device_capability(index)

@@ -190,6 +190,15 @@ def _num_warps(block_h: int) -> int:
     return {512: 8, 2048: 8, 4096: 16, 8192: 32}.get(block_h, 4)
 
 
+TERMS_NUM_WARPS = 8  # the wide backward's first pass (fp32 with a bias spills with 4 on sm_90)
+
+
+def _bwd_num_warps(block_h: int, dtype: torch.dtype) -> int:
+    """The one-pass backward's warps: :func:`_num_warps`, but 4 for fp32 rows of 512, which spill the
+    dropout backward with 8 under triton 3.6."""
+    return 4 if block_h == 512 and dtype == torch.float32 else _num_warps(block_h)
+
+
 def check_inputs(x: Tensor, bias: Optional[Tensor], residual: Tensor, weight: Tensor, beta: Tensor,
                  dropout_p: float, seed: Optional[Tensor]) -> None:
     """Raises ``TypeError``/``ValueError`` naming the bad argument, before any kernel runs."""
@@ -231,7 +240,8 @@ def residual_layernorm_fwd(x: Tensor, bias: Optional[Tensor], residual: Tensor, 
     _residual_layernorm_fwd[(rows,)](
         x, bias if bias is not None else x, residual, weight, beta, y, mean, rstd,
         seed if seed is not None else mean, hidden, float(eps), float(dropout_p),
-        BLOCK_H=block_h, HAS_BIAS=bias is not None, HAS_DROPOUT=dropout_p > 0.0, num_warps=_num_warps(block_h))
+        BLOCK_H=block_h, HAS_BIAS=bias is not None, HAS_DROPOUT=dropout_p > 0.0, num_warps=_num_warps(block_h),
+        num_stages=1)
     return y, mean, rstd
 
 
@@ -257,13 +267,13 @@ def residual_layernorm_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], residu
         _residual_layernorm_bwd_terms[(rows,)](
             dy, x, bias_arg, residual, weight, mean, rstd, seed_arg, terms, hidden, float(dropout_p),
             BLOCK_N=block_h, HAS_BIAS=bias is not None, HAS_DROPOUT=dropout_p > 0.0,
-            num_warps=_num_warps(block_h))
+            num_warps=TERMS_NUM_WARPS, num_stages=1)
     if rows:
         _residual_layernorm_bwd[(programs, triton.cdiv(hidden, block_h))](
             dy, x, bias_arg, residual, weight, mean, rstd, seed_arg, terms, dx, dres, parts[0], parts[1],
             parts[-1], rows, hidden, rows_per_program, float(dropout_p),
             BLOCK_H=block_h, HAS_BIAS=bias is not None, HAS_DROPOUT=dropout_p > 0.0, WIDE=wide,
-            num_warps=_num_warps(block_h))
+            num_warps=_num_warps(block_h) if wide else _bwd_num_warps(block_h, x.dtype), num_stages=1)
     sums = sum_partials(parts)
     dweight, dbeta = sums[0].to(weight.dtype, copy=True), sums[1].to(weight.dtype, copy=True)
     dbias = sums[2].to(bias.dtype, copy=True) if bias is not None else x.new_empty(0)
@@ -277,7 +287,7 @@ def sum_partials(parts: Tensor) -> Tensor:
     groups, programs, hidden = parts.shape
     out = torch.empty(groups, hidden, dtype=torch.float32, device=parts.device)
     _residual_layernorm_bwd_sum[(groups, triton.cdiv(hidden, SUM_BLOCK_N))](
-        parts, out, programs, hidden, BLOCK_P=SUM_BLOCK_P, BLOCK_N=SUM_BLOCK_N, num_warps=4)
+        parts, out, programs, hidden, BLOCK_P=SUM_BLOCK_P, BLOCK_N=SUM_BLOCK_N, num_warps=4, num_stages=1)
     return out
 
 
@@ -287,7 +297,7 @@ def dropout_mask(rows: int, hidden: int, dropout_p: float, seed: Tensor) -> Tens
     keep = torch.empty(rows, hidden, dtype=torch.int8, device=seed.device)
     block_h = _block_h(hidden)
     _layernorm_dropout_mask[(rows,)](keep, seed, hidden, float(dropout_p), BLOCK_H=block_h,
-                                     num_warps=_num_warps(block_h))
+                                     num_warps=_num_warps(block_h), num_stages=1)
     return keep.bool()
 
 
@@ -359,7 +369,11 @@ def aot_variants(arch: int):
                 for kernel, blocks, width in launches:
                     constexprs = dict(blocks, **flags)
                     block = blocks.get("BLOCK_H", blocks.get("BLOCK_N"))
-                    yield _variant(kernel, constexprs, t, _num_warps(block), f"{t} {width}{extra}")
+                    one_pass = kernel is _residual_layernorm_bwd and not blocks["WIDE"]
+                    warps = _bwd_num_warps(block, dtype) if one_pass else _num_warps(block)
+                    if kernel is _residual_layernorm_bwd_terms:
+                        warps = TERMS_NUM_WARPS
+                    yield _variant(kernel, constexprs, t, warps, f"{t} {width}{extra}")
     yield _variant(_residual_layernorm_bwd_sum, dict(BLOCK_P=SUM_BLOCK_P, BLOCK_N=SUM_BLOCK_N), "fp32", 4,
                    "fp32 partial sums")
 

@@ -148,26 +148,44 @@ def test_empty_sequences_and_an_empty_batch(monkeypatch):
 def test_autotuner_prunes_to_the_proven_tiles(kind):
     """The autotuner only tries the tiles check-kernels proved for that head dim and dtype (here, without
     a device limit: the interpreter's)."""
-    for block_d, dtype, precision in itertools.product((16, 32, 64, 128), A.KERNEL_DTYPES, ("ieee", "tf32")):
+    for block_d, dtype, precision, dropout in itertools.product((16, 32, 64, 128), A.KERNEL_DTYPES, ("ieee", "tf32"),
+                                                               (False, True)):
         q = torch.empty(1, 1, block_d, dtype=dtype)
-        kept = A._TUNED[kind]._prune(A._all_configs(kind), {"Q": q}, BLOCK_D=block_d, INPUT_PRECISION=precision)
-        want = A.tile_configs(kind, block_d, dtype, precision)
+        kept = A._TUNED[kind]._prune(A._all_configs(kind), {"Q": q}, BLOCK_D=block_d, INPUT_PRECISION=precision,
+                                     HAS_DROPOUT=dropout)
+        want = A.tile_configs(kind, block_d, dtype, precision, dropout=dropout)
         assert sorted(map(str, kept)) == sorted(map(str, want))
-        assert kept or (kind, block_d, dtype, precision) == ("single", 128, torch.float32, "ieee")
+        assert kept or kind == "single"  # exact fp32 at wide heads, and some versions' dropout, have none
 
 
-@pytest.mark.parametrize("arch", [75, 80, 86, 89, 90, 100, 120])
+def test_tiles_that_spill_under_a_triton_version_are_left_out(monkeypatch):
+    """Under a measured version only its own spilling tiles go; under an unmeasured one, every tile that
+    spilled under any measured version."""
+    default = A._TILES["single"][(False, "16bit")][0]
+    for version, dropout, present in (((3, 6), True, False), ((3, 6), False, True), ((3, 9), True, True),
+                                      ((3, 7), True, False), ((3, 7), None, False)):
+        monkeypatch.setattr(A, "_triton_version", lambda: version)
+        tiles = A.tile_configs("single", 64, torch.float16, "tf32", dropout=dropout)
+        assert (str(A._config(default)) in map(str, tiles)) == present, (version, dropout)
+    monkeypatch.setattr(A, "_triton_version", lambda: (3, 6))
+    seen = []
+    monkeypatch.setattr(A, "_launch", lambda kind, *args, **meta: seen.append(kind))
+    q = torch.randn(8, 1, 32, device=DEVICE, dtype=torch.float16)
+    A.attention_forward(q, q, q, _cu([8]), 8, 0.1, torch.tensor([1], device=DEVICE))
+    A.attention_forward(q, q, q, _cu([8]), 8)
+    assert seen == ["fwd", "single"]  # under 3.6 every d32 single tile spills with dropout
+
+
+@pytest.mark.parametrize("arch", [80, 86, 89, 90, 100, 120])
 def test_every_kernel_has_a_tile_that_fits_each_arch(arch):
-    """On every arch the tables leave a tile within its shared memory for each kernel, dtype and head
-    dim (the single-tile kernel at some length bucket), and only such tiles; check-kernels compiles
-    exactly these."""
+    """On every arch with tensor cores (below sm_80 attention runs PyTorch) the tables leave a tile
+    within its shared memory for each kernel, dtype and head dim, and only such tiles; check-kernels
+    compiles exactly these."""
     from fastbert.routing import smem_limit
 
     limit = smem_limit(arch)
     for kind, block_d, dtype, precision in itertools.product(("fwd", "dkdv", "dq"), (32, 64, 128), A.KERNEL_DTYPES,
                                                             ("ieee", "tf32")):
-        if precision == "tf32" and dtype == torch.float32 and arch < 80:
-            continue  # no TF32 before sm_80: input_precision gives "ieee" there
         tiles = A.tile_configs(kind, block_d, dtype, precision, limit)
         assert tiles, (kind, block_d, dtype, precision)
         assert all(A.smem_bytes(kind, c, block_d, dtype) <= limit for c in tiles)

@@ -167,7 +167,7 @@ def test_tuned_kernel_tunes_while_another_thread_launches(monkeypatch):
     tuned.launch(grid, x, 1, device=cpu)
     errors = _tune_while_another_thread_launches(lambda: tuned.launch(grid, x, 2, device=cpu),
                                                  lambda: tuned.launch(grid, x, 1, device=cpu))
-    assert errors == [] and set(tuned.chosen()) == {(1, "torch.float32"), (2, "torch.float32")}
+    assert errors == [] and set(tuned.chosen()) == {(None, 1, "torch.float32"), (None, 2, "torch.float32")}
 
 
 def test_tuned_kernel_tunes_each_key_once_from_many_threads(monkeypatch):
@@ -177,10 +177,39 @@ def test_tuned_kernel_tunes_each_key_once_from_many_threads(monkeypatch):
     x = torch.zeros(4)
     errors = _hammer(lambda i, j: tuned.launch(lambda m: (1,), x, 100 + i % 4, device=torch.device("cpu")))
     assert errors == []
-    assert set(tuned.chosen()) == {(100 + i, "torch.float32") for i in range(4)}
+    assert set(tuned.chosen()) == {(None, 100 + i, "torch.float32") for i in range(4)}
     for n in range(100, 104):  # tuned once per key (2 runs per config), then 6 threads x 3 launches on it
         runs = [block for key, block in kernel.launches if key == n]
         assert len(runs) == 2 * len(CONFIGS) + 1 + (2 * 3 - 1)
+
+
+def test_capture_takes_the_tile_tuned_before_and_each_device_tunes_its_own(monkeypatch):
+    kernel = _SlowKernel()
+    speed = {16: 3.0, 32: 1.0, 64: 2.0}  # BLOCK 32 is the fastest, 16 the default
+
+    def bench(fn, quantiles=None, **_):
+        fn()
+        return [speed[kernel.launches[-1][1]]] * 3
+
+    tuned = launch.TunedKernel(kernel, CONFIGS, ["n"], lambda named, meta: CONFIGS, do_bench=bench)
+    x, grid, gpu0, gpu1 = torch.zeros(4), (lambda m: (1,)), torch.device("cuda", 0), torch.device("cuda", 1)
+
+    def block_of_launch(n, device):
+        tuned.launch(grid, x, n, device=device)
+        return kernel.launches[-1][1]
+
+    monkeypatch.setattr(launch, "use_autotune", lambda device: True)
+    assert block_of_launch(5, gpu0) == 32
+    benched = len(kernel.launches)
+    monkeypatch.setattr(launch, "use_autotune", lambda device: False)  # as under CUDA-graph capture
+    assert block_of_launch(5, gpu0) == 32 and block_of_launch(6, gpu0) == 16  # tuned before, or the default
+    assert block_of_launch(5, gpu1) == 16  # cuda:1 has tuned nothing yet
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert block_of_launch(5, gpu0) == 16
+    monkeypatch.undo()
+    monkeypatch.setattr(launch, "use_autotune", lambda device: True)
+    assert block_of_launch(5, gpu1) == 32 and len(kernel.launches) > benched + 4  # tuned again, on its own
+    assert len(tuned._tuners) == 2 and set(tuned.chosen()) == {(0, 5, "torch.float32"), (1, 5, "torch.float32")}
 
 
 def test_no_benchmark_where_tuning_may_not_run(monkeypatch):
