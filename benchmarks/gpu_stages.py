@@ -40,7 +40,7 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import OneLineArgumentParser
+from . import OneLineArgumentParser, cpu_name
 from .stage_runner import (LOG_NAME, RESULTS_NAME, SUMMARY_NAME, Interrupted, Stage, StageReport,
                            die_with_this_process, exit_status, run_stages, stage_table)
 
@@ -207,16 +207,6 @@ def versions() -> dict:
     commit = command_output(["git", "-C", str(REPO), "rev-parse", "HEAD"])
     found["git_commit"] = commit if len(commit) == 40 else None
     return found
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def command_output(argv: list[str], timeout: float = 15.0) -> str:

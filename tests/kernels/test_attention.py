@@ -119,6 +119,8 @@ def test_every_autotune_config_is_exact(kind, dtype, head_dim, monkeypatch):
     lengths = [1, 65, 100] if kind == "single" else [1, 65, 133]
     qkv = _qkv(lengths, 1, head_dim, dtype, seed=5)
     table_key = (head_dim > 64, "ieee" if dtype == torch.float32 else "16bit")  # fp32: exact by default
+    monkeypatch.setitem(A._SPILLS_BY_TRITON, (0, 0), [])  # tiles left out on some arch compute right too
+    monkeypatch.setattr(A, "_triton_version", lambda: (0, 0))
     for tile in A._TILES[kind][table_key]:
         monkeypatch.setitem(A._TILES[kind], table_key, [tile])
         _check_against_float64(qkv, lengths, what=f"{kind} {tile}", backward=kind in ("dkdv", "dq"))

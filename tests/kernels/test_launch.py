@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import re
 import threading
 import time
 
@@ -67,7 +68,8 @@ def test_every_launcher_is_guarded(module):
         if name.startswith("_") or not inspect.isfunction(fn) or fn.__module__ != module.__name__:
             continue
         source = inspect.getsource(inspect.unwrap(fn))
-        if "](" in source or "_launch(" in source:
+        subscripted = re.findall(r"\b(\w+)\[[^\]]*\]\(", source)  # kernel[grid](...)
+        if "_launch(" in source or any(hasattr(getattr(module, n, None), "arg_names") for n in subscripted):
             launchers.append(name)
             assert hasattr(fn, "__wrapped__"), f"{module.__name__}.{name} launches without the device guard"
     assert launchers
