@@ -323,12 +323,19 @@ class BertForTokenClassification(BertPreTrainedModel, hf.BertForTokenClassificat
 
 
 class BertForQuestionAnswering(BertPreTrainedModel, hf.BertForQuestionAnswering):
-    def forward(self, *args, start_positions=None, end_positions=None, **kwargs):
-        # transformers' span loss takes a softmax over every position, padded ones included, so a call
-        # with a loss needs the padded positions' hidden states: it runs unpacked, exactly as transformers.
+    def forward(self, input_ids: Optional[Tensor] = None, attention_mask: Optional[Tensor] = None,
+                token_type_ids: Optional[Tensor] = None, position_ids: Optional[Tensor] = None,
+                inputs_embeds: Optional[Tensor] = None, start_positions: Optional[Tensor] = None,
+                end_positions: Optional[Tensor] = None, **kwargs):
+        """transformers' forward, with its signature (``Trainer`` picks dataset columns from it).
+
+        transformers' span loss takes a softmax over every position, padded ones included, so a call with
+        a loss needs the padded positions' hidden states: it runs unpacked, exactly as transformers."""
         if start_positions is not None and end_positions is not None:
             kwargs.setdefault("padding_free", False)
-        return super().forward(*args, start_positions=start_positions, end_positions=end_positions, **kwargs)
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                               position_ids=position_ids, inputs_embeds=inputs_embeds,
+                               start_positions=start_positions, end_positions=end_positions, **kwargs)
 
 
 class BertForMultipleChoice(BertPreTrainedModel, hf.BertForMultipleChoice):

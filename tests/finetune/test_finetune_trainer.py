@@ -36,3 +36,22 @@ def test_trainer_steps_match_transformers(tmp_path, tiny_checkpoint, tokenizer, 
     for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5), name
     assert isinstance(ours.bert.encoder.layer[0], fastbert.modeling.BertLayer)
+
+
+def _parameters(forward):
+    import inspect
+
+    return [(p.name, p.kind, p.default) for p in inspect.signature(forward).parameters.values()]
+
+
+def test_question_answering_forward_keeps_transformers_signature(tmp_path):
+    """Trainer keeps the dataset columns the forward signature names: a ``*args`` signature made it drop
+    input_ids, attention_mask and token_type_ids."""
+    assert _parameters(fastbert.BertForQuestionAnswering.forward) == _parameters(
+        transformers.BertForQuestionAnswering.forward)
+    model = fastbert.BertForQuestionAnswering(transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = transformers.Trainer(model=model, args=args)
+    trainer._set_signature_columns_if_needed()
+    assert {"input_ids", "attention_mask", "token_type_ids", "start_positions"} <= set(trainer._signature_columns)
