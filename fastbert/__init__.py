@@ -2,40 +2,35 @@
 
 Swap one import (``from fastbert import BertForSequenceClassification``) or call
 ``fastbert.optimize(model)`` on a transformers/sentence-transformers model you already have.
+
+The names below load on first use (``import fastbert`` alone imports neither torch nor transformers,
+so the ``fastbert`` command answers ``--help`` at once).
 """
 
-from transformers import AutoTokenizer, BertConfig, BertTokenizer, BertTokenizerFast
-
-from fastbert.modeling import (
-    BertForMaskedLM,
-    BertForMultipleChoice,
-    BertForNextSentencePrediction,
-    BertForPreTraining,
-    BertForQuestionAnswering,
-    BertForSequenceClassification,
-    BertForTokenClassification,
-    BertModel,
-    BertPreTrainedModel,
-)
-from fastbert.patch import optimize
-from fastbert.warmup import warmup
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AutoTokenizer",
-    "BertConfig",
-    "BertForMaskedLM",
-    "BertForMultipleChoice",
-    "BertForNextSentencePrediction",
-    "BertForPreTraining",
-    "BertForQuestionAnswering",
-    "BertForSequenceClassification",
-    "BertForTokenClassification",
-    "BertModel",
-    "BertPreTrainedModel",
-    "BertTokenizer",
-    "BertTokenizerFast",
-    "optimize",
-    "warmup",
-]
+# name -> the module it comes from
+_EXPORTS = {
+    **dict.fromkeys(("AutoTokenizer", "BertConfig", "BertTokenizer", "BertTokenizerFast"), "transformers"),
+    **dict.fromkeys(("BertForMaskedLM", "BertForMultipleChoice", "BertForNextSentencePrediction",
+                     "BertForPreTraining", "BertForQuestionAnswering", "BertForSequenceClassification",
+                     "BertForTokenClassification", "BertModel", "BertPreTrainedModel"), "fastbert.modeling"),
+    "optimize": "fastbert.patch",
+    "warmup": "fastbert.tuning",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fastbert' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

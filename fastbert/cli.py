@@ -1,4 +1,4 @@
-"""The ``fastbert`` command line."""
+"""The fastbert command line: fused-kernel BERT encoders, their checks, benchmarks and fine-tuning."""
 
 from __future__ import annotations
 
@@ -98,7 +98,10 @@ def _check_kernels(args) -> int:
 
 def main(argv=None) -> int:
     """Entry point of the ``fastbert`` console script."""
+    from fastbert import __version__
+
     parser = argparse.ArgumentParser(prog="fastbert", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fastbert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, device and the backend the fused ops will use").set_defaults(run=_info)
     check = sub.add_parser("check-kernels", help="compile every registered Triton kernel for GPU architectures "

@@ -1,11 +1,11 @@
-"""fastbert.warmup: one pass per tuning bucket, leaving the model as it was."""
+"""fastbert.warmup (fastbert/tuning.py): one pass per tuning bucket, leaving the model as it was."""
 
 import pytest
 import torch
 
 import fastbert
 from conftest import tiny_config
-from fastbert.warmup import warmup_shapes
+from fastbert.tuning import warmup_shapes
 
 
 def test_shapes_cover_every_length_and_token_bucket():
