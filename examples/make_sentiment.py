@@ -1,6 +1,6 @@
 """Writes the sample dataset of ``examples/sentiment/`` (review sentences, 3 string labels), deterministically.
 
-    python examples/make_sentiment.py        # rewrites train.csv (480 rows) and dev.csv (120 rows)
+    python examples/make_sentiment.py [--out DIR]   # rewrites train.csv (480 rows) and dev.csv (120 rows)
 
 No download: sentences are drawn from the word lists below with a fixed seed. The task is easy on
 purpose (the README example and the tests fine-tune on it in seconds) but not trivial: the label depends
@@ -9,6 +9,7 @@ on the opinion phrase, never on the subject, and one in six sentences has a nega
 
 from __future__ import annotations
 
+import argparse
 import csv
 import random
 from pathlib import Path
@@ -44,10 +45,19 @@ def write(path: Path, rows: int, rng: random.Random) -> None:
             writer.writerow(sentence(rng))
 
 
-if __name__ == "__main__":
-    folder = Path(__file__).parent / "sentiment"
-    folder.mkdir(exist_ok=True)
+def main(argv=None) -> int:
+    """Writes ``train.csv`` and ``dev.csv`` into ``--out`` (default: ``examples/sentiment/``)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].replace("``", ""))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "sentiment",
+                        help="the folder to write train.csv and dev.csv into (default: examples/sentiment)")
+    folder = parser.parse_args(argv).out
+    folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(7)
     write(folder / "train.csv", 480, rng)
     write(folder / "dev.csv", 120, rng)
     print(f"wrote {folder}/train.csv and dev.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
