@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -18,7 +19,7 @@ def check_config_supported(config) -> None:
     if getattr(config, "add_cross_attention", False):
         raise ValueError("fastbert does not support cross-attention: config.add_cross_attention=True")
     position_type = getattr(config, "position_embedding_type", "absolute")
-    if position_type != "absolute":
+    if position_type != "absolute" and transformers_reads_position_type(position_type):
         raise ValueError(f"fastbert supports absolute position embeddings only: "
                          f"config.position_embedding_type={position_type!r}")
     act = getattr(config, "hidden_act", "gelu")
@@ -28,6 +29,18 @@ def check_config_supported(config) -> None:
     if config.hidden_size % config.num_attention_heads != 0:
         raise ValueError(f"config.hidden_size={config.hidden_size} is not a multiple of "
                          f"config.num_attention_heads={config.num_attention_heads}")
+
+
+@functools.lru_cache(maxsize=None)
+def transformers_reads_position_type(position_type: str) -> bool:
+    """Whether the installed transformers' BERT computes ``position_embedding_type=position_type``
+    differently from absolute positions (transformers 4 built distance embeddings for the relative
+    types; transformers 5 ignores the setting), probed on a tiny attention module."""
+    from transformers import BertConfig
+    from transformers.models.bert import modeling_bert
+
+    config = BertConfig(hidden_size=8, num_attention_heads=2, position_embedding_type=position_type)
+    return hasattr(modeling_bert.BertSelfAttention(config), "distance_embedding")
 
 
 def _check_index_tensor(name: str, t: Tensor, shape, limit: int, what: str, check_values: bool) -> None:

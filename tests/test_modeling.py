@@ -423,3 +423,29 @@ def test_hooks_on_feed_forward_modules_still_fire():
         h.remove()
     assert seen == ["intermediate", "output.dense"]
     torch.testing.assert_close(hooked, fused)
+
+
+@pytest.mark.parametrize("position_type", ["relative_key", "relative_key_query"])
+def test_position_embedding_type_is_refused_only_where_transformers_would_use_it(position_type, monkeypatch):
+    """transformers 5's BERT ignores position_embedding_type: such a config computes absolute positions
+    there, and fastbert gives the same numbers. A transformers that computed relative positions would
+    see it refused."""
+    from fastbert import validation
+
+    config = tiny_config(position_embedding_type=position_type)
+    if validation.transformers_reads_position_type(position_type):
+        with pytest.raises(ValueError, match="position_embedding_type"):
+            fastbert.BertModel(config)
+        return
+    torch.manual_seed(0)
+    theirs = transformers.BertModel(config).eval()
+    ours = fastbert.BertModel(config).eval()
+    ours.load_state_dict(theirs.state_dict())
+    ids, types, mask = random_batch(config)
+    want = theirs(input_ids=ids, token_type_ids=types, attention_mask=mask).last_hidden_state
+    got = ours(input_ids=ids, token_type_ids=types, attention_mask=mask).last_hidden_state
+    keep = mask.bool()
+    torch.testing.assert_close(got[keep], want[keep], atol=1e-5, rtol=1e-5)
+    monkeypatch.setattr(validation, "transformers_reads_position_type", lambda position_type: True)
+    with pytest.raises(ValueError, match=f"position_embedding_type='{position_type}'"):
+        fastbert.BertModel(config)

@@ -61,7 +61,6 @@ def test_bad_input_is_rejected_before_compute(model, label, make, error, match):
 @pytest.mark.parametrize("setting, match", [
     ({"is_decoder": True}, "is_decoder"),
     ({"is_decoder": True, "add_cross_attention": True}, "is_decoder|add_cross_attention"),
-    ({"position_embedding_type": "relative_key"}, "position_embedding_type"),
     ({"hidden_act": "relu"}, "hidden_act"),
     ({"hidden_act": "gelu_new"}, "hidden_act"),
 ])
@@ -75,3 +74,4 @@ def test_add_cross_attention_alone_is_refused():
     config.add_cross_attention = True
     with pytest.raises(ValueError, match="add_cross_attention"):
         fastbert.BertModel(config)
+
