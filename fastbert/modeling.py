@@ -214,7 +214,23 @@ class BertPreTrainedModel(hf.BertPreTrainedModel):
         if kwargs.get("weights_only", True) is not True:
             raise ValueError("fastbert loads checkpoints through safetensors or torch.load(weights_only=True) "
                              "only: weights_only=False is refused")
+        if args and kwargs.get("config") is None:
+            _check_model_type(cls, args[0], kwargs)
         return super().from_pretrained(*args, **kwargs)
+
+
+def _check_model_type(cls, path, kwargs) -> None:
+    """A checkpoint of another architecture (RoBERTa, ELECTRA, ...) would load into BERT's modules with
+    a warning and wrong numbers: refuse it, naming both types."""
+    hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
+    try:
+        config_dict, _ = cls.config_class.get_config_dict(path, **hub)
+    except OSError:
+        return  # nothing readable there: transformers' own loading says what is missing
+    model_type = config_dict.get("model_type")
+    if model_type is not None and model_type != cls.config_class.model_type:
+        raise ValueError(f"{cls.__name__}.from_pretrained: {path} holds a {model_type!r} checkpoint; fastbert's "
+                         f"{cls.__name__} takes {cls.config_class.model_type!r} checkpoints only")
 
 
 class BertModel(BertPreTrainedModel, hf.BertModel):

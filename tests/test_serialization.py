@@ -78,3 +78,14 @@ def test_pickle_checkpoints_load_with_weights_only(tmp_path):
         fastbert.BertModel.from_pretrained(tmp_path / "evil")
     with pytest.raises(ValueError, match="weights_only"):
         fastbert.BertModel.from_pretrained(tmp_path / "evil", weights_only=False)
+
+
+def test_a_checkpoint_of_another_model_type_is_refused(tmp_path):
+    """A RoBERTa folder would load into BERT's modules with a warning and wrong numbers."""
+    config = transformers.RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=32)
+    transformers.RobertaModel(config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="holds a 'roberta' checkpoint; fastbert's BertModel takes 'bert'"):
+        fastbert.BertModel.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="'roberta'"):
+        fastbert.BertForSequenceClassification.from_pretrained(str(tmp_path))
