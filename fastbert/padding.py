@@ -40,19 +40,27 @@ def full_layout(batch: int, seqlen: int, device: torch.device) -> PackedLayout:
     return PackedLayout(batch, seqlen, None, cu, seqlen)
 
 
-def unpad_layout(mask: Tensor) -> PackedLayout:
+def unpad_layout(mask: Tensor, reads: Optional[Tensor] = None) -> Optional[PackedLayout]:
     """Packs only the real tokens of a 0/1 ``mask`` ``(batch, seqlen)``: the padding-free layout.
 
-    Reads the mask on the host once (``nonzero`` and the longest length).
+    reads: None or bool ``(batch, seqlen)``, the positions the caller's result reads; if one of them is
+    padded there is no packed layout that gives its value, and None is returned.
+    One host read in all: the token count, the longest length and whether a read position is padded.
     """
     batch, seqlen = mask.shape
     real = mask.bool()
     lengths = real.sum(1, dtype=torch.int32)
-    indices = torch.nonzero(real.flatten(), as_tuple=False).flatten()
-    if indices.numel() == batch * seqlen:
+    padded_read = (reads & ~real).any() if reads is not None else real.new_zeros(())
+    facts = torch.stack([lengths.sum(dtype=torch.int64), lengths.max().long() if batch else lengths.sum(),
+                         padded_read.long()])
+    total, longest, must_stay_padded = facts.tolist()
+    if must_stay_padded:
+        return None
+    if total == batch * seqlen:
         return full_layout(batch, seqlen, mask.device)
+    indices = torch.nonzero_static(real.flatten(), size=total).flatten()
     cu = torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
-    return PackedLayout(batch, seqlen, indices, cu, int(lengths.max().item()) if batch else 0)
+    return PackedLayout(batch, seqlen, indices, cu, longest)
 
 
 def static_layout(mask: Tensor) -> PackedLayout:

@@ -95,6 +95,27 @@ def test_unpad_layout_all_zero_mask():
     assert torch.equal(scatter(gather(x, layout), layout), torch.zeros(2, 5, 3))
 
 
+def test_unpad_layout_refuses_to_pack_when_a_padded_position_is_read():
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    reads_real = torch.tensor([[True, True, False], [False, True, True]])
+    assert unpad_layout(mask, reads_real) is not None
+    assert unpad_layout(mask, reads_real | torch.tensor([[False, False, True], [False, False, False]])) is None
+
+
+def test_unpad_layout_reads_the_host_once(monkeypatch):
+    """One device-to-host copy for the count, the longest length and the read check (no nonzero sync)."""
+    calls = []
+    for name in ("item", "tolist", "__bool__", "__int__", "nonzero"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
+    original_nonzero = torch.nonzero
+    monkeypatch.setattr(torch, "nonzero", lambda *a, **k: calls.append("torch.nonzero") or original_nonzero(*a, **k))
+    mask = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 1]])
+    layout = unpad_layout(mask, torch.ones(2, 4, dtype=torch.bool) & mask.bool())
+    assert calls == ["tolist"]
+    assert layout.indices.tolist() == [0, 1, 4, 6, 7] and layout.max_seqlen == 3
+
+
 @pytest.mark.parametrize("name", list(MASKS))
 def test_static_layout(name):
     rows = MASKS[name]
