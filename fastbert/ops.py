@@ -13,6 +13,11 @@ Triton implementations live in :mod:`fastbert.kernels` and register themselves w
 
 Dropout is never stored: each op takes ``dropout_p`` and an int64 ``seed`` tensor (drawn from
 torch's generator by :func:`new_seed`), and backward regenerates the same mask from it.
+
+While a graph is exported (:func:`fastbert.torch_ops.exporting`: ``torch.export``, both ``torch.onnx``
+exporters, ``torch.jit.trace``) each op runs its PyTorch composite from :mod:`fastbert.torch_ops` instead of
+the custom op, so the graph holds standard ATen ops only and runs wherever torch or onnxruntime does,
+without fastbert; autograd differentiates the composite there.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 from torch import Tensor
 
 from fastbert import routing, torch_ops
+from fastbert.torch_ops import exporting
 from fastbert.validation import check_attention_inputs, check_embeddings_inputs
 
 BACKENDS = ("auto", "triton", "torch")
@@ -186,16 +192,20 @@ def attention(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float
         cu_seqlens: int32 ``(batch + 1,)``, sequence ``b`` is tokens ``[cu[b], cu[b+1])``.
         max_seqlen: an upper bound of the longest sequence.
         dropout_p: dropout on the attention probabilities; needs ``seed`` when > 0.
-        check_values: also check ``cu_seqlens``' values (one host sync; skipped under ``torch.compile``).
+        check_values: also check ``cu_seqlens``' values (one host sync; skipped under ``torch.compile``
+            and while exporting).
     Returns:
         ``(total_tokens, heads, head_dim)`` in ``qkv``'s dtype.
     """
     if qkv.dim() != 4 or qkv.shape[1] != 3:
         raise ValueError(f"attention: qkv must be (total_tokens, 3, heads, head_dim), got shape {tuple(qkv.shape)}")
-    # No host read while compiling or capturing a CUDA graph.
+    # No host read while compiling, exporting or capturing a CUDA graph.
+    export = exporting()
     capturing = qkv.is_cuda and torch.cuda.is_current_stream_capturing()
     check_attention_inputs(*qkv.unbind(1), cu_seqlens, max_seqlen, dropout_p, seed,
-                           check_values and not torch.compiler.is_compiling() and not capturing)
+                           check_values and not torch.compiler.is_compiling() and not capturing and not export)
+    if export:
+        return torch_ops.attention_fwd(qkv, cu_seqlens, max_seqlen, dropout_p, seed)[0]
     return _attention(qkv, cu_seqlens, max_seqlen, dropout_p, seed)[0]
 
 
@@ -255,8 +265,8 @@ def residual_layernorm(x: Tensor, bias: Optional[Tensor], residual: Tensor, weig
     """
     shape = x.shape
     hidden = shape[-1]
-    y, _, _ = _residual_layernorm(x.reshape(-1, hidden), bias, residual.reshape(-1, hidden), weight, beta,
-                                  eps, dropout_p, seed)
+    op = torch_ops.residual_layernorm_fwd if exporting() else _residual_layernorm
+    y, _, _ = op(x.reshape(-1, hidden), bias, residual.reshape(-1, hidden), weight, beta, eps, dropout_p, seed)
     return y.view(shape)
 
 
@@ -329,7 +339,10 @@ def linear_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     x2 = x.reshape(-1, x.shape[-1])
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias))
-    y = _linear_gelu(x2, weight, bias)[0] if needs_grad else _linear_gelu_inference(x2, weight, bias)
+    if exporting():
+        y = torch_ops.linear_gelu_fwd(x2, weight, bias)[0]
+    else:
+        y = _linear_gelu(x2, weight, bias)[0] if needs_grad else _linear_gelu_inference(x2, weight, bias)
     return y.view(*lead, weight.shape[0])
 
 
@@ -409,7 +422,10 @@ def ffn(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor) -> Tensor:
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w1, b1, w2))
-    out = _ffn(x2, w1, b1, w2)[0] if needs_grad else _ffn_inference(x2, w1, b1, w2)
+    if exporting():
+        out = torch_ops.ffn_fwd(x2, w1, b1, w2)[0]
+    else:
+        out = _ffn(x2, w1, b1, w2)[0] if needs_grad else _ffn_inference(x2, w1, b1, w2)
     return out.view(*lead, w2.shape[0])
 
 
@@ -484,12 +500,18 @@ def embeddings(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], pos
         word, pos, types: the ``(rows, hidden)`` embedding tables; weight, beta: LayerNorm ``(hidden,)``.
         padding_idx: the word row that gets no gradient (as in ``nn.Embedding``), -1 for none.
         check_values: also check that every id indexes its table (one host sync; skipped under
-            ``torch.compile`` and CUDA-graph capture, where the Triton kernel writes NaN rows for bad ids).
+            ``torch.compile``, export and CUDA-graph capture, where the Triton kernel writes NaN rows for bad
+            ids).
     Returns:
         ``(tokens, hidden)`` in the tables' dtype.
     """
+    export = exporting()
     capturing = word.is_cuda and torch.cuda.is_current_stream_capturing()
     check_embeddings_inputs(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, beta,
-                            dropout_p, seed, check_values and not torch.compiler.is_compiling() and not capturing)
+                            dropout_p, seed, check_values and not torch.compiler.is_compiling() and not capturing
+                            and not export)
+    if export:
+        return torch_ops.embeddings_fwd(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types,
+                                        weight, beta, eps, dropout_p, seed)[0]
     return _embeddings(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, beta,
                        eps, dropout_p, seed, padding_idx)[0]

@@ -27,9 +27,22 @@ def _NO_GRAD(like: Tensor) -> Tensor:
     return like.new_empty(0)
 
 
+def exporting() -> bool:
+    """Whether a graph is being exported rather than run or compiled: ``torch.export`` (which
+    ``torch.onnx.export(dynamo=True)`` and AOTInductor go through) or a ``torch.jit`` trace (which the
+    TorchScript ``torch.onnx.export(dynamo=False)`` records). Two flag reads, no host sync."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
 # ----------------------------------------------------------------------------- dropout masks
 def dropout_keep_mask(shape, p: float, seed: Tensor, device: torch.device) -> Tensor:
-    """Boolean keep-mask of ``shape``, a pure function of ``(seed, shape)``: P(keep) = 1 - p."""
+    """Boolean keep-mask of ``shape``, a pure function of ``(seed, shape)``: P(keep) = 1 - p.
+
+    An exported graph cannot read the seed on the host: there the mask comes from the graph's own random
+    numbers (same distribution), and autograd keeps it for backward.
+    """
+    if exporting():
+        return torch.rand(shape, device=device) >= p
     generator = torch.Generator(device=device)
     generator.manual_seed(int(seed.reshape(-1)[0].item()))
     return torch.rand(shape, generator=generator, device=device) >= p
@@ -116,7 +129,8 @@ def residual_layernorm_fwd(x, bias, residual, weight, beta, eps: float, p: float
     if p > 0.0:
         s.mul_(dropout_keep_mask(s.shape, p, seed, s.device)).mul_(1.0 / (1.0 - p))
     s.add_(residual)
-    y, mean, rstd = torch.native_layer_norm(s, (s.shape[-1],), weight.to(acc), beta.to(acc), eps)
+    # weight.shape, not s.shape: a jit trace (the TorchScript ONNX exporter) keeps a parameter's shape constant.
+    y, mean, rstd = torch.native_layer_norm(s, weight.shape, weight.to(acc), beta.to(acc), eps)
     return y.to(x.dtype), mean.view(-1).float(), rstd.view(-1).float()
 
 
@@ -159,7 +173,7 @@ def embeddings_fwd(input_ids, inputs_embeds, position_ids, token_type_ids, word,
     ``(y, mean, rstd)`` with fp32 ``(tokens,)`` statistics; ``y`` has the tables' dtype.
     """
     s = _embedding_sum(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types)
-    y, mean, rstd = torch.native_layer_norm(s, (s.shape[-1],), weight.float(), beta.float(), eps)
+    y, mean, rstd = torch.native_layer_norm(s, weight.shape, weight.float(), beta.float(), eps)
     y = _apply_dropout(y, p, seed)
     return y.to(word.dtype), mean.view(-1), rstd.view(-1)
 
