@@ -17,7 +17,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from .report import gpu_args, int_list, matmul_peak, write_report
+from .report import gpu_args, int_list, matmul_peak, median_ms, write_report
 
 BATCH, HEADS, HEAD_DIM = 32, 12, 64
 MAX_LENS = (128, 256, 512)
@@ -51,8 +51,6 @@ def _inputs(lengths, dtype, device):
 
 def measure(kind: str, max_len: int, dtype, device) -> dict:
     """TFLOP/s of fastbert and SDPA, forward and forward+backward, for one case."""
-    from triton.testing import do_bench
-
     from fastbert import ops
 
     lengths = sample_lengths(kind, max_len)
@@ -79,7 +77,7 @@ def measure(kind: str, max_len: int, dtype, device) -> dict:
             else:
                 run = lambda fn=fn: fn()  # noqa: E731
             with torch.set_grad_enabled(backward):
-                ms = do_bench(run, grad_to_none=[qkv, q, k, v])
+                ms = median_ms(run, grad_to_none=[qkv, q, k, v])
             result[f"{name}_{direction}_ms"] = ms
             result[f"{name}_{direction}_tflops"] = flops / ms / 1e9
         result[f"speedup_{direction}"] = result[f"sdpa_{direction}_ms"] / result[f"fastbert_{direction}_ms"]

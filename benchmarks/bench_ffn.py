@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .memory import saved_bytes
-from .report import gpu_args, matmul_peak, write_report
+from .report import gpu_args, matmul_peak, median_ms, write_report
 
 TOKENS = (4096, 16384)
 SIZES = ((768, 3072), (1024, 4096))
@@ -43,8 +43,6 @@ def saved_bytes_per_token(fn, tokens: int, x, *params) -> float:
 
 
 def measure(tokens: int, hidden: int, intermediate: int, dtype, device, peak: float) -> dict:
-    from triton.testing import do_bench
-
     from fastbert.kernels import ffn as kernels
 
     gen = torch.Generator(device=device).manual_seed(tokens + hidden)
@@ -60,12 +58,12 @@ def measure(tokens: int, hidden: int, intermediate: int, dtype, device, peak: fl
     result = {"tokens": tokens, "hidden": hidden, "intermediate": intermediate, "dtype": str(dtype)[6:],
               "matmul_peak_tflops": peak}
     with torch.no_grad():
-        result["gelu_gemm_ms"] = do_bench(lambda: kernels.linear_gelu(x, w1, b1)[0])
-        result["matmul_ms"] = do_bench(lambda: torch.matmul(x, w1.t()))
+        result["gelu_gemm_ms"] = median_ms(lambda: kernels.linear_gelu(x, w1, b1)[0])
+        result["matmul_ms"] = median_ms(lambda: torch.matmul(x, w1.t()))
     result["gelu_gemm_over_matmul"] = result["gelu_gemm_ms"] / result["matmul_ms"]
     result["gelu_gemm_tflops"] = flops_first / result["gelu_gemm_ms"] / 1e9
     for name, fn in (("fastbert", fused), ("pytorch", unfused)):
-        result[f"{name}_block_ms"] = do_bench(lambda: fn(*leaves).backward(dy), grad_to_none=leaves)
+        result[f"{name}_block_ms"] = median_ms(lambda: fn(*leaves).backward(dy), grad_to_none=leaves)
         result[f"{name}_block_tflops"] = 3 * 2 * flops_first / result[f"{name}_block_ms"] / 1e9
         result[f"{name}_saved_bytes_per_token"] = saved_bytes_per_token(fn, tokens, *leaves)
     result["block_speedup"] = result["pytorch_block_ms"] / result["fastbert_block_ms"]

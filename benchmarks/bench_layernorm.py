@@ -16,7 +16,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from .report import copy_bandwidth, gpu_args, write_report
+from .report import copy_bandwidth, gpu_args, median_ms, write_report
 
 ROWS = (4096, 16384, 65536)
 HIDDENS = (768, 1024)
@@ -38,8 +38,6 @@ def unfused(x, bias, residual, weight, beta, eps, p):
 
 
 def measure(rows: int, hidden: int, dtype, device, peak_gbs: float) -> dict:
-    from triton.testing import do_bench
-
     from fastbert import ops
 
     gen = torch.Generator(device=device).manual_seed(rows + hidden)
@@ -59,7 +57,7 @@ def measure(rows: int, hidden: int, dtype, device, peak_gbs: float) -> dict:
     result = {"rows": rows, "hidden": hidden, "dtype": str(dtype).replace("torch.", ""),
               "bytes": moved_bytes(rows, hidden, x.element_size()), "copy_gbs": peak_gbs}
     for name, fn in (("fastbert", ours), ("pytorch", theirs)):
-        ms = do_bench(fn, grad_to_none=leaves)
+        ms = median_ms(fn, grad_to_none=leaves)
         result[f"{name}_ms"] = ms
         result[f"{name}_gbs"] = result["bytes"] / ms / 1e6
     result["speedup"] = result["pytorch_ms"] / result["fastbert_ms"]

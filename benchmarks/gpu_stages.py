@@ -375,11 +375,16 @@ def model_grid_stage(ctx: StageContext) -> None:
     save()
     models = suite.reference_models(path, plan.model_layers, plan.vocab_size)
     suite.inference_section(models, device, plan, on_case=keep)
-    title = f"inference ({record['dtype']}), {record['device_name']}"
+    run = {"environment": {**suite.environment(device), "device_name": record["device_name"]},
+           "model": description, "inference": record["inference"]}
+    title = f"inference speed-up vs transformers sdpa\n{plots.caption(run)}"
     record["plots"]["speedup"] = draw(lambda: plots.speedup_plot(record["inference"], title, ctx.out / PLOTS[0]))
     save()
     record["correctness"] = suite.correctness_section(path, device, plan)
-    record["plots"]["correctness"] = draw(lambda: plots.correctness_plot(record["correctness"], ctx.out / PLOTS[1]))
+    rows = record["correctness"]
+    title = "max abs error vs float64\n" + plots.caption(run, ", ".join(dict.fromkeys(r["dtype"] for r in rows)),
+                                                          ", ".join(dict.fromkeys(r["backend"] for r in rows)))
+    record["plots"]["correctness"] = draw(lambda: plots.correctness_plot(rows, ctx.out / PLOTS[1], title))
     save()
 
 

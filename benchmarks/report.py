@@ -1,4 +1,6 @@
-"""What every GPU benchmark writes: ``<name>.json`` (the device, torch and every figure) and ``<name>.md``."""
+"""What every GPU benchmark writes: ``<name>.json`` (the device, torch and every figure) and ``<name>.md``;
+and how they time: :func:`median_ms`, the median of ``triton.testing.do_bench``'s runs (do_bench itself
+returns the mean unless told otherwise)."""
 
 from __future__ import annotations
 
@@ -26,30 +28,40 @@ def gpu_args(argv, doc: str, name: str, why: str, add_arguments=None):
     return args
 
 
-def copy_bandwidth(device) -> float:
-    """GB/s of one large device-to-device copy (bytes read + written): the memory-bound peak."""
+TIMING = ("Times: the median of `triton.testing.do_bench`'s runs (warm-up, L2 cache flushed between runs); "
+          "speed-ups and fractions of a peak: ratios of those medians.")
+
+
+def median_ms(fn, **kwargs) -> float:
+    """Milliseconds per call of ``fn``: the median of ``triton.testing.do_bench``'s timed runs (``kwargs``
+    go to do_bench, e.g. ``grad_to_none``)."""
     from triton.testing import do_bench
 
+    return do_bench(fn, return_mode="median", **kwargs)
+
+
+def copy_bandwidth(device) -> float:
+    """GB/s of one large device-to-device copy (bytes read + written): the memory-bound peak."""
     src = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    return 2 * src.numel() / do_bench(lambda: dst.copy_(src)) / 1e6
+    return 2 * src.numel() / median_ms(lambda: dst.copy_(src)) / 1e6
 
 
 def matmul_peak(device) -> float:
     """TFLOP/s of one large bf16 matmul: the compute-bound peak."""
-    from triton.testing import do_bench
-
     a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    return 2 * 8192 ** 3 / do_bench(lambda: a @ a) / 1e9
+    return 2 * 8192 ** 3 / median_ms(lambda: a @ a) / 1e9
 
 
 def write_report(out: str, name: str, table: str, results: list, **extra) -> None:
-    """Writes ``out/<name>.json`` and ``out/<name>.md`` (the markdown ``table``)."""
+    """Writes ``out/<name>.json`` and ``out/<name>.md`` (the markdown ``table`` under a line saying what its
+    figures are, :data:`TIMING`)."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    record = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, **extra, "results": results}
+    record = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "timing": TIMING, **extra,
+              "results": results}
     (folder / f"{name}.json").write_text(json.dumps(record, indent=2))
-    (folder / f"{name}.md").write_text(table + "\n")
+    (folder / f"{name}.md").write_text(f"{TIMING}\n\n{table}\n")
 
 
 def int_list(text: str) -> tuple:

@@ -2,9 +2,11 @@
 
 Every case runs each implementation on the same weights and inputs: transformers ``eager`` and
 ``sdpa``, ``torch.compile`` of transformers, fastbert, and on CUDA ``torch.compile(fastbert,
-mode="reduce-overhead")``. Timing: ``triton.testing.do_bench`` on CUDA (median, warm-up, L2 flushed
-between runs); on the CPU the implementations run interleaved, run by run, and each figure is the
-median, with the speed-up the median of the run-by-run ratios against transformers ``sdpa``.
+mode="reduce-overhead")``. Timing: ``triton.testing.do_bench`` on CUDA (its median, warm-up, L2 flushed
+between runs), the speed-up the ratio of the medians; on the CPU the implementations run interleaved, run
+by run, and each figure is the median, with the speed-up the median of the run-by-run ratios against
+transformers ``sdpa``. Every row says how it was timed (:func:`timing`): the fastbert backend
+(``FASTBERT_BACKEND``) and, on the CPU, the number of timed runs its median is of.
 """
 
 from __future__ import annotations
@@ -64,9 +66,9 @@ def inference_models(reference: transformers.BertModel, device, compile_models: 
 def time_callables(fns: dict[str, Callable[[], object]], device, repeats: int) -> dict:
     """``{name: {"ms": median, "runs": [...]}}``, plus ``"speedup"`` against :data:`REFERENCE` per name."""
     if device.type == "cuda":
-        from triton.testing import do_bench
+        from .report import median_ms
 
-        results = {name: {"ms": do_bench(fn)} for name, fn in fns.items()}
+        results = {name: {"ms": median_ms(fn)} for name, fn in fns.items()}
         for r in results.values():
             r["speedup"] = results[REFERENCE]["ms"] / r["ms"]
         return results
@@ -83,6 +85,16 @@ def time_callables(fns: dict[str, Callable[[], object]], device, repeats: int) -
             for name, t in runs.items()}
 
 
+def timing(timed: dict) -> dict:
+    """The fields every speed row carries about how it was measured: ``fastbert_backend`` (the
+    ``FASTBERT_BACKEND`` it ran under) and, for CPU timings (:func:`time_callables` keeps their runs),
+    ``repeats``, the number of timed runs of each implementation."""
+    from fastbert import ops
+
+    runs = next(iter(timed.values()), {}).get("runs")
+    return {"fastbert_backend": ops.backend_name(), **({"repeats": len(runs)} if runs is not None else {})}
+
+
 def inference_grid(reference, device, batches, lengths, repeats: int, compile_models: bool, progress=None,
                    kinds=("full", "variable"), compile_backend: str = "inductor", on_case=None) -> list:
     """One row per (batch, max length, full/variable, implementation); ``progress()`` after each case and
@@ -97,9 +109,10 @@ def inference_grid(reference, device, batches, lengths, repeats: int, compile_mo
                 with torch.inference_mode():
                     timed = time_callables({n: (lambda f: lambda: f(ids, mask))(f) for n, f in models.items()},
                                            device, repeats)
+                how = timing(timed)
                 case = [{"batch": batch, "max_len": max_len, "lengths": kind, "impl": name,
                          "ms": t["ms"], "tokens_per_s": tokens / t["ms"] * 1e3, "speedup": t["speedup"],
-                         "real_tokens": tokens, "padded_tokens": mask.numel()} for name, t in timed.items()]
+                         "real_tokens": tokens, "padded_tokens": mask.numel(), **how} for name, t in timed.items()]
                 rows += case
                 if progress:
                     progress()
@@ -143,8 +156,9 @@ def training_step(layers: int, batch: int, max_len: int, device, repeats: int, d
         steps = training_callables(layers, batch, max_len, device, kind, dtype, vocab_size)
         timed = time_callables(steps, device, repeats)
         tokens = int(make_batch(kind, batch, max_len, 2000)[1].sum())
+        how = timing(timed)
         for name, t in timed.items():
             rows.append({"layers": layers, "batch": batch, "max_len": max_len, "lengths": kind, "impl": name,
                          "dtype": str(dtype)[6:], "ms": t["ms"], "tokens_per_s": tokens / t["ms"] * 1e3,
-                         "speedup": t["speedup"], "peak_bytes": peak_training_memory(steps[name], device)})
+                         "speedup": t["speedup"], "peak_bytes": peak_training_memory(steps[name], device), **how})
     return rows
