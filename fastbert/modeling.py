@@ -11,9 +11,12 @@ tokens are gathered once before the embeddings, every layer runs on packed token
 is scattered back once. **Padded positions of ``last_hidden_state`` (and of ``hidden_states``) are
 zeros**, and head outputs at padded positions (token logits, MLM scores) are computed from those zeros.
 3-D/4-D masks, floating-point masks, ``output_attentions=True`` and ``padding_free=False`` take an
-exact unfused path that follows transformers' eager attention, padded positions included; so does
-``BertForQuestionAnswering`` when given span labels, because transformers' span loss reads every
-position.
+exact unfused path that follows transformers' eager attention, padded positions included. So does every
+call whose result reads a padded position, so that losses and logits are transformers' for any input:
+a per-token label at a padded position, position 0 under the pooler with left padding, and
+``BertForQuestionAnswering`` given span labels (its span loss takes a softmax over every position).
+Under ``torch.export`` and the ONNX exporters the exact path is traced too (shapes of an exported graph
+may not depend on the mask's values), so exported graphs give transformers' values at padded positions.
 """
 
 from __future__ import annotations
@@ -187,17 +190,20 @@ class BertLayer(hf.BertLayer):
 
 
 class BertEncoder(hf.BertEncoder):
-    def forward(self, hidden: Tensor, attn, output_hidden_states: bool = False, output_attentions: bool = False):
-        """Runs every layer; returns ``(hidden, per-layer inputs + final or None, probs or None)``."""
-        all_hidden = [hidden] if output_hidden_states else None
+    def forward(self, hidden: Tensor, attn, keep_input=None, output_attentions: bool = False):
+        """Runs every layer on ``(rows, hidden)``; returns ``(rows, hidden)`` and the probs (or None).
+
+        keep_input: None, or ``keep_input(i, hidden) -> hidden`` called on layer ``i``'s input; layer ``i``
+        runs on what it returns, so a hidden state it records is part of the graph.
+        """
         all_probs = [] if output_attentions else None
-        for layer in self.layer:
+        for i, layer in enumerate(self.layer):
+            if keep_input is not None:
+                hidden = keep_input(i, hidden)
             hidden, probs = layer(hidden, attn)
-            if output_hidden_states:
-                all_hidden.append(hidden)
             if output_attentions:
                 all_probs.append(probs)
-        return hidden, all_hidden, all_probs
+        return hidden, all_probs
 
 
 class BertPreTrainedModel(hf.BertPreTrainedModel):
@@ -243,30 +249,45 @@ class BertModel(BertPreTrainedModel, hf.BertModel):
         inputs_embeds: Optional[Tensor] = None,
         encoder_hidden_states: Optional[Tensor] = None,
         encoder_attention_mask: Optional[Tensor] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-        padding_free: Optional[bool] = None,
+        cache=None,
+        use_cache: Optional[bool] = None,
         **kwargs,
     ):
-        """Same arguments and outputs as ``transformers.BertModel.forward``.
+        """transformers' ``BertModel.forward``: the same signature and outputs, with ``output_attentions``,
+        ``output_hidden_states`` and ``return_dict`` among the keyword arguments as there.
 
         input_ids / token_type_ids / position_ids: int ``(batch, seqlen)``; inputs_embeds:
         ``(batch, seqlen, hidden)``; attention_mask: ``(batch, seqlen)`` 0/1 (packed, padding-free), or
         ``(batch, seqlen, seqlen)`` / ``(batch, 1 or heads, seqlen, seqlen)`` (unfused path).
-        padding_free: None (default) packs the real tokens whenever the mask allows it; False runs the
-        exact unfused path, which also computes padded positions as transformers does.
-        Returns ``last_hidden_state (batch, seqlen, hidden)`` (zeros at padded positions when packed) and
-        ``pooler_output (batch, hidden)``.
+        output_hidden_states: True for all ``num_hidden_layers + 1`` hidden states, or an index or list
+        of indices (negative ones from the end) for only those, the others None, as transformers.
+        padding_free (keyword): None (default) packs the real tokens whenever the mask allows it and
+        nothing read comes from a padded position (see below); True always packs (the caller vouches that
+        it uses no value derived from a padded position); False runs the exact unfused path, which
+        computes padded positions as transformers does.
+        token_labels (keyword): int ``(batch, seqlen)`` per-token labels a head's loss reads (-100 ignored).
+
+        With ``padding_free=None``, a call whose result reads a padded position (a labelled padded token,
+        or position 0 under the pooler with left padding) runs the exact path; the check shares
+        unpadding's one host read. Under ``torch.compile`` it cannot branch on values: such an input fails
+        an assertion instead, naming ``padding_free=False``. Returns ``last_hidden_state (batch, seqlen, hidden)`` (zeros at
+        padded positions when packed) and ``pooler_output (batch, hidden)``.
         """
         config = self.config
+        output_attentions = kwargs.pop("output_attentions", None)
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = kwargs.pop("output_hidden_states", None)
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = kwargs.pop("return_dict", None)
         return_dict = config.return_dict if return_dict is None else return_dict
+        padding_free = kwargs.pop("padding_free", None)
+        token_labels = kwargs.pop("token_labels", None)
         if encoder_hidden_states is not None or encoder_attention_mask is not None:
             raise ValueError("fastbert runs BERT as an encoder only: encoder_hidden_states (cross-attention) "
                              "is not supported")
-        compiling = torch.compiler.is_compiling()
+        if cache is not None or kwargs.get("past_key_values") is not None:
+            raise ValueError("fastbert runs BERT as an encoder only: cache (incremental decoding) is not supported")
+        compiling = torch.compiler.is_compiling() or ops.exporting()
         batch, seqlen = validate_inputs(config, input_ids, inputs_embeds, attention_mask, token_type_ids,
                                         position_ids, check_values=not compiling)
         device = (input_ids if input_ids is not None else inputs_embeds).device
@@ -276,10 +297,15 @@ class BertModel(BertPreTrainedModel, hf.BertModel):
         if token_type_ids is None:
             token_type_ids = torch.zeros(batch, seqlen, dtype=torch.long, device=device)
 
-        packed = padding_free is not False and not output_attentions and (attention_mask is None or (
-            attention_mask.dim() == 2 and not attention_mask.is_floating_point()))
+        # An exported graph takes the exact padded path: its shapes may not depend on the mask's values.
+        packed = padding_free is not False and not output_attentions and not ops.exporting() and (
+            attention_mask is None or (attention_mask.dim() == 2 and not attention_mask.is_floating_point()))
+        layout = None
         if packed:
-            layout = _packed_layout(attention_mask, batch, seqlen, device, compiling)
+            # padding_free=True: the caller vouches that nothing it uses reads a padded position.
+            reads = None if padding_free else _padded_reads(attention_mask, token_labels, self.pooler is not None)
+            layout = _packed_layout(attention_mask, batch, seqlen, device, compiling, reads)
+        if layout is not None:
             attn = PackedAttention(layout.cu_seqlens, layout.max_seqlen)
         else:
             layout = full_layout(batch, seqlen, device)
@@ -290,23 +316,72 @@ class BertModel(BertPreTrainedModel, hf.BertModel):
             gather(token_type_ids, layout), gather(position_ids, layout),
             gather(inputs_embeds, layout) if inputs_embeds is not None else None,
         )
-        hidden, all_hidden, all_probs = self.encoder(hidden, attn, output_hidden_states, output_attentions)
+        selected = _selected_hidden_states(output_hidden_states, config.num_hidden_layers)
+        kept = {}
+
+        def keep_input(i: int, h: Tensor) -> Tensor:
+            if i not in selected:
+                return h
+            kept[i] = scatter(h, layout)
+            return gather(kept[i], layout)  # the next layer runs on the returned state: it stays in the graph
+
+        hidden, all_probs = self.encoder(hidden, attn, keep_input if selected else None, output_attentions)
 
         sequence_output = scatter(hidden, layout)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+        hidden_states = None
+        if selected is not None:
+            last = config.num_hidden_layers
+            hidden_states = tuple(kept.get(i) for i in range(last)) + (
+                sequence_output if last in selected else None,)
         result = BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=sequence_output,
             pooler_output=pooled_output,
-            hidden_states=tuple(scatter(h, layout) for h in all_hidden) if all_hidden else None,
+            hidden_states=hidden_states,
             attentions=tuple(all_probs) if all_probs else None,
         )
         return result if return_dict else result.to_tuple()
 
 
-def _packed_layout(mask: Optional[Tensor], batch: int, seqlen: int, device, compiling: bool) -> PackedLayout:
+def _selected_hidden_states(output_hidden_states, num_layers: int) -> Optional[frozenset]:
+    """Which of the ``num_layers + 1`` hidden states to return, read as transformers reads
+    ``output_hidden_states`` (a flag, an index or a list of indices); None for none at all."""
+    if not output_hidden_states:
+        return None
+    count = num_layers + 1
+    if output_hidden_states is True:
+        return frozenset(range(count))
+    wanted = [output_hidden_states] if isinstance(output_hidden_states, int) else list(output_hidden_states)
+    return frozenset(i % count for i in wanted if -count <= i < count)
+
+
+def _padded_reads(mask: Optional[Tensor], token_labels: Optional[Tensor], pooled: bool) -> Optional[Tensor]:
+    """bool ``(batch, seqlen)``: the positions the result reads (labelled tokens; position 0 under the
+    pooler), or None when nothing but real tokens can be read."""
+    if mask is None or mask.dim() != 2:
+        return None
+    reads = None
+    if token_labels is not None and token_labels.shape == mask.shape:
+        reads = token_labels != -100
+    if pooled:
+        first = torch.zeros(mask.shape, dtype=torch.bool, device=mask.device)
+        first[:, 0] = True
+        reads = first if reads is None else reads | first
+    return reads
+
+
+def _packed_layout(mask: Optional[Tensor], batch: int, seqlen: int, device, compiling: bool,
+                   reads: Optional[Tensor]) -> Optional[PackedLayout]:
+    """The packed layout, or None when ``reads`` marks a padded position (the call must run exact)."""
     if mask is None:
         return full_layout(batch, seqlen, device)
-    return static_layout(mask) if compiling else unpad_layout(mask)
+    if not compiling:
+        return unpad_layout(mask, reads)
+    if reads is not None:
+        torch._assert_async(~(reads & ~mask.bool()).any(), "fastbert: this input reads a padded position (a "
+                            "label there, or position 0 under the pooler); under torch.compile pass "
+                            "padding_free=False for transformers' numbers (or True to pack regardless)")
+    return static_layout(mask)
 
 
 def _additive_mask(mask: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
@@ -335,7 +410,13 @@ class BertForSequenceClassification(BertPreTrainedModel, hf.BertForSequenceClass
 
 
 class BertForTokenClassification(BertPreTrainedModel, hf.BertForTokenClassification):
-    pass
+    def forward(self, input_ids: Optional[Tensor] = None, attention_mask: Optional[Tensor] = None,
+                token_type_ids: Optional[Tensor] = None, position_ids: Optional[Tensor] = None,
+                inputs_embeds: Optional[Tensor] = None, labels: Optional[Tensor] = None, **kwargs):
+        """transformers' forward; a label at a padded position makes the call exact (``BertModel.forward``)."""
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                               position_ids=position_ids, inputs_embeds=inputs_embeds, labels=labels,
+                               token_labels=labels, **kwargs)
 
 
 class BertForQuestionAnswering(BertPreTrainedModel, hf.BertForQuestionAnswering):
@@ -359,7 +440,16 @@ class BertForMultipleChoice(BertPreTrainedModel, hf.BertForMultipleChoice):
 
 
 class BertForMaskedLM(BertPreTrainedModel, hf.BertForMaskedLM):
-    pass
+    def forward(self, input_ids: Optional[Tensor] = None, attention_mask: Optional[Tensor] = None,
+                token_type_ids: Optional[Tensor] = None, position_ids: Optional[Tensor] = None,
+                inputs_embeds: Optional[Tensor] = None, encoder_hidden_states: Optional[Tensor] = None,
+                encoder_attention_mask: Optional[Tensor] = None, labels: Optional[Tensor] = None, **kwargs):
+        """transformers' forward; a label at a padded position makes the call exact (``BertModel.forward``)."""
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                               position_ids=position_ids, inputs_embeds=inputs_embeds,
+                               encoder_hidden_states=encoder_hidden_states,
+                               encoder_attention_mask=encoder_attention_mask, labels=labels, token_labels=labels,
+                               **kwargs)
 
 
 class BertForNextSentencePrediction(BertPreTrainedModel, hf.BertForNextSentencePrediction):
@@ -367,7 +457,15 @@ class BertForNextSentencePrediction(BertPreTrainedModel, hf.BertForNextSentenceP
 
 
 class BertForPreTraining(BertPreTrainedModel, hf.BertForPreTraining):
-    pass
+    def forward(self, input_ids: Optional[Tensor] = None, attention_mask: Optional[Tensor] = None,
+                token_type_ids: Optional[Tensor] = None, position_ids: Optional[Tensor] = None,
+                inputs_embeds: Optional[Tensor] = None, labels: Optional[Tensor] = None,
+                next_sentence_label: Optional[Tensor] = None, **kwargs):
+        """transformers' forward; a masked-LM label at a padded position makes the call exact
+        (``BertModel.forward``)."""
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                               position_ids=position_ids, inputs_embeds=inputs_embeds, labels=labels,
+                               next_sentence_label=next_sentence_label, token_labels=labels, **kwargs)
 
 
 # transformers class -> fastbert class, for every class whose forward fastbert replaces.

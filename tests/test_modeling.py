@@ -42,10 +42,15 @@ def test_real_checkpoint_matches_transformers(minilm_path, tokenizer, padding_si
     with torch.no_grad():
         want = reference(**batch)
         got = model(**batch)
+    assert (want.pooler_output - got.pooler_output).abs().max() <= ATOL
+    if padding_side == "left":
+        # The pooler reads position 0, padded here: that call ran exact, padded positions included.
+        assert (want.last_hidden_state - got.last_hidden_state).abs().max() <= ATOL
+        model.pooler = None  # nothing reads a padded position now: packed
+        with torch.no_grad():
+            got = model(**batch)
     assert_close_on(batch["attention_mask"], want.last_hidden_state, got.last_hidden_state)
     assert (got.last_hidden_state[batch["attention_mask"] == 0] == 0).all(), "padded positions must be zeros"
-    if padding_side == "right":  # the pooler reads position 0, which is a real token only with right padding
-        assert (want.pooler_output - got.pooler_output).abs().max() <= ATOL
 
 
 # ----------------------------------------------------------------------------- every head
@@ -216,15 +221,20 @@ def test_unfused_masks_match_transformers(kind):
     assert_close_on(real, want.last_hidden_state, got.last_hidden_state)
 
 
-def test_all_zero_mask_row_is_finite():
+def test_all_zero_mask_row_is_finite_and_transformers_where_read():
     config = tiny_config()
-    model = fastbert.BertForSequenceClassification(config).eval()
+    reference, model = pair(transformers.BertForSequenceClassification, fastbert.BertForSequenceClassification,
+                            config)
+    reference.eval(), model.eval()
+    reference.config._attn_implementation = "eager"  # sdpa and eager disagree on a row with no real token
     ids, types, mask = random_batch(config)
     mask[1] = 0
-    out = model.bert(ids, attention_mask=mask)
-    assert torch.isfinite(out.last_hidden_state).all() and torch.isfinite(out.pooler_output).all()
-    assert (out.last_hidden_state[1] == 0).all()
-    assert torch.isfinite(model(ids, attention_mask=mask).logits).all()
+    model.bert.pooler, pooler = None, model.bert.pooler
+    out = model.bert(ids, attention_mask=mask)  # packed: nothing reads the empty row
+    assert torch.isfinite(out.last_hidden_state).all() and (out.last_hidden_state[1] == 0).all()
+    model.bert.pooler = pooler
+    got, want = model(ids, attention_mask=mask).logits, reference(ids, attention_mask=mask).logits
+    assert torch.isfinite(got).all() and (got - want).abs().max() <= ATOL  # the pooler reads it: exact
 
 
 def test_dropout_training_is_reproducible_and_active():
