@@ -4,9 +4,25 @@
 - :mod:`~fastbert.finetune.batching`: length-grouped global batches, each process's padded share;
 - :mod:`~fastbert.finetune.loop`: the training loop (:class:`FineTuner`), evaluation, checkpoints, resume;
 - :mod:`~fastbert.finetune.cli`: the command line; :mod:`~fastbert.finetune.distributed`: torchrun/DDP.
+
+The names below load on first use, so ``fastbert finetune --help`` does not import torch.
 """
 
-from fastbert.finetune.cli import main, run
-from fastbert.finetune.loop import FineTuner, Settings
+import importlib
 
-__all__ = ["FineTuner", "Settings", "main", "run"]
+_EXPORTS = {"main": "fastbert.finetune.cli", "run": "fastbert.finetune.cli",
+            "FineTuner": "fastbert.finetune.loop", "Settings": "fastbert.finetune.loop"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fastbert.finetune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -26,10 +26,9 @@ from fastbert.finetune import checkpoint
 from fastbert.finetune.batching import PlannedBatches, eval_plan, train_plan
 from fastbert.finetune.data import Encoded
 from fastbert.finetune.distributed import Context
-from fastbert.finetune.metrics import accuracy, macro_f1
+from fastbert.finetune.metrics import METRICS, accuracy, macro_f1
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-METRICS = ("macro_f1", "accuracy", "loss")  # the best checkpoint's criterion (loss: lower is better)
 
 
 @dataclass

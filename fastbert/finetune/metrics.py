@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+METRICS = ("macro_f1", "accuracy", "loss")  # the best checkpoint's criterion (loss: lower is better)
+
 
 def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
     """Fraction of ``predictions`` equal to ``labels`` (0.0 for none)."""
