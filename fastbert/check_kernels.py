@@ -4,7 +4,10 @@ Kernel modules in :mod:`fastbert.kernels` describe the variants they launch with
 :func:`check_kernels` compiles each one with ``triton.compile`` for every requested architecture and
 reads the resources of the result with the CUDA tools bundled with triton: registers and the stack
 frame (``cuobjdump -res-usage``), spill stores/loads (``ptxas -v`` on triton's PTX), shared memory
-(triton's metadata and ``cuobjdump``) and tensor-core instructions (``cuobjdump -sass``).
+(triton's metadata and ``cuobjdump``) and tensor-core instructions (``cuobjdump -sass``). From the SASS
+it also counts the instructions and tensor-core instructions of the main loop body
+(:func:`loop_body`), so a kernel change that adds work to the loop shows without a GPU
+(:func:`format_counts`, ``fastbert check-kernels --counts``).
 
 Each kernel module lists the variants its launchers may run on one architecture (the tiles its
 autotuner may pick there, which fit that arch's shared memory). A build fails on a compile error, any
@@ -39,6 +42,11 @@ SMEM_LIMITS = {arch: smem_limit(arch) for arch in ALL_ARCHS}
 # mma.sync (sm_80+), wgmma (sm_90) and tcgen05 (sm_100: UTCHMMA, UTCQMMA, ...) tensor-core instructions
 _MMA = re.compile(r"\b(?:HMMA|IMMA|BMMA|HGMMA|IGMMA|QGMMA|BGMMA|UTC[A-Z]*MMA)\b")
 _SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+# SASS as cuobjdump -sass and nvdisasm print it: "/*0d50*/  @!P3 BRA 0x8c0 ;", "@!P5 BRA `(.L_x_1) ;", ".L_x_1:"
+_SASS_INSTRUCTION = re.compile(r"^\s*/\*([0-9a-fA-F]+)\*/\s+([^;]*?)\s*;")
+_SASS_LABEL = re.compile(r"^\s*([.\w$]+):\s*$")
+_SASS_FUNCTION = re.compile(r"^\s*Function\s*:\s*(\S+)")
+_BRANCH = re.compile(r"^(?:@\S+\s+)?BRA(?:\.\S+)?\s+(?:.*,\s*)?(?:0x([0-9a-fA-F]+)|`\(([.\w$]+)\))\s*$")
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,19 @@ class Row:
     ok: bool = False
     error: Optional[str] = None
     seconds: float = 0.0
+    loop_instructions: int = 0
+    loop_mma: int = 0
+    has_loop: bool = False
+
+
+@dataclass(frozen=True)
+class LoopBody:
+    """The main loop of a kernel's SASS (:func:`loop_body`): its instructions and tensor-core instructions;
+    without a loop (``loop`` False) the counts are the whole kernel's."""
+
+    instructions: int
+    mma: int
+    loop: bool
 
 
 _REGISTRY: dict[str, list[Callable[[int], Iterable[AotVariant]]]] = {}
@@ -204,17 +225,35 @@ def _compile_tasks(tasks: list, jobs: Optional[int], on_row) -> list[Row]:
 def format_report(rows: Sequence[Row]) -> str:
     """The table of ``rows`` and a summary line, as ``fastbert check-kernels`` prints it."""
     header = ("op", "kernel", "variant", "arch", "warps/stages", "regs", "spill B", "smem B / limit",
-              "tensor cores", "time", "result")
+              "tensor cores", "loop instr/MMA", "time", "result")
     table = [header] + [(r.op, r.kernel, r.label, f"sm_{r.arch}", f"{r.num_warps}/{r.num_stages}",
                          str(r.regs), str(r.spill_bytes), f"{r.shared_bytes} / {r.smem_limit}",
-                         "yes" if r.tensor_cores else "no", f"{r.seconds:.1f}s",
-                         "OK" if r.ok else f"FAIL({r.error.splitlines()[0]})") for r in rows]
+                         "yes" if r.tensor_cores else "no", _body_cell(r), f"{r.seconds:.1f}s", _outcome(r))
+                        for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     for r in rows:
         if not r.ok and "\n" in r.error:
             lines += ["", f"{r.kernel} [{r.label}] sm_{r.arch}:", *("    " + s for s in r.error.splitlines()[1:])]
+    return "\n".join(lines + ["", summary(rows)])
+
+
+def format_counts(rows: Sequence[Row]) -> str:
+    """A compact table of the main-loop instruction and tensor-core instruction counts of ``rows``
+    (``fastbert check-kernels --counts``): body "loop" counts one iteration of the largest innermost loop
+    (:func:`loop_body`), "all" the whole kernel where it has no loop; "-" where nothing was built."""
+    header = ("op", "kernel", "variant", "arch", "body", "instr", "MMA", "result")
+    table = [header]
+    for r in rows:
+        built = r.loop_instructions > 0
+        counts = (("loop" if r.has_loop else "all"), str(r.loop_instructions), str(r.loop_mma)) if built else ("-",) * 3
+        table.append((r.op, r.kernel, r.label, f"sm_{r.arch}", *counts, _outcome(r)))
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    right = (5, 6)  # numbers right-aligned, so a change of digits shows
+    lines = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                       for i, (cell, w) in enumerate(zip(line, widths))).rstrip() for line in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines + ["", summary(rows)])
 
 
@@ -231,6 +270,89 @@ def summary(rows: Sequence[Row]) -> str:
                 f"max smem {max(r.shared_bytes for r in rows)} B")
     names = ", ".join(f"{r.kernel} [{r.label}] sm_{r.arch}" for r in failed)
     return f"{compiled}: {len(failed)} of {len(rows)} builds FAILED: {names}"
+
+
+def _body_cell(r: Row) -> str:
+    """``"212/16"`` for a loop body, ``"all 480/0"`` for a kernel without a loop, ``"-"`` when not built."""
+    if not r.loop_instructions:
+        return "-"
+    return f"{'' if r.has_loop else 'all '}{r.loop_instructions}/{r.loop_mma}"
+
+
+def _outcome(r: Row) -> str:
+    return "OK" if r.ok else f"FAIL({r.error.splitlines()[0]})"
+
+
+def loop_body(sass: str, function: Optional[str] = None) -> LoopBody:
+    """The instruction and tensor-core instruction (HMMA, HGMMA, UTC*MMA...) counts of the main loop of
+    ``sass`` (``cuobjdump -sass`` or ``nvdisasm`` text; only ``function``'s code when given and present).
+
+    A branch to an earlier instruction closes a loop whose body runs from the target through the branch.
+    The main loop is the largest innermost one (a loop with no other loop inside); without a loop the
+    counts cover every instruction before the end-of-code trap (a branch to itself).
+    """
+    code = _function_code(sass.splitlines(), function)
+    instructions, targets = _instructions(code)
+    loops = _loops(instructions, targets)
+    innermost = [(a, b) for a, b in loops if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in loops)]
+    if innermost:
+        first, last = max(innermost, key=lambda loop: loop[1] - loop[0])
+        body = [text for _, text in instructions[first:last + 1]]
+    else:
+        body = [text for _, text in instructions[:_trap(instructions, targets)]]
+    return LoopBody(len(body), sum(bool(_MMA.search(text)) for text in body), bool(innermost))
+
+
+def _function_code(lines: list, function: Optional[str]) -> list:
+    """The lines of ``function``'s section of a cuobjdump listing (all lines if it has none by that name)."""
+    starts = [i for i, line in enumerate(lines) if _SASS_FUNCTION.match(line)]
+    for n, i in enumerate(starts):
+        if _SASS_FUNCTION.match(lines[i]).group(1) == function:
+            return lines[i:starts[n + 1] if n + 1 < len(starts) else len(lines)]
+    return lines
+
+
+def _instructions(lines: list) -> tuple:
+    """``([(address, text)], {label or hex address: instruction index})`` of SASS lines, predicates kept."""
+    instructions, labels, targets = [], [], {}
+    for line in lines:
+        label = _SASS_LABEL.match(line)
+        if label:
+            labels.append(label.group(1))
+            continue
+        found = _SASS_INSTRUCTION.match(line)
+        if found:
+            address = int(found.group(1), 16)
+            targets.update({name: len(instructions) for name in labels + [hex(address)]})
+            labels = []
+            instructions.append((address, found.group(2).strip()))
+    return instructions, targets
+
+
+def _branch_target(text: str, targets: dict) -> Optional[int]:
+    """The instruction index a ``BRA`` jumps to (None: not a branch, or to an unknown place)."""
+    found = _BRANCH.match(text)
+    if found is None:
+        return None
+    return targets.get(hex(int(found.group(1), 16)) if found.group(1) else found.group(2))
+
+
+def _loops(instructions: list, targets: dict) -> list:
+    """``(first, last)`` instruction indices of each loop: a branch at ``last`` back to ``first``."""
+    loops = []
+    for i, (_, text) in enumerate(instructions):
+        target = _branch_target(text, targets)
+        if target is not None and target < i:
+            loops.append((target, i))
+    return loops
+
+
+def _trap(instructions: list, targets: dict) -> int:
+    """The index of the end-of-code trap ``BRA`` to itself (after the last EXIT), else the count."""
+    for i, (_, text) in enumerate(instructions):
+        if _branch_target(text, targets) == i:
+            return i
+    return len(instructions)
 
 
 def _kernel_name(kernel) -> str:
@@ -296,7 +418,9 @@ def _compile_row(op: str, desc: dict, arch: int) -> Row:
     try:
         ck = _compile(desc, arch)
         step = "resource check failed"
-        regs, stack, cubin_shared, local, tensor_cores = _cubin_resources(ck.asm["cubin"], ck.metadata.name)
+        regs, stack, cubin_shared, local, sass = _cubin_resources(ck.asm["cubin"], ck.metadata.name)
+        tensor_cores = bool(_MMA.search(sass))
+        body = loop_body(sass, ck.metadata.name)
         spill_stores, spill_loads = _ptxas_spills(ck.asm["ptx"], arch, ck.metadata.enable_fp_fusion)
     except Exception as e:
         message = str(e).strip() or type(e).__name__
@@ -315,7 +439,7 @@ def _compile_row(op: str, desc: dict, arch: int) -> Row:
         problems.append("no tensor-core instruction")
     return Row(op, ck.metadata.name, desc["label"], arch, desc["num_warps"], desc["num_stages"], regs,
                spill_stores, local_bytes, shared, SMEM_LIMITS[arch], tensor_cores, not problems,
-               "; ".join(problems) or None, time.perf_counter() - start)
+               "; ".join(problems) or None, time.perf_counter() - start, body.instructions, body.mma, body.loop)
 
 
 def _compile(desc: dict, arch: int):
@@ -344,7 +468,7 @@ def _compile(desc: dict, arch: int):
 
 
 def _cubin_resources(cubin: bytes, name: str):
-    """``(regs, stack, shared, local, tensor_cores)`` of kernel ``name`` in ``cubin``."""
+    """``(regs, stack, shared, local, sass)`` of kernel ``name`` in ``cubin``."""
     from triton import knobs
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -357,7 +481,7 @@ def _cubin_resources(cubin: bytes, name: str):
     if found is None:
         raise RuntimeError(f"no resource usage of {name} in cuobjdump output:\n{usage}")
     regs, stack, shared, local = map(int, found.groups())
-    return regs, stack, shared, local, bool(_MMA.search(sass))
+    return regs, stack, shared, local, sass
 
 
 def _ptxas_spills(ptx: str, arch: int, fp_fusion: bool):

@@ -193,3 +193,67 @@ def test_registered_variants_follow_each_arch():
             config = types.SimpleNamespace(kwargs=v.constexprs, num_stages=v.num_stages)
             dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[v.label[:4]]
             assert ffn.smem_bytes(config, dtype) <= ck.SMEM_LIMITS[86], v.label
+
+
+# ============================================================================= main-loop counts
+def _sass(*body: str, function: str = "kernel") -> str:
+    """cuobjdump-style SASS of ``body``: one instruction per line, each 16 bytes after the last, with the
+    encoding lines cuobjdump interleaves; a ``label:`` entry becomes a line of its own (nvdisasm style)."""
+    lines, address = [f"\t\tFunction : {function}"], 0
+    for text in body:
+        if text.endswith(":"):
+            lines.append(text)
+            continue
+        lines += [f"        /*{address:04x}*/                   {text} ;    /* 0x000fe40000000f00 */",
+                  "                                                      /* 0x000fe40000000f00 */"]
+        address += 16
+    return "\n".join(lines)
+
+
+def test_loop_body_is_from_the_branch_target_through_the_backward_branch():
+    sass = _sass("MOV R1, c[0x0][0x28]", "@!P0 BRA 0x70", "LDG.E R2, [R4.64]",  # 0x00-0x20: forward branch
+                 "HMMA.16816.F32 R8, R12, R14, R8", "IADD3 R4, R4, 0x10, RZ",  # 0x30-0x40: the loop
+                 "ISETP.GE.AND P0, PT, R4, R5, PT", "@!P0 BRA 0x30",  # 0x50-0x60
+                 "STG.E [R6.64], R8", "EXIT", "BRA 0x90", "NOP")
+    assert ck.loop_body(sass) == ck.LoopBody(instructions=4, mma=1, loop=True)
+
+
+def test_loop_body_takes_the_largest_innermost_loop():
+    """Two sibling loops inside an outer one (nvdisasm labels): the larger inner one counts."""
+    sass = _sass(".L_x_0:", "MOV R0, RZ",
+                 ".L_x_1:", "HGMMA.64x64x16.F32 R24, gdesc[UR4], R24", "@P1 BRA `(.L_x_1)",
+                 ".L_x_2:", "FFMA R1, R2, R3, R1", "MUFU.EX2 R1, R1", "UTCHMMA gdesc[UR8], gdesc[UR10], tmem[UR4]",
+                 "@P2 BRA `(.L_x_2)",
+                 "@P0 BRA `(.L_x_0)", "EXIT", ".L_x_3:", "BRA `(.L_x_3)")
+    assert ck.loop_body(sass) == ck.LoopBody(4, 1, True)
+
+
+def test_without_a_loop_the_whole_kernel_counts_up_to_the_trap():
+    sass = _sass("S2R R0, SR_TID.X", "@P0 BRA 0x30", "IMMA.16816.S32.S8 R4, R8, R10, R4", "EXIT", "BRA 0x40",
+                 "NOP", "NOP")
+    assert ck.loop_body(sass) == ck.LoopBody(4, 1, False)
+    assert ck.loop_body("") == ck.LoopBody(0, 0, False)
+
+
+def test_loop_body_reads_the_named_function():
+    sass = "\n".join([_sass("HMMA.1688.F32 R0, R2, R4, R0", "@P0 BRA 0x0", "EXIT", function="helper"),
+                      _sass("MOV R0, RZ", "FADD R0, R0, 1", "@P0 BRA 0x10", "EXIT", function="kernel")])
+    assert ck.loop_body(sass, "kernel") == ck.LoopBody(2, 0, True)
+    assert ck.loop_body(sass, "helper") == ck.LoopBody(2, 1, True)
+
+
+def test_compiled_kernels_report_their_loop_counts(rows):
+    """A real sm_80 build: matmul_kernel's K loop holds its HMMAs; the softmax row kernel has no loop."""
+    r = rows[k.CLEAN.label, 80]
+    assert r.has_loop and r.loop_instructions > r.loop_mma > 0
+    softmax = rows[k.SPILLS.label, 80]
+    assert not softmax.has_loop and softmax.loop_instructions > 0 and softmax.loop_mma == 0
+    assert rows[k.BROKEN.label, 80].loop_instructions == 0
+    line = next(s for s in ck.format_report([r]).splitlines() if s.startswith("test"))
+    assert f" {r.loop_instructions}/{r.loop_mma} " in line and "loop instr/MMA" in ck.format_report([r])
+    counts = ck.format_counts([r, softmax, rows[k.BROKEN.label, 80]]).splitlines()
+    assert counts[0].split() == ["op", "kernel", "variant", "arch", "body", "instr", "MMA", "result"]
+    after_arch = [line.split(" sm_80 ")[1].split()[:4] for line in counts[2:5]]
+    assert after_arch == [["loop", str(r.loop_instructions), str(r.loop_mma), "OK"],
+                          ["all", str(softmax.loop_instructions), "0", "FAIL(spills"], ["-", "-", "-", "FAIL(compile"]]
+
