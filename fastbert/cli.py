@@ -8,8 +8,33 @@ import platform
 import subprocess
 import sys
 
+from fastbert import preflight
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that ends each option's line with its default, except for flags, options without one (None)
+    and options whose help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.nargs == 0 or action.required or action.default in (None, argparse.SUPPRESS)
+                or "default" in text):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The commands' parser: :class:`HelpFormatter`, and errors in one line on stderr (exit status 2)."""
+
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def _info(_args) -> int:
+    preflight.backend_name()  # an unknown FASTBERT_BACKEND is an error, not a traceback
     import torch
     import transformers
 
@@ -64,6 +89,7 @@ def _positive(text: str) -> int:
 
 
 def _check_kernels(args) -> int:
+    preflight.module_installed("triton", "check-kernels compiles the kernels with it")
     if "TRITON_INTERPRET" in os.environ:
         # @triton.jit made interpreter objects in this process; compile in one without TRITON_INTERPRET.
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -96,11 +122,11 @@ def _check_kernels(args) -> int:
     return 0 if all(r.ok for r in rows) else 1
 
 
-def main(argv=None) -> int:
-    """Entry point of the ``fastbert`` console script."""
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fastbert`` parser; ``bench`` and ``finetune`` parse their own options (:func:`parsers`)."""
     from fastbert import __version__
 
-    parser = argparse.ArgumentParser(prog="fastbert", description=__doc__)
+    parser = ArgumentParser(prog="fastbert", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fastbert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, device and the backend the fused ops will use").set_defaults(run=_info)
@@ -110,25 +136,48 @@ def main(argv=None) -> int:
                        help=f"comma-separated compute capabilities of {', '.join(map(str, ALL_ARCHS))}, or 'all' "
                        "(default: 80,90)")
     check.add_argument("--jobs", type=_positive, default=None, help="compile processes (default: CPU count)")
-    check.add_argument("--match", default=None, help="only variants whose op, kernel or label contains this")
+    check.add_argument("--match", default=None, help="only variants whose op, kernel or label contains this "
+                       "(default: every variant)")
     check.set_defaults(run=_check_kernels)
     sub.add_parser("bench", add_help=False, help="correctness and speed against transformers and "
-                           "torch.compile on this device: tables, results.json and plots (--help for options)")
+                   "torch.compile on this device: tables, results.json and plots (--help for options)")
     sub.add_parser("finetune", add_help=False, help="fine-tune a text classifier from CSV/TSV/JSONL, on one "
                    "device or under torchrun (--help for options)")
+    return parser
 
+
+def parsers() -> dict:
+    """prog -> parser of every command: ``fastbert``, its subcommands, and the parsers of ``bench`` and
+    ``finetune`` (in place of their stand-ins); none of them imports torch."""
+    from fastbert.benchmarks.command import build_parser as bench_parser
+    from fastbert.finetune.cli import build_parser as finetune_parser
+
+    top = build_parser()
+    subcommands = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    found = {"fastbert": top, **{p.prog: p for p in subcommands.choices.values()}}
+    for parser in (bench_parser(), finetune_parser()):
+        found[parser.prog] = parser
+    return found
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``fastbert`` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # its own parser (benchmarks/suite.py) takes every option after it
-        from fastbert.benchmarks.suite import main as bench_main
+    if argv[:1] == ["bench"]:  # its own parser (benchmarks/command.py) takes every option after it
+        from fastbert.benchmarks.command import main as bench_main
 
         return bench_main(argv[1:])
     if argv[:1] == ["finetune"]:  # its own parser (fastbert/finetune/cli.py)
         from fastbert.finetune.cli import main as finetune_main
 
         return finetune_main(argv[1:])
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.argv = argv
-    return args.run(args)
+    try:
+        return args.run(args)
+    except preflight.UsageError as err:
+        print(f"fastbert {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

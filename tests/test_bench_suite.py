@@ -74,14 +74,15 @@ def test_quick_plan_is_smaller_and_leaves_compile_out_on_the_cpu():
     assert full.compile_models and not quick.compile_models
 
 
-def test_cli_passes_options_to_the_suite(monkeypatch):
+def test_cli_passes_options_to_the_suite(monkeypatch, tmp_path):
     from fastbert.benchmarks import suite as installed  # the package the console script imports
 
     seen = {}
     monkeypatch.setattr(installed, "run", lambda device, quick, model, out: seen.update(
         device=device.type, quick=quick, model=model, out=out) or _fake_record())
-    assert cli.main(["bench", "--device", "cpu", "--quick", "--model", "m", "--out", "o"]) == 0
-    assert seen == {"device": "cpu", "quick": True, "model": "m", "out": "o"}
+    (tmp_path / "config.json").write_text("{}")  # --model must be a saved model's folder
+    assert cli.main(["bench", "--device", "cpu", "--quick", "--model", str(tmp_path), "--out", "o"]) == 0
+    assert seen == {"device": "cpu", "quick": True, "model": str(tmp_path), "out": "o"}
 
 
 def _fake_record():

@@ -6,7 +6,9 @@
 Writes ``out/best`` (``save_pretrained`` model + tokenizer: transformers, sentence-transformers and
 fastbert load it), ``out/last`` (+ the training state ``--resume`` continues from) and
 ``out/metrics.json`` (per-step losses, per-epoch evaluations, speed; with ``--reference`` the same for
-transformers' own model run through the identical loop).
+transformers' own model run through the identical loop). Every option, file and the environment are
+checked before torch loads where they can; an ``out/`` holding an earlier run is refused unless
+``--resume`` continues it or ``--overwrite`` replaces it.
 """
 
 from __future__ import annotations
@@ -14,16 +16,23 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
-
-from fastbert.finetune import checkpoint, distributed
+# No torch here: it loads in run() (with transformers and the training loop), so --help and option errors
+# answer at once.
+from fastbert import preflight
+from fastbert.cli import ArgumentParser
+from fastbert.finetune import checkpoint
 from fastbert.finetune.data import Columns, Encoded, LabelMap, encode, read_examples
-from fastbert.finetune.loop import METRICS, FineTuner, Result, Settings, load_state
+from fastbert.finetune.metrics import METRICS
+
+if TYPE_CHECKING:
+    from fastbert.finetune.distributed import Context
+    from fastbert.finetune.loop import Result, Settings
 
 
 def _positive_int(text: str) -> int:
@@ -49,35 +58,51 @@ def _ratio(text: str) -> float:
     return value
 
 
+# What a run writes into --output (the atomic folders also as checkpoint.find finds them mid-swap).
+RUN_FOLDERS = ("best", "last", "reference")
+RUN_FILES = ("best/", "last/", "reference/", "metrics.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastbert finetune", description="Fine-tune a BERT text classifier (single "
-                                "texts or pairs) from CSV, TSV or JSONL; under torchrun, data-parallel.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """The options of ``fastbert finetune``."""
+    p = ArgumentParser(prog="fastbert finetune", description="Fine-tune a BERT text classifier (single "
+                       "texts or pairs) from CSV, TSV or JSONL; under torchrun, data-parallel.")
     p.add_argument("--model", required=True, help="a BERT checkpoint folder or Hub id")
     p.add_argument("--train", required=True, help="training file: .csv, .tsv (header row) or .jsonl")
-    p.add_argument("--eval", default=None, help="evaluation file, same format, evaluated after every epoch")
+    p.add_argument("--eval", default=None, help="evaluation file, same format, evaluated after every epoch "
+                   "(default: none; best/ is then the last epoch)")
     p.add_argument("--output", required=True, help="folder for best/, last/ and metrics.json")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--text-pair-column", default=None, help="second text of a pair (e.g. NLI hypothesis)")
+    p.add_argument("--text-column", default="text", help="column or key of the text")
+    p.add_argument("--text-pair-column", default=None, help="second text of a pair, e.g. an NLI hypothesis "
+                   "(default: single texts)")
     p.add_argument("--label-column", default="label", help="string or integer labels")
     p.add_argument("--max-length", type=_positive_int, default=128, help="tokens per example, special ones included")
-    p.add_argument("--epochs", type=_positive_int, default=3)
+    p.add_argument("--epochs", type=_positive_int, default=3, help="passes over the training file")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="examples per step and process")
-    p.add_argument("--eval-batch-size", type=_positive_int, default=None, help="default: 2x --batch-size")
-    p.add_argument("--lr", type=_non_negative_float, default=5e-5)
-    p.add_argument("--weight-decay", type=_non_negative_float, default=0.01)
+    p.add_argument("--eval-batch-size", type=_positive_int, default=None,
+                   help="examples per evaluation step and process (default: 2x --batch-size)")
+    p.add_argument("--lr", type=_non_negative_float, default=5e-5, help="peak learning rate of AdamW")
+    p.add_argument("--weight-decay", type=_non_negative_float, default=0.01,
+                   help="AdamW's weight decay, on weight matrices only")
     p.add_argument("--warmup-ratio", type=_ratio, default=0.1, help="fraction of the steps with a rising lr")
-    p.add_argument("--max-grad-norm", type=_non_negative_float, default=1.0, help="0 turns clipping off")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max-grad-norm", type=_non_negative_float, default=1.0,
+                   help="gradient clipping norm; 0 turns clipping off")
+    p.add_argument("--seed", type=int, default=42, help="seed of the classifier's initial weights, the "
+                   "batch order and dropout")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--bf16", action="store_true", help="bf16 autocast")
     precision.add_argument("--fp16", action="store_true", help="fp16 autocast with a gradient scaler")
     p.add_argument("--metric", choices=METRICS, default="macro_f1", help="which evaluation picks best/")
-    p.add_argument("--save-steps", type=int, default=0, help="also write last/ every N steps (0: per epoch)")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last")
+    p.add_argument("--save-steps", type=int, default=0, help="also write last/ every N steps; 0: once per epoch")
+    earlier = p.add_mutually_exclusive_group()  # what to do with an earlier run in --output
+    earlier.add_argument("--resume", action="store_true", help="continue the earlier run in OUTPUT from "
+                         "OUTPUT/last")
+    earlier.add_argument("--overwrite", action="store_true", help="replace the earlier run in OUTPUT (its " +
+                         ", ".join(RUN_FILES[:-1]) + f" and {RUN_FILES[-1]} are deleted when training starts)")
     p.add_argument("--reference", action="store_true",
                    help="then run the identical loop on transformers' own model and compare speed")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="where to train (default: cuda when available)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
     return p
@@ -85,6 +110,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 class InputError(ValueError):
     """Bad input found before training: the message names the file and line, or the option."""
+
+
+def earlier_run(output) -> list[str]:
+    """What an earlier run left in ``output`` (names of :data:`RUN_FILES`, as found; empty for none)."""
+    output = Path(output)
+    found = [f"{folder.name}/" for folder in (checkpoint.find(output / name) for name in RUN_FOLDERS) if folder]
+    return found + (["metrics.json"] if (output / "metrics.json").exists() else [])
+
+
+def check(args) -> str:
+    """Checks the options against the files, the environment and ``--output`` without loading anything
+    (torch only to look for a GPU); returns the device to train on. Raises
+    :class:`~fastbert.preflight.UsageError` naming the option and its value."""
+    if args.resume and args.reference:
+        raise preflight.UsageError("--resume and --reference do not go together: the comparison needs a whole run")
+    preflight.input_file("--train", args.train)
+    if args.eval:
+        preflight.input_file("--eval", args.eval)
+    if not args.resume:  # a resumed run loads OUTPUT/last, not --model
+        preflight.model_source("--model", args.model)
+    preflight.output_folder("--output", args.output)
+    earlier = earlier_run(args.output)
+    if args.resume and checkpoint.find(Path(args.output) / "last") is None:
+        raise preflight.UsageError(f"--resume: no checkpoint in {Path(args.output) / 'last'}")
+    if earlier and not (args.resume or args.overwrite):
+        raise preflight.UsageError(f"--output {args.output}: holds an earlier run ({', '.join(earlier)}); "
+                                   "--resume continues it, --overwrite replaces it")
+    preflight.backend_name()
+    device = preflight.device("--device", args.device)
+    preflight.backend_runs_on(device)
+    return device
+
+
+def remove_earlier_run(output) -> None:
+    """Deletes what an earlier run wrote into ``output`` (:data:`RUN_FILES`), and nothing else."""
+    output = Path(output)
+    for name in RUN_FOLDERS:
+        while (folder := checkpoint.find(output / name)) is not None:
+            shutil.rmtree(folder)
+    (output / "metrics.json").unlink(missing_ok=True)
 
 
 @dataclass
@@ -101,13 +166,13 @@ class Prepared:
     fingerprint: dict
 
 
-def prepare(args, ctx: distributed.Context) -> Prepared:
+def prepare(args, ctx: Context) -> Prepared:
     """Reads and checks the data, the model's limits and the resume state; raises ValueError (a
     :class:`~fastbert.finetune.data.DataError` for a file problem) with the file and line."""
     from transformers import AutoConfig, AutoTokenizer
 
-    if args.resume and args.reference:
-        raise ValueError("--resume and --reference do not go together: the comparison needs a whole run")
+    from fastbert.finetune.loop import Settings, load_state
+
     columns = Columns(args.text_column, args.text_pair_column, args.label_column)
     train = read_examples(args.train, columns)
     evaluation = read_examples(args.eval, columns) if args.eval else None
@@ -117,7 +182,11 @@ def prepare(args, ctx: distributed.Context) -> Prepared:
         if resume is None:
             raise ValueError(f"--resume: no checkpoint in {Path(args.output) / 'last'}")
     source = str(resume or args.model)
-    config = AutoConfig.from_pretrained(source)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as err:  # not a model, or not reachable: transformers' first line says which
+        option = "--resume" if resume else "--model"
+        raise ValueError(f"{option} {source}: {str(err).strip().splitlines()[0]}") from None
     if args.max_length > config.max_position_embeddings:
         raise ValueError(f"--max-length {args.max_length} is beyond the model's {config.max_position_embeddings} "
                          "positions (max_position_embeddings)")
@@ -180,12 +249,20 @@ def comparison_table(runs: dict) -> str:
 
 
 def run(args) -> dict:
-    """Trains as ``args`` say; returns what metrics.json holds."""
+    """Trains as ``args`` say; returns what metrics.json holds. Raises :class:`InputError` for bad input,
+    found before training (options, files and the environment before torch loads where it can)."""
+    try:
+        device = check(args)
+    except ValueError as err:
+        raise InputError(str(err)) from err
+    import torch
     import transformers
 
     import fastbert
+    from fastbert.finetune import distributed
+    from fastbert.finetune.loop import FineTuner
 
-    ctx = distributed.setup(args.device)
+    ctx = distributed.setup(device)
     try:
         try:
             prepared = prepare(args, ctx)
@@ -196,6 +273,9 @@ def run(args) -> dict:
         except ValueError as err:  # a data problem, or a checkpoint fastbert cannot run
             raise InputError(str(err)) from err
         output = Path(args.output)
+        if args.overwrite and ctx.is_main:
+            remove_earlier_run(output)
+        ctx.barrier()
         initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if args.reference else None
         runs = {}
         torch.manual_seed(args.seed + ctx.rank)  # dropout: each process its own masks

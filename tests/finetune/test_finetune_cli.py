@@ -2,6 +2,7 @@
 
 import json
 
+import _cli_run as cli_run
 import pytest
 import torch
 import transformers
@@ -117,3 +118,149 @@ def test_resume_of_a_finished_run_trains_nothing_more(tmp_path, capsys, tiny_che
     assert again["losses"] == first["losses"] and again["steps"] == first["steps"] == 8
     code, _, err = finetune(capsys, *args, "--resume", "--lr", 1e-3)
     assert code == 2 and "cannot resume" in err and "lr" in err
+
+
+# ----------------------------------------------------------------------------- refused before any work
+# Each case is one line on stderr naming the option and its value, a non-zero exit, no traceback, nothing
+# written; those found without torch run in a fresh process that must not even import it.
+TRAIN_ROWS = "text,label\nhello,a\nbye,b\n"
+
+
+@pytest.fixture
+def paths(tmp_path):
+    """A small training file, a folder with a saved model's config, and an output folder not yet made."""
+    train = _write(tmp_path / "train.csv", TRAIN_ROWS)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    return {"train": train, "model": model, "out": tmp_path / "out", "tmp": tmp_path}
+
+
+def _args(paths, **override):
+    options = {"--model": paths["model"], "--train": paths["train"], "--output": paths["out"], **override}
+    return ["finetune", *[str(v) for pair in options.items() for v in pair]]
+
+
+def _refused_in_a_fresh_process(paths, *words, extra=(), env=None, unset=(), **override):
+    done = cli_run.fastbert(*_args(paths, **override), *extra, env=env, unset=unset)
+    cli_run.assert_refused(done, *words)
+    assert done.err.startswith("fastbert finetune: error: "), done.err
+    assert not paths["out"].exists()
+
+
+def test_a_missing_training_file(paths):
+    missing = paths["tmp"] / "tarin.csv"
+    _refused_in_a_fresh_process(paths, f"--train {missing}: no such file", **{"--train": missing})
+
+
+def test_a_folder_as_the_training_file(paths):
+    _refused_in_a_fresh_process(paths, f"--train {paths['tmp']}: is a folder", **{"--train": paths["tmp"]})
+
+
+def test_a_missing_evaluation_file(paths):
+    missing = paths["tmp"] / "dev.csv"
+    _refused_in_a_fresh_process(paths, f"--eval {missing}: no such file", **{"--eval": missing})
+
+
+def test_a_model_folder_that_does_not_exist(paths):
+    missing = paths["tmp"] / "no-such-model"
+    _refused_in_a_fresh_process(paths, f"--model {missing}: no such folder", **{"--model": missing})
+
+
+def test_a_folder_that_is_not_a_saved_model(paths):
+    _refused_in_a_fresh_process(paths, f"--model {paths['tmp']}: no config.json", **{"--model": paths["tmp"]})
+
+
+def test_a_hub_name_offline_and_not_in_the_cache(paths):
+    empty_cache = paths["tmp"] / "hub-cache"
+    empty_cache.mkdir()
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(empty_cache)}
+    _refused_in_a_fresh_process(paths, "--model someone/no-such-bert: no such folder, and not in the Hugging Face "
+                                "cache (HF_HUB_OFFLINE=1", env=offline, **{"--model": "someone/no-such-bert"})
+
+
+def test_an_output_that_is_a_file(paths):
+    taken = _write(paths["tmp"] / "out.txt", "notes")
+    _refused_in_a_fresh_process(paths, f"--output {taken}: is a file, not a folder", **{"--output": taken})
+    assert taken.read_text() == "notes"
+
+
+def test_an_output_below_a_file(paths):
+    taken = _write(paths["tmp"] / "out.txt", "notes")
+    _refused_in_a_fresh_process(paths, f"--output {taken / 'run'}: {taken} is a file",
+                                **{"--output": taken / "run"})
+
+
+@pytest.mark.parametrize("left", ["last", ".last.old", "best", "metrics.json"])
+def test_an_output_holding_an_earlier_run(paths, left):
+    """``.last.old`` is what checkpoint.find resumes from after a swap cut short: an earlier run too."""
+    out = paths["out"]
+    out.mkdir()
+    earlier = out / left
+    if left.endswith(".json"):
+        earlier.write_text("{}")
+    else:
+        earlier.mkdir()
+        (earlier / "model.safetensors").write_bytes(b"weights")
+    done = cli_run.fastbert(*_args(paths))
+    name = left if left.endswith(".json") else f"{left}/"
+    cli_run.assert_refused(done, f"--output {out}: holds an earlier run ({name})", "--resume", "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == [left]  # untouched
+    assert earlier.is_file() or (earlier / "model.safetensors").read_bytes() == b"weights"
+
+
+def test_resume_and_overwrite_do_not_combine(paths):
+    _refused_in_a_fresh_process(paths, "--overwrite", "--resume", extra=["--resume", "--overwrite"])
+
+
+def test_an_unknown_backend(paths):
+    _refused_in_a_fresh_process(paths, "FASTBERT_BACKEND='cuda'", extra=["--device", "cpu"],
+                                env={"FASTBERT_BACKEND": "cuda"})
+
+
+def test_the_triton_backend_on_the_cpu_without_its_interpreter(paths):
+    _refused_in_a_fresh_process(paths, "FASTBERT_BACKEND=triton on the CPU", "TRITON_INTERPRET=1",
+                                extra=["--device", "cpu"], env={"FASTBERT_BACKEND": "triton"},
+                                unset=["TRITON_INTERPRET"])
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Reading the data or loading the model fails the test."""
+    from fastbert.finetune import cli as finetune_cli
+
+    monkeypatch.setattr(finetune_cli, "prepare", lambda *a, **k: pytest.fail("read the data and loaded the model"))
+
+
+def _refused_in_process(capsys, paths, *words, extra=()):
+    code, _, err = finetune(capsys, *_args(paths)[1:], *extra)
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in err, (word, err)
+    assert not paths["out"].exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")
+def test_cuda_without_a_gpu(paths, capsys, no_work):
+    _refused_in_process(capsys, paths, "fastbert finetune: error: --device cuda: no CUDA device is available",
+                        extra=["--device", "cuda"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")
+def test_the_triton_backend_on_the_default_device_of_a_cpu_machine(paths, capsys, no_work, monkeypatch):
+    monkeypatch.setenv("FASTBERT_BACKEND", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    _refused_in_process(capsys, paths, "FASTBERT_BACKEND=triton on the CPU needs Triton's interpreter")
+
+
+def test_overwrite_replaces_the_earlier_run(tmp_path, capsys, tiny_checkpoint, sample_train):
+    out = tmp_path / "out"
+    (out / "reference" / "best").mkdir(parents=True)
+    (out / ".best.old").mkdir()
+    (out / "metrics.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")  # not the run's: kept
+    code, _, err = finetune(capsys, *common(tiny_checkpoint, out), "--train", sample_train, "--epochs", 1,
+                            "--batch-size", 64, "--overwrite")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["best", "last", "metrics.json", "notes.txt"]
+    assert json.loads((out / "metrics.json").read_text())["runs"]["fastbert"]["steps"] == 8
