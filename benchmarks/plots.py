@@ -145,9 +145,29 @@ def markdown(record: dict) -> str:
     peaks = peak_memory_line(record["training"])
     if peaks:
         lines += [*peaks, ""]
+    if record.get("host"):
+        lines += ["## Host overhead: time and operations per layer at negligible compute", "",
+                  *host_table(record["host"]), ""]
     for name, kernel in record.get("kernels", {}).items():
         lines += [f"## Kernel: {name} ({kernel['device']})", "", *kernel_table(kernel), ""]
     return "\n".join(lines)
+
+
+def host_table(section: dict) -> list[str]:
+    """The host-overhead rows (:mod:`benchmarks.host`): microseconds, ratio and operations per layer."""
+    c = section["config"]
+    lines = [f"A {c['num_hidden_layers']}-layer BERT of hidden {c['hidden_size']}, batch {c['batch']} x {c['seqlen']}, "
+             f"{section['threads']} thread(s): medians of {section['repeats']} interleaved runs; the ratio is the "
+             "median of run-by-run ratios to transformers-sdpa. ATen ops leave out shape-only ones; kernels are "
+             "CUDA launches seen by the profiler.", "",
+             "| case | implementation | µs per layer | ratio | ATen ops per layer | kernels per layer |",
+             "|---|---|---|---|---|---|"]
+    for case in ("inference", "training_step"):
+        for name, row in section[case].items():
+            kernels = row.get("kernels_per_layer")
+            lines.append(f"| {case.replace('_', ' ')} | {name} | {row['us_per_layer']:.1f} | {row['ratio']:.2f} | "
+                         f"{row['ops_per_layer']:.1f} | {'n/a' if kernels is None else f'{kernels:.1f}'} |")
+    return lines
 
 
 def kernel_table(kernel: dict) -> list[str]:

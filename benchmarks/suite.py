@@ -27,7 +27,7 @@ import transformers  # noqa: E402
 
 import fastbert  # noqa: E402
 
-from . import correctness, cpu_name, memory, plots, speed  # noqa: E402
+from . import correctness, cpu_name, host, memory, plots, speed  # noqa: E402
 from .command import CHECKPOINT_PACKAGE, main  # noqa: E402, F401  (main: fastbert bench, python -m)
 
 # BertConfig fields of the geometries the suite runs with random weights when no checkpoint is installed.
@@ -226,7 +226,7 @@ def run(device: torch.device, quick: bool, model_path: str | None, out: str, pla
     plan = plan or Plan.for_run(device, quick)
     models = reference_models(model_path, plan.model_layers, plan.vocab_size)
     steps = (2 * len(backends(device)) * len(plan.dtypes) + 2 * len(models) * len(plan.batches) * len(plan.lengths)
-             + 2)
+             + 3)
     record = {"environment": environment(device), "quick": quick, "model": model_description(model_path),
               "random_weights": model_path is None, "compiled": plan.compile_models}
     with _progress_bar(steps) as progress:
@@ -236,6 +236,8 @@ def run(device: torch.device, quick: bool, model_path: str | None, out: str, pla
                                                  plan.repeats, vocab_size=plan.vocab_size)
         progress()
         record["memory"] = memory_section(device, plan)
+        progress()
+        record["host"] = host.host_section(device, plan.repeats)
         progress()
         if device.type == "cuda":
             record["kernels"] = kernels_section(out)

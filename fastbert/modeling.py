@@ -21,12 +21,15 @@ may not depend on the mask's values), so exported graphs give transformers' valu
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _torch_module
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 from transformers.models.bert import modeling_bert as hf
 
@@ -54,19 +57,46 @@ class PaddedAttention:
     additive_mask: Optional[Tensor]
 
 
+class _SeedPool(threading.local):
+    """The dropout seeds of the forward in progress on this thread, drawn in one call: ``(sites,)`` int64,
+    site ``i`` gets the view ``seeds[i:i+1]``. Without one (or once used up) each site draws its own."""
+
+    seeds: Optional[Tensor] = None
+    used: int = 0
+
+    @contextlib.contextmanager
+    def drawn(self, sites: int, device: torch.device):
+        outer = self.seeds, self.used
+        self.seeds, self.used = torch.randint(0, 2**62, (sites,), dtype=torch.int64, device=device), 0
+        try:
+            yield
+        finally:
+            self.seeds, self.used = outer
+
+    def next(self, device: torch.device) -> Tensor:
+        seeds = self.seeds
+        if seeds is None or self.used >= seeds.numel() or seeds.device != device:
+            return ops.new_seed(device)
+        self.used += 1
+        return seeds[self.used - 1:self.used]
+
+
+_seed_pool = _SeedPool()
+
+
 def _dropout_args(module: nn.Dropout, device: torch.device):
     p = float(module.p) if module.training else 0.0
-    return p, (ops.new_seed(device) if p > 0.0 else None)
+    if p == 0.0:
+        return p, None
+    return p, ops.new_seed(device) if torch.compiler.is_compiling() else _seed_pool.next(device)
 
 
 def _unhooked(module: nn.Module) -> bool:
     """No hook, on ``module`` or global, expects to see ``module`` called."""
-    from torch.nn.modules import module as torch_module
-
-    hooks = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks,
-             torch_module._global_forward_hooks, torch_module._global_forward_pre_hooks,
-             torch_module._global_backward_hooks, torch_module._global_backward_pre_hooks)
-    return not any(hooks)
+    return not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or _torch_module._global_forward_hooks
+                or _torch_module._global_forward_pre_hooks or _torch_module._global_backward_hooks
+                or _torch_module._global_backward_pre_hooks)
 
 
 def _is_plain_linear(module: nn.Module) -> bool:
@@ -106,9 +136,26 @@ class BertSelfAttention(hf.BertSelfAttention):
         linears = (self.query, self.key, self.value)
         biases = [m.bias for m in linears]
         if all(_is_plain_linear(m) for m in linears) and len({b is None for b in biases}) == 1:
-            weight = torch.cat([m.weight for m in linears])
-            return F.linear(hidden, weight, None if biases[0] is None else torch.cat(biases))
+            weight, bias = self._stacked_qkv(linears, biases)
+            return F.linear(hidden, weight, bias)
         return torch.cat([m(hidden) for m in linears], dim=-1)
+
+    def _stacked_qkv(self, linears, biases) -> tuple[Tensor, Optional[Tensor]]:
+        """The three weights (and biases) stacked. Without autograd the stack is kept and reused until a
+        weight changes (its version, storage or dtype), so inference concatenates nothing per call; with
+        autograd it is built per call and autograd routes the gradients to the three parameters."""
+        tensors = [m.weight for m in linears] + [b for b in biases if b is not None]
+        untracked = any(t.is_inference() for t in tensors)  # no version counter to see an in-place change
+        if untracked or torch.compiler.is_compiling() or (
+                torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+            return torch.cat([m.weight for m in linears]), None if biases[0] is None else torch.cat(biases)
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        cached = self.__dict__.get("_qkv_stack")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                stack = (torch.cat([m.weight for m in linears]), None if biases[0] is None else torch.cat(biases))
+            cached = self.__dict__["_qkv_stack"] = (key, stack)
+        return cached[1]
 
     def forward(self, hidden: Tensor, attn) -> tuple[Tensor, Optional[Tensor]]:
         """``(rows, hidden)`` -> ``(context (rows, hidden), probs or None)``."""
@@ -311,11 +358,6 @@ class BertModel(BertPreTrainedModel, hf.BertModel):
             layout = full_layout(batch, seqlen, device)
             attn = PaddedAttention(batch, seqlen, _additive_mask(attention_mask, self.dtype))
 
-        hidden = self.embeddings(
-            gather(input_ids, layout) if input_ids is not None else None,
-            gather(token_type_ids, layout), gather(position_ids, layout),
-            gather(inputs_embeds, layout) if inputs_embeds is not None else None,
-        )
         selected = _selected_hidden_states(output_hidden_states, config.num_hidden_layers)
         kept = {}
 
@@ -325,7 +367,13 @@ class BertModel(BertPreTrainedModel, hf.BertModel):
             kept[i] = scatter(h, layout)
             return gather(kept[i], layout)  # the next layer runs on the returned state: it stays in the graph
 
-        hidden, all_probs = self.encoder(hidden, attn, keep_input if selected else None, output_attentions)
+        with self._dropout_seeds(device, compiling):
+            hidden = self.embeddings(
+                gather(input_ids, layout) if input_ids is not None else None,
+                gather(token_type_ids, layout), gather(position_ids, layout),
+                gather(inputs_embeds, layout) if inputs_embeds is not None else None,
+            )
+            hidden, all_probs = self.encoder(hidden, attn, keep_input if selected else None, output_attentions)
 
         sequence_output = scatter(hidden, layout)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
@@ -341,6 +389,18 @@ class BertModel(BertPreTrainedModel, hf.BertModel):
             attentions=tuple(all_probs) if all_probs else None,
         )
         return result if return_dict else result.to_tuple()
+
+
+    def _dropout_seeds(self, device: torch.device, compiling: bool):
+        """One seed draw for every dropout site of a training forward (embeddings, then three per layer).
+        Not while compiling, nor with gradient checkpointing, whose recomputation draws its seeds again
+        from the restored RNG state."""
+        config = self.config
+        dropout = config.hidden_dropout_prob > 0 or config.attention_probs_dropout_prob > 0
+        checkpointing = any(getattr(layer, "gradient_checkpointing", False) for layer in self.encoder.layer)
+        if not (self.training and dropout) or compiling or checkpointing:
+            return contextlib.nullcontext()
+        return _seed_pool.drawn(1 + 3 * config.num_hidden_layers, device)
 
 
 def _selected_hidden_states(output_hidden_states, num_layers: int) -> Optional[frozenset]:

@@ -62,8 +62,8 @@ def resolve_backend(device: torch.device, dtype: torch.dtype = torch.float32, op
     return _route(op, device, dtype).backend
 
 
-def _route(op: str, device: torch.device, dtype: torch.dtype) -> routing.Route:
-    name = backend_name()
+def _route(op: str, device: torch.device, dtype: torch.dtype, name: Optional[str] = None) -> routing.Route:
+    name = backend_name() if name is None else name
     if device.type != "cuda" or name == "torch":
         return routing.route(op, None, dtype, name)
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -79,7 +79,10 @@ def _device_facts(index: int) -> tuple:
 
 
 def _impl(op: str, direction: str, device: torch.device, dtype: torch.dtype = torch.float32) -> Callable:
-    route = _route(op, device, dtype)
+    name = backend_name()
+    if name == "torch" or (name == "auto" and device.type != "cuda"):  # routing.route's answer, sooner
+        return getattr(torch_ops, f"{op}_{direction}")
+    route = _route(op, device, dtype, name)
     if route.backend == "triton":
         if device.type != "cuda" and not interpreting():
             raise ValueError(f"FASTBERT_BACKEND=triton on {device.type} tensors needs the Triton interpreter: "
@@ -87,10 +90,10 @@ def _impl(op: str, direction: str, device: torch.device, dtype: torch.dtype = to
         _load_kernels()
         if direction in _TRITON_IMPLS.get(op, {}):
             return _TRITON_IMPLS[op][direction]
-        if backend_name() == "triton" and op not in _warned_missing:
+        if name == "triton" and op not in _warned_missing:
             _warned_missing.add(op)
             warnings.warn(f"fastbert: no Triton kernel for op {op!r} yet; using the PyTorch implementation")
-    elif backend_name() == "triton":  # forced, but the kernels cannot take this call
+    elif name == "triton":  # forced, but the kernels cannot take this call
         return torch_fallback(op, direction, route.reason)
     return getattr(torch_ops, f"{op}_{direction}")
 
@@ -139,6 +142,72 @@ def _grad_or_none(grad: Tensor, input: Optional[Tensor]) -> Optional[Tensor]:
     return None if input is None else grad
 
 
+# ============================================================================= eager dispatch
+# In eager mode each op calls its implementation directly, through an autograd.Function that reuses the
+# op's autograd formula: the custom ops' dispatcher costs 15-35 us a call on the host, which at small
+# batches is most of a layer's time. torch.compile and export see the custom ops.
+def _eager() -> bool:
+    return not torch.compiler.is_compiling()
+
+
+def _eager_function(op: str, setup: Callable, grad: Callable) -> type:
+    """An autograd.Function running ``op``'s forward implementation (chosen by its first tensor input's
+    device and dtype) with ``setup(ctx, inputs, outputs)`` and ``grad(ctx, *grads)`` as its backward;
+    every output but the first is non-differentiable (statistics, saved pre-activations)."""
+
+    def forward(ctx, *inputs):
+        outputs = _call_impl(op, "fwd", inputs)
+        setup(ctx, inputs, outputs)
+        ctx.direct = True  # its backward calls the implementation directly too
+        ctx.mark_non_differentiable(*outputs[1:])
+        return outputs
+
+    def backward(ctx, *grads):
+        return grad(ctx, *grads)
+
+    return type(f"Eager_{op}", (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+
+
+# The custom ops' inputs that their implementations' forward takes (embeddings' padding_idx is for backward).
+_FORWARD_ARITY = {"embeddings": 12}
+
+
+def _call_impl(op: str, direction: str, inputs: tuple):
+    """The implementation of ``op``'s ``direction`` for inputs on the device and in the dtype of the first
+    floating-point tensor among ``inputs``, called on them."""
+    first = next(t for t in inputs if isinstance(t, Tensor) and t.is_floating_point())
+    if direction != "bwd":
+        inputs = inputs[:_FORWARD_ARITY.get(op)]
+    return _impl(op, direction, first.device, first.dtype)(*inputs)
+
+
+def _run(op: str, custom_op, eager_function: type, *inputs):
+    """``op`` on ``inputs``: the custom op under torch.compile, else the implementation directly (through
+    ``eager_function`` when autograd records this call)."""
+    if not _eager():
+        return custom_op(*inputs)
+    if torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in inputs):
+        return eager_function.apply(*inputs)
+    return _call_impl(op, "fwd", inputs)
+
+
+def _backward(ctx, op: str, custom_op, *inputs):
+    """``op``'s backward from its autograd formula: the implementation directly after an eager forward, the
+    custom op after the custom op's (what torch.compile, export and opcheck trace)."""
+    if getattr(ctx, "direct", False):
+        return _call_impl(op, "bwd", inputs)
+    return custom_op(*inputs)
+
+
+def _run_direct(op: str, direction: str, custom_op, *inputs):
+    """``op``'s ``direction`` (``inference_fwd``) without autograd: the custom op while compiling, else the
+    implementation directly."""
+    if not _eager():
+        return custom_op(*inputs)
+    return _call_impl(op, direction, inputs)
+
+
 # ============================================================================= attention
 @torch.library.custom_op("fastbert::attention", mutates_args=())
 def _attention(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float,
@@ -172,11 +241,13 @@ def _attention_setup(ctx, inputs, output):
 
 def _attention_grad(ctx, dout, dlse):
     qkv, out, lse, cu_seqlens, seed = ctx.saved_tensors
-    dqkv = _attention_backward(dout.contiguous(), qkv, out, lse, cu_seqlens, ctx.max_seqlen, ctx.dropout_p, seed)
+    dqkv = _backward(ctx, "attention", _attention_backward, dout.contiguous(), qkv, out, lse, cu_seqlens,
+                         ctx.max_seqlen, ctx.dropout_p, seed)
     return dqkv, None, None, None, None
 
 
 _attention.register_autograd(_attention_grad, setup_context=_attention_setup)
+_EagerAttention = _eager_function("attention", _attention_setup, _attention_grad)
 
 
 def attention(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float = 0.0,
@@ -206,7 +277,7 @@ def attention(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float
                            check_values and not torch.compiler.is_compiling() and not capturing and not export)
     if export:
         return torch_ops.attention_fwd(qkv, cu_seqlens, max_seqlen, dropout_p, seed)[0]
-    return _attention(qkv, cu_seqlens, max_seqlen, dropout_p, seed)[0]
+    return _run("attention", _attention, _EagerAttention, qkv, cu_seqlens, max_seqlen, dropout_p, seed)[0]
 
 
 # ============================================================================= residual + dropout + LayerNorm
@@ -246,12 +317,15 @@ def _residual_layernorm_setup(ctx, inputs, output):
 
 def _residual_layernorm_grad(ctx, dy, dmean, drstd):
     x, bias, residual, weight, mean, rstd, seed = ctx.saved_tensors
-    dx, dbias, dres, dweight, dbeta = _residual_layernorm_backward(
-        dy.contiguous(), x, bias, residual, weight, mean, rstd, ctx.dropout_p, seed)
+    dx, dbias, dres, dweight, dbeta = _backward(
+        ctx, "residual_layernorm", _residual_layernorm_backward, dy.contiguous(), x, bias, residual, weight, mean,
+        rstd, ctx.dropout_p, seed)
     return dx, _grad_or_none(dbias, bias), dres, dweight, dbeta, None, None, None
 
 
 _residual_layernorm.register_autograd(_residual_layernorm_grad, setup_context=_residual_layernorm_setup)
+_EagerResidualLayerNorm = _eager_function("residual_layernorm", _residual_layernorm_setup,
+                                          _residual_layernorm_grad)
 
 
 def residual_layernorm(x: Tensor, bias: Optional[Tensor], residual: Tensor, weight: Tensor, beta: Tensor,
@@ -265,8 +339,11 @@ def residual_layernorm(x: Tensor, bias: Optional[Tensor], residual: Tensor, weig
     """
     shape = x.shape
     hidden = shape[-1]
-    op = torch_ops.residual_layernorm_fwd if exporting() else _residual_layernorm
-    y, _, _ = op(x.reshape(-1, hidden), bias, residual.reshape(-1, hidden), weight, beta, eps, dropout_p, seed)
+    inputs = (x.reshape(-1, hidden), bias, residual.reshape(-1, hidden), weight, beta, eps, dropout_p, seed)
+    if exporting():
+        y, _, _ = torch_ops.residual_layernorm_fwd(*inputs)
+    else:
+        y, _, _ = _run("residual_layernorm", _residual_layernorm, _EagerResidualLayerNorm, *inputs)
     return y.view(shape)
 
 
@@ -302,11 +379,13 @@ def _linear_gelu_setup(ctx, inputs, output):
 
 def _linear_gelu_grad(ctx, dy, dz):
     x, weight, z = ctx.saved_tensors
-    dx, dweight, dbias = _linear_gelu_backward(dy.contiguous(), x, weight, z, ctx.has_bias)
+    dx, dweight, dbias = _backward(ctx, "linear_gelu", _linear_gelu_backward, dy.contiguous(), x, weight, z,
+                                       ctx.has_bias)
     return dx, dweight, dbias if ctx.has_bias else None
 
 
 _linear_gelu.register_autograd(_linear_gelu_grad, setup_context=_linear_gelu_setup)
+_EagerLinearGelu = _eager_function("linear_gelu", _linear_gelu_setup, _linear_gelu_grad)
 
 
 @torch.library.custom_op("fastbert::linear_gelu_inference", mutates_args=())
@@ -341,8 +420,10 @@ def linear_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         t is not None and t.requires_grad for t in (x, weight, bias))
     if exporting():
         y = torch_ops.linear_gelu_fwd(x2, weight, bias)[0]
+    elif needs_grad:
+        y = _run("linear_gelu", _linear_gelu, _EagerLinearGelu, x2, weight, bias)[0]
     else:
-        y = _linear_gelu(x2, weight, bias)[0] if needs_grad else _linear_gelu_inference(x2, weight, bias)
+        y = _run_direct("linear_gelu", "inference_fwd", _linear_gelu_inference, x2, weight, bias)
     return y.view(*lead, weight.shape[0])
 
 
@@ -381,13 +462,15 @@ def _ffn_grad(ctx, dout, dz):
     x, w1, w2, z = ctx.saved_tensors
     # Frozen FFN weights (e.g. LoRA on attention only) skip the two weight-gradient GEMMs.
     weight_grads = any(ctx.needs_input_grad[1:4])
-    dx, dw1, db1, dw2 = _ffn_backward(dout.contiguous(), x, w1, w2, z, ctx.has_bias, weight_grads)
+    dx, dw1, db1, dw2 = _backward(ctx, "ffn", _ffn_backward, dout.contiguous(), x, w1, w2, z, ctx.has_bias,
+                                      weight_grads)
     if not weight_grads:
         return dx, None, None, None
     return dx, dw1, db1 if ctx.has_bias else None, dw2
 
 
 _ffn.register_autograd(_ffn_grad, setup_context=_ffn_setup)
+_EagerFfn = _eager_function("ffn", _ffn_setup, _ffn_grad)
 
 
 @torch.library.custom_op("fastbert::ffn_inference", mutates_args=())
@@ -424,8 +507,10 @@ def ffn(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor) -> Tensor:
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w1, b1, w2))
     if exporting():
         out = torch_ops.ffn_fwd(x2, w1, b1, w2)[0]
+    elif needs_grad:
+        out = _run("ffn", _ffn, _EagerFfn, x2, w1, b1, w2)[0]
     else:
-        out = _ffn(x2, w1, b1, w2)[0] if needs_grad else _ffn_inference(x2, w1, b1, w2)
+        out = _run_direct("ffn", "inference_fwd", _ffn_inference, x2, w1, b1, w2)
     return out.view(*lead, w2.shape[0])
 
 
@@ -478,14 +563,15 @@ def _embeddings_setup(ctx, inputs, output):
 def _embeddings_grad(ctx, dy, dmean, drstd):
     (input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, mean, rstd,
      seed) = ctx.saved_tensors
-    dembeds, dword, dpos, dtypes, dweight, dbeta = _embeddings_backward(
-        dy.contiguous(), input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, mean,
-        rstd, ctx.dropout_p, seed, ctx.padding_idx)
+    dembeds, dword, dpos, dtypes, dweight, dbeta = _backward(
+        ctx, "embeddings", _embeddings_backward, dy.contiguous(), input_ids, inputs_embeds, position_ids,
+        token_type_ids, word, pos, types, weight, mean, rstd, ctx.dropout_p, seed, ctx.padding_idx)
     return (None, _grad_or_none(dembeds, inputs_embeds), None, None, _grad_or_none(dword, input_ids), dpos,
             dtypes, dweight, dbeta, None, None, None, None)
 
 
 _embeddings.register_autograd(_embeddings_grad, setup_context=_embeddings_setup)
+_EagerEmbeddings = _eager_function("embeddings", _embeddings_setup, _embeddings_grad)
 
 
 def embeddings(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], position_ids: Tensor,
@@ -513,5 +599,5 @@ def embeddings(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], pos
     if export:
         return torch_ops.embeddings_fwd(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types,
                                         weight, beta, eps, dropout_p, seed)[0]
-    return _embeddings(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, beta,
-                       eps, dropout_p, seed, padding_idx)[0]
+    return _run("embeddings", _embeddings, _EagerEmbeddings, input_ids, inputs_embeds, position_ids,
+                token_type_ids, word, pos, types, weight, beta, eps, dropout_p, seed, padding_idx)[0]

@@ -13,6 +13,7 @@ CPU path and keeps the math in a few batched matmuls.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -221,6 +222,7 @@ class _PaddedLayout:
         self.batch, self.seqlen = cu.numel() - 1, max_seqlen
         self.uniform = total == self.batch * max_seqlen
         self.slots = self.key_valid = None
+        self._masks = {}
         if not self.uniform:
             lengths = cu[1:] - cu[:-1]
             seq_of_token = torch.repeat_interleave(torch.arange(self.batch, device=cu.device), lengths,
@@ -244,8 +246,28 @@ class _PaddedLayout:
         """``(batch, 1, 1, max_seqlen)`` with -inf at padded keys, or None when there is no padding."""
         if self.uniform:
             return None
-        zero = torch.zeros((), dtype=dtype, device=self.key_valid.device)
-        return torch.where(self.key_valid, zero, float("-inf"))[:, None, None, :]
+        if dtype not in self._masks:
+            zero = torch.zeros((), dtype=dtype, device=self.key_valid.device)
+            self._masks[dtype] = torch.where(self.key_valid, zero, float("-inf"))[:, None, None, :]
+        return self._masks[dtype]
+
+
+_last_layout = threading.local()
+
+
+def _padded_layout(cu_seqlens: Tensor, max_seqlen: int, total: int) -> _PaddedLayout:
+    """The :class:`_PaddedLayout` of ``cu_seqlens``, built once for all the layers (and their backward)
+    that share that tensor: the last one built is kept, per thread. A traced graph builds its own. An
+    inference tensor has no version counter: it is matched by identity (fastbert never edits its own)."""
+    if exporting() or torch.compiler.is_compiling():
+        return _PaddedLayout(cu_seqlens, max_seqlen, total)
+    key = (0 if cu_seqlens.is_inference() else cu_seqlens._version, max_seqlen, total)
+    last = getattr(_last_layout, "entry", None)
+    if last is not None and last[0] is cu_seqlens and last[1] == key:
+        return last[2]
+    layout = _PaddedLayout(cu_seqlens, max_seqlen, total)
+    _last_layout.entry = (cu_seqlens, key, layout)
+    return layout
 
 
 def _split_qkv(qkv: Tensor, layout: _PaddedLayout):
@@ -268,7 +290,7 @@ def attention_fwd(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, p: float, se
     """
     total, _, heads, dim = qkv.shape
     scale = dim ** -0.5
-    layout = _PaddedLayout(cu_seqlens, max_seqlen, total)
+    layout = _padded_layout(cu_seqlens, max_seqlen, total)
     q, k, v = _split_qkv(qkv, layout)
     if p == 0.0 and qkv.device.type == "cpu":
         # PyTorch's fused CPU attention also returns the log-sum-exp.
@@ -293,7 +315,7 @@ def attention_bwd(dout, qkv, out, lse, cu_seqlens, max_seqlen: int, p: float, se
     """
     total, _, heads, dim = qkv.shape
     scale = dim ** -0.5
-    layout = _PaddedLayout(cu_seqlens, max_seqlen, total)
+    layout = _padded_layout(cu_seqlens, max_seqlen, total)
     q, k, v = _split_qkv(qkv, layout)
     do = layout.to_grid(dout)
     delta = (do.float() * layout.to_grid(out).float()).sum(-1)

@@ -43,13 +43,21 @@ def transformers_reads_position_type(position_type: str) -> bool:
     return hasattr(modeling_bert.BertSelfAttention(config), "distance_embedding")
 
 
-def _check_index_tensor(name: str, t: Tensor, shape, limit: int, what: str, check_values: bool) -> None:
+def _check_index_tensor(name: str, t: Tensor, shape) -> None:
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor, got dtype {t.dtype}")
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
-    if check_values and t.numel():
-        low, high = int(t.min()), int(t.max())
+
+
+def check_index_ranges(checks) -> None:
+    """Raises ``ValueError`` for the first ``(name, tensor, limit, what)`` of ``checks`` whose values leave
+    ``[0, limit)``; every tensor's range is read in one host copy."""
+    checks = [c for c in checks if c[1].numel()]
+    if not checks:
+        return
+    ranges = torch.stack([torch.stack([t.min(), t.max()]).long() for _, t, _, _ in checks]).tolist()
+    for (name, _, limit, what), (low, high) in zip(checks, ranges):
         if low < 0 or high >= limit:
             raise ValueError(f"{name} must lie in [0, {limit}) ({what}), got values in [{low}, {high}]")
 
@@ -59,8 +67,8 @@ def validate_inputs(config, input_ids: Optional[Tensor], inputs_embeds: Optional
                     position_ids: Optional[Tensor], check_values: bool = True) -> tuple[int, int]:
     """Validates a ``BertModel.forward`` call; returns ``(batch, seqlen)``.
 
-    ``check_values`` also reads the index tensors' ranges (one host sync); it is off under
-    ``torch.compile``, where a data-dependent branch would break the graph.
+    ``check_values`` also reads the index tensors' ranges (one host read for all of them); it is off
+    under ``torch.compile``, where a data-dependent branch would break the graph.
     """
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids or inputs_embeds "
@@ -83,20 +91,24 @@ def validate_inputs(config, input_ids: Optional[Tensor], inputs_embeds: Optional
     if position_ids is None and seqlen > config.max_position_embeddings:
         raise ValueError(f"sequence length {seqlen} exceeds config.max_position_embeddings="
                          f"{config.max_position_embeddings}")
+    ranges = []
     if input_ids is not None:
-        _check_index_tensor("input_ids", input_ids, (batch, seqlen), config.vocab_size,
-                            "config.vocab_size", check_values)
+        _check_index_tensor("input_ids", input_ids, (batch, seqlen))
+        ranges.append(("input_ids", input_ids, config.vocab_size, "config.vocab_size"))
     if token_type_ids is not None:
-        _check_index_tensor("token_type_ids", token_type_ids, (batch, seqlen), config.type_vocab_size,
-                            "config.type_vocab_size", check_values)
+        _check_index_tensor("token_type_ids", token_type_ids, (batch, seqlen))
+        ranges.append(("token_type_ids", token_type_ids, config.type_vocab_size, "config.type_vocab_size"))
     if position_ids is not None:
         shape = (batch, seqlen) if position_ids.dim() == 2 and position_ids.shape[0] == batch else (1, seqlen)
         if position_ids.dim() == 1:
             shape = (seqlen,)
-        _check_index_tensor("position_ids", position_ids, shape, config.max_position_embeddings,
-                            "config.max_position_embeddings", check_values)
+        _check_index_tensor("position_ids", position_ids, shape)
+        ranges.append(("position_ids", position_ids, config.max_position_embeddings,
+                       "config.max_position_embeddings"))
     if attention_mask is not None:
         _check_mask(attention_mask, batch, seqlen, config.num_attention_heads)
+    if check_values:
+        check_index_ranges(ranges)
     return batch, seqlen
 
 

@@ -47,6 +47,29 @@ def tokenizer(minilm_path):
     return transformers.AutoTokenizer.from_pretrained(minilm_path)
 
 
+class HostReads:
+    """Counts the ways code can read a tensor's values on the host (each a device sync on a GPU)."""
+
+    PATCHED = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero")
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        for name in self.PATCHED:
+            monkeypatch.setattr(torch.Tensor, name, self._counting(getattr(torch.Tensor, name)))
+        monkeypatch.setattr(torch, "nonzero", self._counting(torch.nonzero))
+
+    def _counting(self, original):
+        def counted(*args, **kwargs):
+            self.count += 1
+            return original(*args, **kwargs)
+        return counted
+
+
+@pytest.fixture
+def host_reads(monkeypatch) -> HostReads:
+    return HostReads(monkeypatch)
+
+
 def tiny_config(**overrides) -> transformers.BertConfig:
     """A random-weight BERT with odd sizes: hidden 96, 3 heads, intermediate 200."""
     settings = dict(vocab_size=211, hidden_size=96, num_hidden_layers=2, num_attention_heads=3,

@@ -139,3 +139,15 @@ def test_bad_bench_options_get_one_line(capsys):
     with pytest.raises(SystemExit) as exit_:
         suite.main(["--device", "tpu"])
     assert exit_.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+
+
+def test_host_overhead_section_times_and_counts_both_implementations(record_and_folder):
+    record, folder = record_and_folder
+    host = record["host"]
+    for case in ("inference", "training_step"):
+        assert set(host[case]) == {"fastbert", "transformers-sdpa"}
+        for row in host[case].values():
+            assert row["us_per_layer"] > 0 and row["ops_per_layer"] > 1
+        assert host[case]["transformers-sdpa"]["ratio"] == pytest.approx(1.0)
+    assert host["training_step"]["fastbert"]["ops_per_layer"] > host["inference"]["fastbert"]["ops_per_layer"]
+    assert "## Host overhead" in (folder / "results.md").read_text()

@@ -82,33 +82,14 @@ def test_pooler_heads_with_left_padding_give_transformers_logits(name):
     assert_grads_close(reference, model)
 
 
-class HostReads:
-    """Counts the ways a forward can read a tensor's values on the host."""
-
-    PATCHED = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero")
-
-    def __init__(self, monkeypatch):
-        self.count = 0
-        for name in self.PATCHED:
-            original = getattr(torch.Tensor, name)
-            monkeypatch.setattr(torch.Tensor, name, self._counting(original))
-        monkeypatch.setattr(torch, "nonzero", self._counting(torch.nonzero))
-
-    def _counting(self, original):
-        def counted(*args, **kwargs):
-            self.count += 1
-            return original(*args, **kwargs)
-        return counted
-
-
 @pytest.mark.parametrize("name", TOKEN_LABEL_HEADS)
-def test_unlabelled_padding_stays_packed_without_an_extra_host_read(name, monkeypatch):
+def test_unlabelled_padding_stays_packed_without_an_extra_host_read(name, host_reads):
     config = tiny_config()
     model = getattr(fastbert, name)(config).eval()
     ids, types, mask = random_batch(config)
     labels = _labels_everywhere(name, config, ids)
     labels["labels"] = labels["labels"].masked_fill(mask == 0, -100)  # what the collators give
-    reads = HostReads(monkeypatch)
+    reads = host_reads
     with torch.no_grad():
         model(ids, token_type_ids=types, attention_mask=mask)
         without_labels, reads.count = reads.count, 0
