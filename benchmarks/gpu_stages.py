@@ -11,12 +11,14 @@ the process group is killed, the stage is recorded as ``timeout`` and the next o
    PyTorch's LayerNorm and the copy bandwidth (their reports merged into ``results.json``);
 5. ``model_grid``: inference at the MiniLM-L6 and BERT-base geometries (random weights where the
    checkpoint is not installed) against transformers, and the models' error against float64;
-6. ``training``: one training step with the peak memory, and the bytes kept for backward;
-7. ``compile``: ``torch.compile`` of transformers and of fastbert.
+6. ``host``: host microseconds and kernels per layer at negligible compute, and CUDA-graph replay
+   (:func:`fastbert.optimize` with ``cuda_graphs=True``) against eager at small batches;
+7. ``training``: one training step with the peak memory, and the bytes kept for backward;
+8. ``compile``: ``torch.compile`` of transformers and of fastbert.
 
 OUT gets at most five files, no folders: ``summary.md`` and ``results.json`` (both rewritten as every
 stage starts and ends), ``run.log`` (every stage's output, in order), ``speedup.png`` and
-``correctness.png``. The stage budgets sum to 440 s; the run stops starting stages at 480 s of wall less
+``correctness.png``. The stage budgets sum to 450 s; the run stops starting stages at 480 s of wall less
 ``--spent`` (the install's seconds). ``--dry-run`` walks every stage on the CPU (the Triton interpreter
 where kernels run, tiny shapes, its own budgets; the kernel benchmarks skip: they time CUDA kernels).
 Exit status: 0 when every stage passed or was skipped, 1 otherwise, 2 for bad arguments.
@@ -79,9 +81,10 @@ STAGES = (
     StageSpec("bench_attention", "attention kernel against SDPA", 40, 15),
     StageSpec("bench_layernorm", "residual + dropout + LayerNorm against PyTorch and the copy bandwidth", 20, 15),
     StageSpec("bench_ffn", "feed-forward kernels against cuBLAS", 40, 15),
-    StageSpec("model_grid", "inference against transformers (MiniLM-L6, BERT-base); error against float64", 70, 50),
+    StageSpec("model_grid", "inference against transformers (MiniLM-L6, BERT-base); error against float64", 65, 50),
+    StageSpec("host", "host overhead per layer and kernels per layer; CUDA-graph replay against eager", 25, 40),
     StageSpec("training", "a training step with peak memory; bytes kept for backward", 35, 45),
-    StageSpec("compile", "torch.compile of transformers and fastbert", 50, 45),
+    StageSpec("compile", "torch.compile of transformers and fastbert", 40, 45),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -411,6 +414,22 @@ def draw(plot) -> str:
         return f"not drawn: {error}"
 
 
+def host_stage(ctx: StageContext) -> None:
+    """:func:`benchmarks.host.host_section` (kernels per layer from the profiler on CUDA), then
+    :func:`benchmarks.host.cuda_graphs_section` (the graphs captured on CUDA)."""
+    device = ctx.device_or_skip()
+    if device is None:
+        return
+    from . import host, plots
+
+    repeats = 3 if ctx.dry_run else 20
+    overhead = host.host_section(device, repeats)
+    markdown = plots.host_table(overhead)
+    ctx.save(host=overhead, markdown=markdown)
+    graphs = host.cuda_graphs_section(device, repeats, layers=2 if ctx.dry_run else host.LAYERS)
+    ctx.save(host=overhead, cuda_graphs=graphs, markdown=markdown + ["", *plots.cuda_graphs_table(graphs)])
+
+
 def training_stage(ctx: StageContext) -> None:
     """:func:`benchmarks.speed.training_step` (with the peak memory on CUDA), then
     :func:`benchmarks.suite.memory_section`."""
@@ -467,7 +486,8 @@ def _device_name(device) -> str:
 STAGE_FUNCTIONS = {
     "environment": environment_stage, "smoke": smoke_stage, "kernel_tests": kernel_tests_stage,
     "bench_attention": kernel_bench_stage("bench_attention"), "bench_layernorm": kernel_bench_stage("bench_layernorm"),
-    "bench_ffn": kernel_bench_stage("bench_ffn"), "model_grid": model_grid_stage, "training": training_stage,
+    "bench_ffn": kernel_bench_stage("bench_ffn"), "model_grid": model_grid_stage, "host": host_stage,
+    "training": training_stage,
     "compile": compile_stage,
 }
 

@@ -131,3 +131,40 @@ if __name__ == "__main__":
     from .plots import host_table
 
     print("\n".join(host_table(host_section(torch.device("cuda" if torch.cuda.is_available() else "cpu")))))
+
+
+def cuda_graphs_section(device, repeats: int = 20, layers: int = LAYERS) -> dict:
+    """fastbert eager against ``fastbert.optimize(model, cuda_graphs=True)`` (captured on CUDA; on the CPU the
+    same static buffers without a graph) at small batches: the largest difference on real tokens and the
+    median time per forward of each, for three batch shapes (the second and third in one bucket)."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(**{**CONFIG, "num_hidden_layers": layers, "hidden_size": 384,
+                                        "num_attention_heads": 12, "intermediate_size": 1536})
+    eager = fastbert.BertModel(config).to(device).eval()
+    graphed = fastbert.optimize(fastbert.BertModel(config).to(device).eval(), cuda_graphs=True)
+    graphed.load_state_dict(eager.state_dict())
+    rows = []
+    for batch, seqlen in ((1, 16), (8, 64), (7, 60)):
+        ids = torch.randint(1, config.vocab_size, (batch, seqlen), device=device)
+        mask = torch.ones(batch, seqlen, dtype=torch.long, device=device)
+        mask[batch // 2:, seqlen * 2 // 3:] = 0
+        with torch.no_grad():
+            want = eager(input_ids=ids, attention_mask=mask).last_hidden_state
+            got = graphed(input_ids=ids, attention_mask=mask).last_hidden_state
+            fns = {name: _synchronized(lambda m=m: m(input_ids=ids, attention_mask=mask), device)
+                   for name, m in (("fastbert", eager), ("fastbert-cuda-graphs", graphed))}
+            timed = {name: statistics.median(_times(fn, repeats)) for name, fn in fns.items()}
+        rows.append({"batch": batch, "seqlen": seqlen, "max_abs_diff": float((want - got)[mask.bool()].abs().max()),
+                     "eager_us": timed["fastbert"], "graphs_us": timed["fastbert-cuda-graphs"],
+                     "speedup": timed["fastbert"] / timed["fastbert-cuda-graphs"]})
+    return {"layers": layers, "hidden": config.hidden_size, "rows": rows}
+
+
+def _times(fn, repeats: int) -> list:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e6)
+    return times

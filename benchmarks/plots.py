@@ -170,6 +170,16 @@ def host_table(section: dict) -> list[str]:
     return lines
 
 
+def cuda_graphs_table(section: dict) -> list[str]:
+    """Eager fastbert against its CUDA-graph replay (:func:`benchmarks.host.cuda_graphs_section`)."""
+    lines = [f"{section['layers']} layers of hidden {section['hidden']}: median time per forward.", "",
+             "| batch | seqlen | max abs diff | eager µs | graphs µs | speed-up |", "|---|---|---|---|---|---|"]
+    for r in section["rows"]:
+        lines.append(f"| {r['batch']} | {r['seqlen']} | {r['max_abs_diff']:.2g} | {r['eager_us']:.0f} | "
+                     f"{r['graphs_us']:.0f} | {r['speedup']:.2f} |")
+    return lines
+
+
 def kernel_table(kernel: dict) -> list[str]:
     """A kernel benchmark's rows as they were recorded (every figure, one column each)."""
     rows = kernel["results"]

@@ -33,7 +33,7 @@ from torch.nn.modules import module as _torch_module
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 from transformers.models.bert import modeling_bert as hf
 
-from fastbert import ops
+from fastbert import cuda_graphs, ops
 from fastbert.padding import PackedLayout, full_layout, gather, scatter, static_layout, unpad_layout
 from fastbert.validation import check_config_supported, validate_inputs
 
@@ -367,13 +367,21 @@ class BertModel(BertPreTrainedModel, hf.BertModel):
             kept[i] = scatter(h, layout)
             return gather(kept[i], layout)  # the next layer runs on the returned state: it stays in the graph
 
-        with self._dropout_seeds(device, compiling):
-            hidden = self.embeddings(
-                gather(input_ids, layout) if input_ids is not None else None,
-                gather(token_type_ids, layout), gather(position_ids, layout),
-                gather(inputs_embeds, layout) if inputs_embeds is not None else None,
-            )
-            hidden, all_probs = self.encoder(hidden, attn, keep_input if selected else None, output_attentions)
+        if isinstance(attn, PackedAttention) and self._graph_eligible(input_ids, selected, compiling):
+            hidden = cuda_graphs.graphed_encoder(self, BertModel._encode_static)(
+                gather(input_ids, layout), gather(token_type_ids, layout), gather(position_ids, layout),
+                layout.cu_seqlens, layout.max_seqlen)
+            if layout.indices is None:
+                hidden = hidden.clone()  # scatter would return a view of the graph's buffer
+            all_probs = None
+        else:
+            with self._dropout_seeds(device, compiling):
+                hidden = self.embeddings(
+                    gather(input_ids, layout) if input_ids is not None else None,
+                    gather(token_type_ids, layout), gather(position_ids, layout),
+                    gather(inputs_embeds, layout) if inputs_embeds is not None else None,
+                )
+                hidden, all_probs = self.encoder(hidden, attn, keep_input if selected else None, output_attentions)
 
         sequence_output = scatter(hidden, layout)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
@@ -390,6 +398,24 @@ class BertModel(BertPreTrainedModel, hf.BertModel):
         )
         return result if return_dict else result.to_tuple()
 
+
+    def use_cuda_graphs(self, enabled: bool = True) -> None:
+        """Replays inference calls through CUDA graphs, one per bucket of batch shapes
+        (:mod:`fastbert.cuda_graphs`); ``fastbert.optimize(model, cuda_graphs=True)`` calls it."""
+        self._cuda_graphs_enabled = enabled
+
+    def _graph_eligible(self, input_ids: Optional[Tensor], selected, compiling: bool) -> bool:
+        """A call the graphs can take: inference on ids, nothing recorded, not traced or captured."""
+        if not getattr(self, "_cuda_graphs_enabled", False) or input_ids is None or selected is not None:
+            return False
+        if self.training or torch.is_grad_enabled() or compiling or torch.is_autocast_enabled(input_ids.device.type):
+            return False
+        return not (input_ids.is_cuda and torch.cuda.is_current_stream_capturing())
+
+    def _encode_static(self, static: "cuda_graphs.StaticBatch") -> Tensor:
+        """Embeddings and every layer on a bucket's static buffers: ``(tokens, hidden)``."""
+        hidden = self.embeddings(static.ids, static.types, static.positions, None)
+        return self.encoder(hidden, PackedAttention(static.cu_seqlens, static.key.max_seqlen))[0]
 
     def _dropout_seeds(self, device: torch.device, compiling: bool):
         """One seed draw for every dropout site of a training forward (embeddings, then three per layer).

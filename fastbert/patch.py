@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import nn
 from transformers.models.bert import modeling_bert as hf
 
-from fastbert.modeling import FASTBERT_CLASSES, convert_modules
+from fastbert.modeling import FASTBERT_CLASSES, BertModel, convert_modules
 
 
-def optimize(model: nn.Module) -> nn.Module:
+def optimize(model: nn.Module, cuda_graphs: Optional[bool] = None) -> nn.Module:
     """Runs a transformers BERT model on fastbert's fused ops; returns the same object.
+
+    ``cuda_graphs=True`` also replays its inference calls on CUDA through CUDA graphs, captured once per
+    bucket of (tokens, sequences, longest length), each the next power of two
+    (:mod:`fastbert.cuda_graphs`); training and other calls run as without. ``False`` turns them off;
+    None (default) leaves them as they are.
 
     Accepts a transformers ``BertModel``/``BertFor*`` or any module containing one (a
     sentence-transformers ``SentenceTransformer``, a custom wrapper). The conversion happens in place:
@@ -29,4 +36,8 @@ def optimize(model: nn.Module) -> nn.Module:
         raise TypeError(f"fastbert.optimize expects a BERT model (transformers BertModel/BertFor*, or a module "
                         f"containing one), got {type(model).__name__}")
     convert_modules(model)
+    if cuda_graphs is not None:
+        for module in model.modules():
+            if isinstance(module, BertModel):
+                module.use_cuda_graphs(cuda_graphs)
     return model
