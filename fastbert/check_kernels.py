@@ -243,14 +243,15 @@ def format_counts(rows: Sequence[Row]) -> str:
     """A compact table of the main-loop instruction and tensor-core instruction counts of ``rows``
     (``fastbert check-kernels --counts``): body "loop" counts one iteration of the largest innermost loop
     (:func:`loop_body`), "all" the whole kernel where it has no loop; "-" where nothing was built."""
-    header = ("op", "kernel", "variant", "arch", "body", "instr", "MMA", "result")
+    header = ("op", "kernel", "variant", "arch", "warps/stages", "body", "instr", "MMA", "result")
     table = [header]
     for r in rows:
         built = r.loop_instructions > 0
         counts = (("loop" if r.has_loop else "all"), str(r.loop_instructions), str(r.loop_mma)) if built else ("-",) * 3
-        table.append((r.op, r.kernel, r.label, f"sm_{r.arch}", *counts, _outcome(r)))
+        table.append((r.op, r.kernel, r.label, f"sm_{r.arch}", f"{r.num_warps}/{r.num_stages}", *counts,
+                      _outcome(r)))
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    right = (5, 6)  # numbers right-aligned, so a change of digits shows
+    right = (6, 7)  # numbers right-aligned, so a change of digits shows
     lines = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w)
                        for i, (cell, w) in enumerate(zip(line, widths))).rstrip() for line in table]
     lines.insert(1, "  ".join("-" * w for w in widths))

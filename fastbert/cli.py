@@ -97,7 +97,7 @@ def _check_kernels(args) -> int:
                               stdout=subprocess.PIPE, text=True)
         sys.stdout.write(done.stdout)
         return done.returncode
-    from fastbert.check_kernels import check_kernels, format_report, supported_archs
+    from fastbert.check_kernels import check_kernels, format_counts, format_report, supported_archs
 
     missing = [a for a in args.arch if a not in supported_archs(args.arch)]
     if missing:
@@ -118,7 +118,7 @@ def _check_kernels(args) -> int:
         print(f"no Triton kernel variants{which} are registered for AOT checks "
               "(see fastbert.check_kernels.register_aot)")
         return 2
-    print(format_report(rows))
+    print(format_counts(rows) if args.counts else format_report(rows))
     return 0 if all(r.ok for r in rows) else 1
 
 
@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--jobs", type=_positive, default=None, help="compile processes (default: CPU count)")
     check.add_argument("--match", default=None, help="only variants whose op, kernel or label contains this "
                        "(default: every variant)")
+    check.add_argument("--counts", action="store_true", help="print only each variant's main-loop instruction "
+                       "and tensor-core instruction counts, as benchmarks/results/instruction-counts-*.txt keep them")
     check.set_defaults(run=_check_kernels)
     sub.add_parser("bench", add_help=False, help="correctness and speed against transformers and "
                    "torch.compile on this device: tables, results.json and plots (--help for options)")

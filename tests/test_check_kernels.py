@@ -196,6 +196,9 @@ def test_registered_variants_follow_each_arch():
 
 
 # ============================================================================= main-loop counts
+COUNTS_HEADER = ["op", "kernel", "variant", "arch", "warps/stages", "body", "instr", "MMA", "result"]
+
+
 def _sass(*body: str, function: str = "kernel") -> str:
     """cuobjdump-style SASS of ``body``: one instruction per line, each 16 bytes after the last, with the
     encoding lines cuobjdump interleaves; a ``label:`` entry becomes a line of its own (nvdisasm style)."""
@@ -252,8 +255,17 @@ def test_compiled_kernels_report_their_loop_counts(rows):
     line = next(s for s in ck.format_report([r]).splitlines() if s.startswith("test"))
     assert f" {r.loop_instructions}/{r.loop_mma} " in line and "loop instr/MMA" in ck.format_report([r])
     counts = ck.format_counts([r, softmax, rows[k.BROKEN.label, 80]]).splitlines()
-    assert counts[0].split() == ["op", "kernel", "variant", "arch", "body", "instr", "MMA", "result"]
-    after_arch = [line.split(" sm_80 ")[1].split()[:4] for line in counts[2:5]]
+    assert counts[0].split() == COUNTS_HEADER
+    after_arch = [line.split(" sm_80 ")[1].split()[1:5] for line in counts[2:5]]
     assert after_arch == [["loop", str(r.loop_instructions), str(r.loop_mma), "OK"],
                           ["all", str(softmax.loop_instructions), "0", "FAIL(spills"], ["-", "-", "-", "FAIL(compile"]]
 
+
+def test_cli_counts_prints_the_compact_table(rows, monkeypatch, capsys):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(ck, "supported_archs", lambda archs: archs)
+    monkeypatch.setattr(ck, "check_kernels", lambda archs, jobs, match, on_row: [rows[k.CLEAN.label, 80]])
+    assert cli.main(["check-kernels", "--counts"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == COUNTS_HEADER
+    assert "spill B" not in out and "1 variant compiled for sm_80: all OK" in out
