@@ -3,14 +3,15 @@
 - ``_ffn_fwd``: ``Z = X @ W1^T + b1`` with the exact erf GELU in the epilogue; it writes ``Y = gelu(Z)``
   and, when training, ``Z`` too. The second linear ``Y @ W2^T`` is a plain GEMM (cuBLAS).
 - ``_ffn_bwd``: ``dZ = (dOut @ W2) * gelu'(Z)``, the input-gradient GEMM of the second linear with the
-  GELU derivative in its epilogue.
-- ``_ffn_bwd_dw2``: ``dW2 = dOut^T @ gelu(Z)``, recomputing the GELU on the tiles of ``Z`` as they load.
+  GELU derivative in its epilogue; when the weight gradients are wanted it also writes ``G = gelu(Z)``
+  from the same tile of ``Z`` (before its K loop).
 
 So the block keeps one ``tokens x intermediate`` tensor (``Z``) for backward, where an unfused
-``Linear -> GELU -> Linear`` keeps two (``Z`` for the GELU and ``Y`` for the second linear). The
-remaining gradients (``dW1 = dZ^T X``, ``dX = dZ W1``, ``db1``) are plain GEMMs and a column sum.
+``Linear -> GELU -> Linear`` keeps two (``Z`` for the GELU and ``Y`` for the second linear); ``G`` is a
+temporary of backward, freed once ``dW2 = dOut^T G`` is computed. That and the remaining gradients
+(``dW1 = dZ^T X``, ``dX = dZ W1``, ``db1``) are plain GEMMs (cuBLAS) and a column sum.
 
-All three kernels share one tile loop (grouped tile order for L2 reuse, fp32 accumulation, operands
+Both kernels share one tile loop (grouped tile order for L2 reuse, fp32 accumulation, operands
 addressed by strides so transposes are free) and are autotuned over tile tables that ``fastbert
 check-kernels`` proves free of spills on sm_80 and sm_90; the tuning key buckets the token count.
 """
@@ -61,8 +62,8 @@ def _cast(x, dtype: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """``(rows, cols)`` index vectors of this program's output tile, in grouped order: ``GROUP_M`` tile
+def _tile_start(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """``(first row, first column)`` of this program's output tile, in grouped order: ``GROUP_M`` tile
     rows walk the tile columns together, so their operand tiles stay in L2."""
     pid = tl.program_id(0)
     tiles_n = tl.cdiv(N, BLOCK_N)
@@ -71,13 +72,20 @@ def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.conste
     group_rows = tl.minimum(tl.cdiv(M, BLOCK_M) - first_m, GROUP_M)
     pid_m = first_m + (pid % group_width) % group_rows
     pid_n = (pid % group_width) // group_rows
-    return pid_m * BLOCK_M + tl.arange(0, BLOCK_M), pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return pid_m * BLOCK_M, pid_n * BLOCK_N
+
+
+@triton.jit
+def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """``(rows, cols)`` index vectors of this program's output tile (:func:`_tile_start`)."""
+    row0, col0 = _tile_start(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    return row0 + tl.arange(0, BLOCK_M), col0 + tl.arange(0, BLOCK_N)
 
 
 @triton.jit
 def _matmul(A, B, rows, cols, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
-            BLOCK_K: tl.constexpr, GELU_B: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """fp32 ``A[rows, :] @ op(B)[:, cols]`` with ``op = gelu`` when ``GELU_B``; rows are 64-bit offsets."""
+            BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """fp32 ``A[rows, :] @ B[:, cols]``; rows are 64-bit offsets."""
     ks = tl.arange(0, BLOCK_K)
     a_ptrs = A + rows[:, None].to(tl.int64) * stride_am + ks[None, :] * stride_ak
     b_ptrs = B + ks[:, None].to(tl.int64) * stride_bk + cols[None, :] * stride_bn
@@ -85,8 +93,6 @@ def _matmul(A, B, rows, cols, M, N, K, stride_am, stride_ak, stride_bk, stride_b
     for k in range(0, K, BLOCK_K):
         a = tl.load(a_ptrs, mask=(rows[:, None] < M) & (ks[None, :] < K - k), other=0.0)
         b = tl.load(b_ptrs, mask=(ks[:, None] < K - k) & (cols[None, :] < N), other=0.0)
-        if GELU_B:
-            b = _cast(_gelu(b.to(tl.float32)), A.dtype.element_ty, UPCAST)
         acc += dot(a, b, INPUT_PRECISION, UPCAST)
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
@@ -103,8 +109,8 @@ def _ffn_fwd(
     """``Z = X @ W^T + Bias``, ``Y = gelu(Z)`` for ``X (M, K)``, ``W (N, K)``; ``Z``/``Y`` ``(M, N)``
     contiguous. Grid ``(tiles,)``."""
     rows, cols = _tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    z = _matmul(X, W, rows, cols, M, N, K, stride_xm, stride_xk, stride_wk, stride_wn, BLOCK_K, False,
-                INPUT_PRECISION, UPCAST)
+    z = _matmul(X, W, rows, cols, M, N, K, stride_xm, stride_xk, stride_wk, stride_wn, BLOCK_K, INPUT_PRECISION,
+                UPCAST)
     if HAS_BIAS:
         z += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
@@ -114,37 +120,41 @@ def _ffn_fwd(
     tl.store(Y + offsets, _cast(_gelu(z), Y.dtype.element_ty, UPCAST), mask=mask)
 
 
+@triton.jit
+def _store_gelu(Z, G, row0, col0, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
+    """``G = gelu(Z)`` on the ``(BLOCK_M, BLOCK_N)`` tile at ``(row0, col0)`` of ``(M, N)`` contiguous
+    ``Z``/``G``. Addressed from the tile's corner (64-bit) and 32-bit offsets within it: nothing the
+    epilogue's addressing shares, so no pointer tile stays live across the K loop that follows."""
+    corner = row0.to(tl.int64) * N + col0
+    r = tl.arange(0, BLOCK_M)[:, None]
+    c = tl.arange(0, BLOCK_N)[None, :]
+    inside = (r < M - row0) & (c < N - col0)
+    within = r * N + c
+    gelu = _gelu(tl.load(Z + corner + within, mask=inside, other=0.0).to(tl.float32))
+    tl.store(G + corner + within, _cast(gelu, G.dtype.element_ty, UPCAST), mask=inside)
+
+
 @triton.jit(do_not_specialize=["M", "M_BUCKET"])
 def _ffn_bwd(
-    DOut, W2, Z, DZ, M, N, K, stride_dm, stride_dk, stride_wk, stride_wn, M_BUCKET,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    DOut, W2, Z, DZ, G, M, N, K, stride_dm, stride_dk, stride_wk, stride_wn, M_BUCKET,
+    STORE_GELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    """``DZ = (DOut @ W2) * gelu'(Z)`` for ``DOut (M, K)``, ``W2 (K, N)`` (the second linear's weight);
-    ``Z``/``DZ`` ``(M, N)`` contiguous. Grid ``(tiles,)``."""
-    rows, cols = _tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    dy = _matmul(DOut, W2, rows, cols, M, N, K, stride_dm, stride_dk, stride_wk, stride_wn, BLOCK_K, False,
+    """``DZ = (DOut @ W2) * gelu'(Z)`` and, when ``STORE_GELU``, ``G = gelu(Z)``, for ``DOut (M, K)``,
+    ``W2 (K, N)`` (the second linear's weight); ``Z``/``DZ``/``G`` ``(M, N)`` contiguous. Grid ``(tiles,)``.
+
+    ``G`` is written before the K loop, while the accumulator holds no registers: written after it,
+    beside the accumulator and the fp32 ``gelu'`` tile, the 128-wide tiles spill on sm_80 and sm_90."""
+    row0, col0 = _tile_start(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    if STORE_GELU:
+        _store_gelu(Z, G, row0, col0, M, N, BLOCK_M, BLOCK_N, UPCAST)
+    rows, cols = row0 + tl.arange(0, BLOCK_M), col0 + tl.arange(0, BLOCK_N)
+    dy = _matmul(DOut, W2, rows, cols, M, N, K, stride_dm, stride_dk, stride_wk, stride_wn, BLOCK_K,
                  INPUT_PRECISION, UPCAST)
     offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
     mask = (rows[:, None] < M) & (cols[None, :] < N)
     z = tl.load(Z + offsets, mask=mask, other=0.0).to(tl.float32)
     tl.store(DZ + offsets, _cast(dy * _gelu_grad(z), DZ.dtype.element_ty, UPCAST), mask=mask)
-
-
-@triton.jit(do_not_specialize=["K", "M_BUCKET"])
-def _ffn_bwd_dw2(
-    DOut, Z, DW2, M, N, K, stride_dm, stride_dk, stride_zk, stride_zn, M_BUCKET,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-):
-    """``DW2 = DOut^T @ gelu(Z)``: ``M`` = hidden, ``N`` = intermediate, ``K`` = tokens; ``DOut^T`` and
-    ``Z`` by strides, ``DW2 (M, N)`` contiguous. Grid ``(tiles,)``."""
-    rows, cols = _tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    dw = _matmul(DOut, Z, rows, cols, M, N, K, stride_dm, stride_dk, stride_zk, stride_zn, BLOCK_K, True,
-                 INPUT_PRECISION, UPCAST)
-    mask = (rows[:, None] < M) & (cols[None, :] < N)
-    tl.store(DW2 + rows[:, None].to(tl.int64) * N + cols[None, :], _cast(dw, DW2.dtype.element_ty, UPCAST),
-             mask=mask)
 
 
 # ============================================================================= tiles and autotuning
@@ -161,6 +171,7 @@ _TILES = {
 }
 # (kind, operands) -> {tile: the archs it spills on (None: all)}, under triton 3.6 and 3.9.
 _SPILLS = {("bwd", "tf32"): {(128, 128, 32, 8, 3): None},  # 24 B of spills on sm_90
+           ("bwd", "16bit"): {(64, 128, 32, 4, 4): (80,)},  # 12 B in bf16 under triton 3.6 once G is written
            ("fwd", "ieee"): {(64, 64, 32, 8, 2): (120,)}}
 GROUP_M = 8
 
@@ -183,7 +194,7 @@ def smem_bytes(config: triton.Config, dtype: torch.dtype) -> int:
 
 def tile_configs(kind: str, dtype: torch.dtype, precision: str, limit: Optional[int] = None,
                  arch: Optional[int] = None) -> tuple:
-    """The launch configs of kernel ``kind`` ("fwd", "bwd", "dw2") for a dtype and ``tl.dot``'s input
+    """The launch configs of kernel ``kind`` ("fwd", "bwd") for a dtype and ``tl.dot``'s input
     precision (which only matters for fp32), default first, less those that spill on ``arch`` (on any,
     when None); with ``limit`` (bytes of shared memory) only those that fit it."""
     operands = _operands(dtype, precision)
@@ -211,17 +222,15 @@ def _allowed(kind: str):
     def allowed(named_args, meta):
         z = named_args["Z"]
         proven = tile_configs(kind, z.dtype, meta["INPUT_PRECISION"], device_smem_limit(z.device), device_arch(z.device))
-        m = named_args["M_BUCKET"] if kind != "dw2" else named_args["M"]
-        return [c for c in proven if fits_shape(c, m, named_args["N"])] or proven[:1]
+        return [c for c in proven if fits_shape(c, named_args["M_BUCKET"], named_args["N"])] or proven[:1]
     return allowed
 
 
 _ALL_CONFIGS = [_config(t) for t in sorted({t for table in _TILES.values() for t in table})]
-# M_BUCKET (next power of two of the token count) keys the tuning instead of the token count itself,
-# so a new batch shape reuses it; the token count is M, or K for dW2.
-_KEYS = {"fwd": ("M_BUCKET", "N", "K"), "bwd": ("M_BUCKET", "N", "K"), "dw2": ("M", "N", "M_BUCKET")}
-_KERNELS = {"fwd": _ffn_fwd, "bwd": _ffn_bwd, "dw2": _ffn_bwd_dw2}
-_TUNED = {kind: TunedKernel(kernel, _ALL_CONFIGS, _KEYS[kind] + ("INPUT_PRECISION",), _allowed(kind))
+# M_BUCKET (next power of two of the token count M) keys the tuning instead of the token count itself,
+# so a new batch shape reuses it.
+_KERNELS = {"fwd": _ffn_fwd, "bwd": _ffn_bwd}
+_TUNED = {kind: TunedKernel(kernel, _ALL_CONFIGS, ("M_BUCKET", "N", "K", "INPUT_PRECISION"), _allowed(kind))
           for kind, kernel in _KERNELS.items()}
 
 
@@ -297,22 +306,23 @@ def ffn_inference_fwd(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor) -
 def ffn_bwd(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor, has_bias: bool, weight_grads: bool = True):
     """``(dx, dw1, db1, dw2)`` from the saved ``z``; ``db1`` is empty without a bias, the weight gradients
     are empty (and not computed) without ``weight_grads``. The signature of
-    :func:`fastbert.torch_ops.ffn_bwd`."""
+    :func:`fastbert.torch_ops.ffn_bwd`.
+
+    Besides ``dz`` the kernel writes ``gelu(z)`` (a ``tokens x intermediate`` temporary, freed after
+    the ``dw2`` GEMM) only for the weight gradients."""
     dout, z, w2 = _unit_stride_inner(dout), z.contiguous(), _unit_stride_inner(w2)
     (M, N), H = z.shape, dout.shape[1]
     dz = torch.empty_like(z)
-    dw2 = w2.new_empty(w2.shape)
-    precision = input_precision(x.dtype, x.device)
+    g = torch.empty_like(z) if weight_grads else None
     if M and N:
-        # dZ = (dOut @ W2) * gelu'(Z): A = dOut (M, H), B = W2 (H, N)
-        _launch("bwd", M, N, dout, w2, z, dz, M, N, H, dout.stride(0), dout.stride(1), w2.stride(0),
-                w2.stride(1), _bucket(M), INPUT_PRECISION=precision, dtype=x.dtype, device=x.device)
+        # dZ = (dOut @ W2) * gelu'(Z), G = gelu(Z): A = dOut (M, H), B = W2 (H, N)
+        _launch("bwd", M, N, dout, w2, z, dz, dz if g is None else g, M, N, H, dout.stride(0), dout.stride(1),
+                w2.stride(0), w2.stride(1), _bucket(M), STORE_GELU=weight_grads,
+                INPUT_PRECISION=input_precision(x.dtype, x.device), dtype=x.dtype, device=x.device)
     if not weight_grads:
         return dz @ w1, w1.new_empty(0), w1.new_empty(0), w2.new_empty(0)
-    if H and N:
-        # dW2 = dOut^T @ gelu(Z): A = dOut^T (H, M), B = Z (M, N); tokens are the reduction
-        _launch("dw2", H, N, dout, z, dw2, H, N, M, dout.stride(1), dout.stride(0), z.stride(0), z.stride(1),
-                _bucket(M), INPUT_PRECISION=precision, dtype=x.dtype, device=x.device)
+    dw2 = dout.t() @ g
+    del g  # before dx and dw1 are allocated
     dx = dz @ w1
     dw1 = dz.t() @ x
     db1 = dz.sum(0, dtype=torch.float32).to(w1.dtype) if has_bias else w1.new_empty(0)
@@ -345,13 +355,13 @@ class FusedFFN(torch.autograd.Function):
 _TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
-# Per kernel: the strides the launchers pass as 1 (the JIT specializes them to constants) and the
-# integer arguments that are multiples of 16 for BERT's sizes (the token count is not).
-_UNIT_STRIDES = {"fwd": ("stride_xk", "stride_wk"), "bwd": ("stride_dk", "stride_wn"),
-                 "dw2": ("stride_dm", "stride_zn")}
+# Per kernel: the strides the launchers pass as 1 (the JIT specializes them to constants), the
+# integer arguments that are multiples of 16 for BERT's sizes (the token count is not), and the flags of
+# the heaviest form launched (training with a bias and weight gradients; the others do less of the same).
+_UNIT_STRIDES = {"fwd": ("stride_xk", "stride_wk"), "bwd": ("stride_dk", "stride_wn")}
 _INTS = ("M", "N", "K", "M_BUCKET")
-_ALIGNED_INTS = {"fwd": ("N", "K", "stride_xm", "stride_wn"), "bwd": ("N", "K", "stride_dm", "stride_wk"),
-                 "dw2": ("M", "N", "stride_dk", "stride_zk")}
+_ALIGNED_INTS = {"fwd": ("N", "K", "stride_xm", "stride_wn"), "bwd": ("N", "K", "stride_dm", "stride_wk")}
+_FLAGS = {"fwd": dict(HAS_BIAS=True, STORE_Z=True), "bwd": dict(STORE_GELU=True)}
 
 
 def aot_variants(arch: int):
@@ -368,9 +378,7 @@ def aot_variants(arch: int):
             for kind, kernel in _KERNELS.items():
                 for config in tile_configs(kind, dtype, precision, smem_limit(arch), arch):
                     constexprs = dict(config.kwargs, GROUP_M=GROUP_M, INPUT_PRECISION=precision, UPCAST=False)
-                    constexprs.update({stride: 1 for stride in _UNIT_STRIDES[kind]})
-                    if kind == "fwd":
-                        constexprs.update(HAS_BIAS=True, STORE_Z=True)
+                    constexprs.update({stride: 1 for stride in _UNIT_STRIDES[kind]}, **_FLAGS[kind])
                     signature = signature_of(kernel, constexprs, t, ints=_INTS)
                     aligned = tuple(n for n in kernel.arg_names
                                     if signature[n].startswith("*") or n in _ALIGNED_INTS[kind])
