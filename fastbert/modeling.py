@@ -148,12 +148,12 @@ class BertSelfAttention(hf.BertSelfAttention):
         untracked = any(t.is_inference() for t in tensors)  # no version counter to see an in-place change
         if untracked or torch.compiler.is_compiling() or (
                 torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
-            return torch.cat([m.weight for m in linears]), None if biases[0] is None else torch.cat(biases)
+            return _stack(tensors)
         key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
         cached = self.__dict__.get("_qkv_stack")
         if cached is None or cached[0] != key:
             with torch.no_grad():
-                stack = (torch.cat([m.weight for m in linears]), None if biases[0] is None else torch.cat(biases))
+                stack = _stack(tensors)
             cached = self.__dict__["_qkv_stack"] = (key, stack)
         return cached[1]
 
@@ -167,6 +167,14 @@ class BertSelfAttention(hf.BertSelfAttention):
             context = ops.attention(qkv, attn.cu_seqlens, attn.max_seqlen, p, seed, check_values=False)
             return context.reshape(rows, heads * dim), None
         return _eager_attention(qkv, attn, self.dropout)
+
+
+def _stack(tensors: list) -> tuple[Tensor, Optional[Tensor]]:
+    """``(W (3 * out, in), b (3 * out,) or None)`` from ``[Wq, Wk, Wv]`` and optionally ``[bq, bk, bv]``.
+
+    Two concatenations: one over weights and biases together saves a launch forward but costs one in
+    backward (its split's gradient is a concatenation, where these give views)."""
+    return torch.cat(tensors[:3]), torch.cat(tensors[3:]) if len(tensors) > 3 else None
 
 
 def _eager_attention(qkv: Tensor, attn: PaddedAttention, dropout: nn.Dropout):

@@ -4,10 +4,12 @@ dropout seed draw per forward, no weight concatenation per inference call, one l
 import pytest
 import torch
 import transformers
+from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import random_batch, tiny_config
 from test_modeling import ATOL, assert_close_on, assert_grads_close, pair
 
 import fastbert
+from benchmarks import host
 from fastbert import ops, torch_ops
 
 CUSTOM_OPS = ("_attention", "_residual_layernorm", "_linear_gelu", "_linear_gelu_inference", "_ffn",
@@ -148,3 +150,64 @@ def test_inference_mode_runs_with_the_caches():
         want = reference(ids, attention_mask=mask).last_hidden_state
         for _ in range(2):
             assert_close_on(mask, want, model(ids, attention_mask=mask).last_hidden_state)
+
+
+# ----------------------------------------------------------------------------- launches per layer
+class _Launches(TorchDispatchMode):
+    """Counts what would be GPU launches on the Triton backend: Triton kernel runs (the interpreter's) and
+    ATen calls outside them, shape-only ATen calls left out."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        from triton.runtime.interpreter import InterpretedFunction
+
+        self.count, self.inside = 0, False
+        run = InterpretedFunction.run
+
+        def counted(kernel, *args, **kwargs):
+            self.count, self.inside = self.count + 1, True
+            try:
+                return run(kernel, *args, **kwargs)
+            finally:
+                self.inside = False
+        monkeypatch.setattr(InterpretedFunction, "run", counted)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.inside and func.__name__.split(".")[0] not in host._VIEWS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _launches(layers: int, monkeypatch) -> dict:
+    torch.manual_seed(0)
+    config = tiny_config(num_hidden_layers=layers, hidden_size=32, num_attention_heads=2, intermediate_size=48,
+                         hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    model = fastbert.BertModel(config)
+    ids, types, mask = random_batch(config, batch=2, seqlen=7)
+    counts = {}
+    for train in (False, True):
+        model.train(train)
+        with torch.set_grad_enabled(train):
+            model(ids, attention_mask=mask)  # autotuning and caches out of the way
+            with _Launches(monkeypatch) as launches:
+                out = model(ids, attention_mask=mask).last_hidden_state
+            counts["training forward" if train else "inference"] = launches.count
+            if train:
+                with _Launches(monkeypatch) as launches:
+                    out.sum().backward()
+                counts["backward"] = launches.count
+    return counts
+
+
+# Per layer on the Triton backend, measured 2026-12-02 (issue 15's goals: 6 forward, 14 backward).
+LAUNCH_BUDGET = {"inference": 7, "training forward": 9, "backward": 33}
+
+
+def test_launches_per_layer_stay_within_budget(monkeypatch):
+    """A layer's launches are the difference between a 3-layer and a 2-layer model's."""
+    monkeypatch.setenv("FASTBERT_BACKEND", "triton")
+    two, three = _launches(2, monkeypatch), _launches(3, monkeypatch)
+    per_layer = {case: three[case] - two[case] for case in two}
+    assert all(count > 0 for count in per_layer.values())
+    over = {case: count for case, count in per_layer.items() if count > LAUNCH_BUDGET[case]}
+    assert not over, f"launches per layer {per_layer} over the budget {LAUNCH_BUDGET}"
