@@ -11,8 +11,9 @@ every row stays inside some sequence, as every backend of the attention op expec
 
 Eligible calls: inference (no autograd, eval mode, no autocast), ``input_ids`` with a 0/1 mask on the
 padding-free path, without ``output_hidden_states``/``output_attentions``. Everything else runs eagerly.
-A graph reads the parameters' memory as it was at capture: when a parameter is replaced or edited in
-place (its version counter moves), the graphs are dropped and captured again.
+A graph reads the parameters' memory itself, so in-place edits (an optimizer step) are seen; when a
+parameter is replaced (new storage) or its version counter moves, the graphs are dropped and captured
+again.
 """
 
 from __future__ import annotations

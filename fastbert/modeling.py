@@ -136,26 +136,11 @@ class BertSelfAttention(hf.BertSelfAttention):
         linears = (self.query, self.key, self.value)
         biases = [m.bias for m in linears]
         if all(_is_plain_linear(m) for m in linears) and len({b is None for b in biases}) == 1:
-            weight, bias = self._stacked_qkv(linears, biases)
+            # Stacked per call: a cache keyed on the weights' version counters would go stale under fused
+            # optimizers, whose in-place steps leave the counters as they were.
+            weight, bias = _stack([m.weight for m in linears] + [b for b in biases if b is not None])
             return F.linear(hidden, weight, bias)
         return torch.cat([m(hidden) for m in linears], dim=-1)
-
-    def _stacked_qkv(self, linears, biases) -> tuple[Tensor, Optional[Tensor]]:
-        """The three weights (and biases) stacked. Without autograd the stack is kept and reused until a
-        weight changes (its version, storage or dtype), so inference concatenates nothing per call; with
-        autograd it is built per call and autograd routes the gradients to the three parameters."""
-        tensors = [m.weight for m in linears] + [b for b in biases if b is not None]
-        untracked = any(t.is_inference() for t in tensors)  # no version counter to see an in-place change
-        if untracked or torch.compiler.is_compiling() or (
-                torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
-            return _stack(tensors)
-        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
-        cached = self.__dict__.get("_qkv_stack")
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                stack = _stack(tensors)
-            cached = self.__dict__["_qkv_stack"] = (key, stack)
-        return cached[1]
 
     def forward(self, hidden: Tensor, attn) -> tuple[Tensor, Optional[Tensor]]:
         """``(rows, hidden)`` -> ``(context (rows, hidden), probs or None)``."""

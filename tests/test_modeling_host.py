@@ -113,23 +113,23 @@ def test_seed_pool_sites_draw_distinct_masks(monkeypatch):
     assert len(seeds) == 1 + 3 * config.num_hidden_layers and len(set(seeds)) == len(seeds)
 
 
-def test_inference_reuses_the_stacked_qkv_weights_until_one_changes(monkeypatch):
+def test_inference_after_a_fused_optimizer_step_sees_the_new_weights():
+    """Fused AdamW steps parameters in place without moving their version counters: nothing derived from the
+    weights may be cached on those counters."""
     config = tiny_config()
     reference, model = pair(transformers.BertModel, fastbert.BertModel, config)
-    reference.eval(), model.eval()
     ids, types, mask = random_batch(config)
+    for m in (reference, model):
+        m.eval()
+        with torch.no_grad():
+            m(ids, attention_mask=mask)
+        m.train()
+        m(ids, attention_mask=mask).last_hidden_state[mask.bool()].square().mean().backward()
+        torch.optim.AdamW(m.parameters(), lr=1e-2, fused=True).step()
+        m.eval()
     with torch.no_grad():
-        model(ids, attention_mask=mask)
-        cats = []
-        cat = torch.cat
-        monkeypatch.setattr(torch, "cat", lambda *a, **k: cats.append(1) or cat(*a, **k))
-        model(ids, attention_mask=mask)
-        assert not cats, "an inference call concatenated the q, k, v weights again"
-        for m in (reference, model):
-            m.encoder.layer[1].attention.self.key.weight.mul_(1.5)
         assert_close_on(mask, reference(ids, attention_mask=mask).last_hidden_state,
-                        model(ids, attention_mask=mask).last_hidden_state)
-        assert cats, "a changed weight must rebuild its stack"
+                        model(ids, attention_mask=mask).last_hidden_state, atol=1e-4)
 
 
 def test_the_torch_backend_pads_once_per_layout():
@@ -199,8 +199,9 @@ def _launches(layers: int, monkeypatch) -> dict:
     return counts
 
 
-# Per layer on the Triton backend, measured 2026-12-02 (issue 15's goals: 6 forward, 14 backward).
-LAUNCH_BUDGET = {"inference": 7, "training forward": 9, "backward": 33}
+# Per layer on the Triton backend, measured 2026-12-02 (issue 15's goals: 6 forward, 14 backward). Two of
+# the nine forward launches stack the q, k, v weights and biases.
+LAUNCH_BUDGET = {"inference": 9, "training forward": 9, "backward": 33}
 
 
 def test_launches_per_layer_stay_within_budget(monkeypatch):
