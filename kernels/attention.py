@@ -6,10 +6,11 @@ projection output ``(total_tokens, 3, heads, head_dim)``; the output ``(total_to
 head_dim)`` is ready for the output projection. No ``L x L`` tensor is ever stored: the forward keeps
 an fp32 online softmax (the scale folded into ``exp2``) and saves only the log-sum-exp per row.
 
-Dropout on the probabilities uses counter-based random numbers (``tl.rand``): element ``(head, query
-token i, key position j)`` draws from the seed tensor with the 64-bit counter ``(head * total + i) <<
-32 | j``. Any kernel can regenerate any element's mask bit, so the backward passes reuse the forward's
-mask without storing it, and the mask does not depend on block sizes.
+Dropout on the probabilities uses counter-based random numbers (:func:`.dropout.keep_tile`): the bit of
+element ``(head, query position i, key position j)`` of a sequence is a function of the seed tensor
+and those indices only, one Philox call serving the four elements ``{i, i + 8} x {j, j + 8}``. Any
+kernel can regenerate any element's mask bit, so the backward passes reuse the forward's mask without
+storing it, and the mask does not depend on block sizes.
 
 Backward is three kernels with no atomics (bitwise deterministic): ``delta = rowsum(dO * O)``, then
 dK/dV per key block (looping over queries), then dQ per query block (looping over keys).
@@ -31,6 +32,7 @@ from fastbert.ops import interpreting, torch_fallback
 from fastbert.routing import TENSOR_CORE_CAPABILITY
 from fastbert.validation import check_attention_inputs
 
+from . import dropout
 from .launch import (TunedKernel, device_arch, device_smem_limit, dot, fitting, input_precision, on_input_device,
                      smem_limit, upcast)
 
@@ -42,12 +44,12 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 # ============================================================================= shared device helpers
-@triton.jit
-def _dropout_keep(seed, head, total_tokens, query_tokens, key_positions, dropout_p):
-    """Keep bits for the broadcast of ``query_tokens`` (global indices) and ``key_positions``."""
-    row = (head * total_tokens + query_tokens).to(tl.int64)
-    offsets = (row << 32) | key_positions.to(tl.int64)
-    return tl.rand(seed, offsets) >= dropout_p
+@triton.constexpr_function
+def _per_element_keep(input_precision, block_d):
+    """The backward kernels draw dropout bits one Philox call per element (:func:`.dropout.keep_tile`)
+    for exact fp32 products at head-dim blocks of 128: their FMA tiles hold no whole group in a thread
+    anyway, and the grouped form makes ptxas spill there."""
+    return input_precision == "ieee" and block_d > 64
 
 
 @triton.jit
@@ -103,7 +105,9 @@ def _attention_fwd(
     qk_scale = sm_scale * LOG2E  # scores in log2 units: exp(x * scale) == exp2(x * qk_scale)
     q = _load_rows(q_seq, offs_m, m_valid, stride_qt, offs_d, HEAD_DIM, BLOCK_D)
     if HAS_DROPOUT:
-        seed = tl.load(Seed)
+        key, t_hi = dropout.seed_key(Seed), dropout.threshold(dropout_p)
+        row_base = head * total_tokens + start
+        zero = dropout.runtime_zero(dropout_p)
 
     if SINGLE_TILE:  # the whole sequence fits one key tile: a plain softmax, no rescaling
         n_valid = offs_n < seqlen
@@ -115,8 +119,8 @@ def _attention_fwd(
         p = tl.math.exp2(s - m_i[:, None])
         l_i = tl.sum(p, 1)
         if HAS_DROPOUT:
-            keep = _dropout_keep(seed, head, total_tokens, (start + offs_m)[:, None], offs_n[None, :], dropout_p)
-            p = tl.where(keep, p, 0.0)
+            keep = dropout.keep_tile(key, t_hi, row_base, block_m * BLOCK_M, 0, BLOCK_M, BLOCK_N, True)
+            p = tl.where(keep, p, zero)
         acc = dot(p.to(v.dtype), v, INPUT_PRECISION, UPCAST)
     else:
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -134,8 +138,8 @@ def _attention_fwd(
             p = tl.math.exp2(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             if HAS_DROPOUT:
-                keep = _dropout_keep(seed, head, total_tokens, (start + offs_m)[:, None], keys[None, :], dropout_p)
-                p = tl.where(keep, p, 0.0)
+                keep = dropout.keep_tile(key, t_hi, row_base, block_m * BLOCK_M, start_n, BLOCK_M, BLOCK_N, True)
+                p = tl.where(keep, p, zero)
             acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, INPUT_PRECISION, UPCAST)
             m_i = m_new
 
@@ -199,8 +203,9 @@ def _attention_bwd_dkdv(
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     if HAS_DROPOUT:
-        seed = tl.load(Seed)
-        drop_scale = 1.0 / (1.0 - dropout_p)
+        key, t_hi = dropout.seed_key(Seed), dropout.threshold(dropout_p)
+        row_base = head * total_tokens + start
+        drop_scale, zero = 1.0 / (1.0 - dropout_p), dropout.runtime_zero(dropout_p)
     for start_m in range(0, seqlen, BLOCK_M):
         queries = start_m + offs_m
         m_valid = queries < seqlen
@@ -213,9 +218,11 @@ def _attention_bwd_dkdv(
         p_t = tl.where(m_valid[None, :], p_t, 0.0)
         dp_t = dot(v, tl.trans(do), INPUT_PRECISION, UPCAST)
         if HAS_DROPOUT:
-            keep_t = _dropout_keep(seed, head, total_tokens, (start + queries)[None, :], keys[:, None], dropout_p)
-            p_dropped_t = tl.where(keep_t, p_t * drop_scale, 0.0)
-            dp_t = tl.where(keep_t, dp_t * drop_scale, 0.0)
+            keep_t = dropout.keep_tile(key, t_hi, row_base, start_m, block_n * BLOCK_N, BLOCK_M, BLOCK_N, False,
+                                       PER_ELEMENT=_per_element_keep(INPUT_PRECISION, BLOCK_D))
+            kept_scale_t = tl.where(keep_t, drop_scale, zero)  # one select for both products
+            p_dropped_t = p_t * kept_scale_t
+            dp_t = dp_t * kept_scale_t
         else:
             p_dropped_t = p_t
         dv += dot(p_dropped_t.to(do.dtype), do, INPUT_PRECISION, UPCAST)
@@ -255,8 +262,9 @@ def _attention_bwd_dq(
     delta = tl.load(Delta + head * total_tokens + start + queries, mask=m_valid, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     if HAS_DROPOUT:
-        seed = tl.load(Seed)
-        drop_scale = 1.0 / (1.0 - dropout_p)
+        key, t_hi = dropout.seed_key(Seed), dropout.threshold(dropout_p)
+        row_base = head * total_tokens + start
+        drop_scale, zero = 1.0 / (1.0 - dropout_p), dropout.runtime_zero(dropout_p)
     for start_n in range(0, seqlen, BLOCK_N):
         keys = start_n + offs_n
         n_valid = keys < seqlen
@@ -267,8 +275,9 @@ def _attention_bwd_dq(
         p = tl.where(n_valid[None, :], p, 0.0)
         dp = dot(do, tl.trans(v), INPUT_PRECISION, UPCAST)
         if HAS_DROPOUT:
-            keep = _dropout_keep(seed, head, total_tokens, (start + queries)[:, None], keys[None, :], dropout_p)
-            dp = tl.where(keep, dp * drop_scale, 0.0)
+            keep = dropout.keep_tile(key, t_hi, row_base, block_m * BLOCK_M, start_n, BLOCK_M, BLOCK_N, True,
+                                     PER_ELEMENT=_per_element_keep(INPUT_PRECISION, BLOCK_D))
+            dp = dp * tl.where(keep, drop_scale, zero)
         ds = p * (dp - delta[:, None])
         dq += dot(ds.to(k.dtype), k, INPUT_PRECISION, UPCAST)
     _store_rows(dq_seq, dq * sm_scale, queries, m_valid, stride_gt, offs_d, HEAD_DIM, BLOCK_D)
@@ -284,11 +293,12 @@ def _attention_dropout_mask(
     seq, block_m, head = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start = tl.load(CuSeqlens + seq)
     seqlen = tl.load(CuSeqlens + seq + 1) - start
-    seed = tl.load(Seed)
+    key, t_hi = dropout.seed_key(Seed), dropout.threshold(dropout_p)
+    row_base = head * total_tokens + start
     queries = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
     for start_n in range(0, seqlen, BLOCK_N):
         keys = start_n + tl.arange(0, BLOCK_N)
-        keep = _dropout_keep(seed, head, total_tokens, (start + queries)[:, None], keys[None, :], dropout_p)
+        keep = dropout.keep_tile(key, t_hi, row_base, block_m * BLOCK_M, start_n, BLOCK_M, BLOCK_N, True)
         ptrs = Keep + (head * total_tokens + start + queries).to(tl.int64)[:, None] * max_seqlen + keys[None, :]
         tl.store(ptrs, keep.to(tl.int8), mask=(queries[:, None] < seqlen) & (keys[None, :] < seqlen))
 
@@ -312,7 +322,7 @@ _TILES = {
         (False, "16bit"): [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 2), (64, 64, 8, 2)],
         (True, "16bit"): [(64, 64, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2)],
         (False, "tf32"): [(64, 32, 4, 2), (128, 32, 8, 2), (64, 64, 4, 2)],
-        (True, "tf32"): [(128, 32, 8, 2), (64, 32, 4, 2)],
+        (True, "tf32"): [(128, 32, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2)],
         (False, "ieee"): [(32, 32, 4, 2), (16, 32, 4, 2)],
         (True, "ieee"): [(32, 16, 8, 2), (16, 32, 8, 2), (16, 16, 4, 2)],
     },
@@ -328,7 +338,7 @@ _TILES = {
         (False, "16bit"): [(32, 64, 4, 2), (32, 128, 8, 2), (32, 32, 4, 2)],
         (True, "16bit"): [(32, 32, 8, 2), (16, 64, 4, 2), (16, 32, 4, 2)],
         (False, "tf32"): [(32, 32, 8, 2), (16, 64, 4, 2), (16, 32, 4, 2)],
-        (True, "tf32"): [(32, 32, 4, 2)],
+        (True, "tf32"): [(32, 32, 4, 2), (32, 32, 8, 2)],
         (False, "ieee"): [(16, 32, 4, 2), (16, 16, 4, 2)],
         (True, "ieee"): [(16, 16, 8, 2), (16, 16, 4, 1)],
     },
@@ -338,7 +348,7 @@ _TILES = {
         (False, "tf32"): [(32, 64, 4, 2), (64, 32, 4, 2)],
         (True, "tf32"): [(32, 32, 4, 2)],
         (False, "ieee"): [(32, 32, 4, 2), (16, 32, 4, 2)],
-        (True, "ieee"): [(16, 32, 4, 2)],
+        (True, "ieee"): [(16, 32, 4, 2), (16, 32, 8, 2)],
     },
 }
 
@@ -369,10 +379,19 @@ _SPILLS_39 = [
     ("fwd", 32, "16bit", True, (64, 32, 4, 2), (120,)),
     ("fwd", 128, "16bit", None, (64, 64, 4, 2), (120,)),
     ("fwd", 64, "tf32", True, (64, 64, 4, 2), (120,)),
-    ("dkdv", 64, "tf32", False, (16, 64, 4, 2), (120,)),
+    ("dkdv", 64, "tf32", None, (16, 64, 4, 2), (120,)),
     ("dq", 64, "tf32", True, (32, 64, 4, 2), (100,)),
     ("dkdv", 32, "ieee", False, (16, 32, 4, 2), (80,)),
     ("fwd", 64, "16bit", False, (64, 32, 4, 2), (100,)),
+    # Since the dropout bits come four to a Philox call (the tiles added with them take over where a
+    # kernel had no other): 4 to 36 B, at 255 registers or where ptxas holds fewer.
+    ("fwd", 128, "16bit", True, (64, 64, 8, 2), (86, 89)),
+    ("fwd", 64, "tf32", True, (128, 32, 8, 2), (86, 89)),
+    ("fwd", 32, "tf32", True, (128, 32, 8, 2), (100,)),
+    ("fwd", 128, "tf32", True, (64, 32, 4, 2), (120,)),
+    ("dkdv", 128, "16bit", True, (16, 64, 4, 2), (120,)),
+    ("dkdv", 128, "tf32", True, (32, 32, 4, 2), (90, 100, 120)),
+    ("dq", 128, "ieee", True, (16, 32, 4, 2), (120,)),
 ]
 _SPILLS_BY_TRITON = {
     (3, 6): _SPILLS_39 + [
@@ -381,12 +400,13 @@ _SPILLS_BY_TRITON = {
         ("single", 32, "16bit", True, (32, 0, 8, 1), None),
         ("single", 64, "16bit", True, (64, 0, 8, 1), None),
         ("single", 128, "16bit", True, (64, 0, 8, 1), None),
-        ("single", 64, "ieee", False, (16, 0, 4, 1), None),
+        ("single", 64, "ieee", None, (16, 0, 4, 1), None),
         ("single", 128, "tf32", True, (64, 0, 8, 1), None),
         ("fwd", 64, "tf32", True, (64, 64, 4, 2), None),
         ("single", 32, "tf32", True, (32, 0, 4, 1), None),
         ("single", 32, "tf32", True, (32, 0, 8, 1), None),
         ("dkdv", 32, "tf32", True, (16, 32, 4, 2), None),
+        ("fwd", 64, "tf32", True, (64, 32, 4, 2), (80,)),
     ],
     (3, 9): _SPILLS_39,
 }
@@ -476,6 +496,12 @@ def _check_offsets_fit(max_seqlen: int, *tensors: Tensor) -> None:
                          f"{max(t.stride(0) for t in tensors)} exceeds 2**31 elements within one sequence")
 
 
+def _check_dropout_counters(total: int, heads: int, dropout_p: float) -> None:
+    """The dropout counters number the rows ``head * total + token`` in 32 bits (:mod:`.dropout`)."""
+    if dropout_p > 0.0 and heads * total >= 2**32:
+        raise ValueError(f"attention: dropout needs heads * total_tokens < 2**32, got {heads} * {total}")
+
+
 def _strides(t: Tensor) -> tuple[int, int]:
     return t.stride(0), t.stride(1)
 
@@ -500,6 +526,7 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_s
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     total, heads, head_dim = q.shape
     _check_offsets_fit(max_seqlen, q, k, v)
+    _check_dropout_counters(total, heads, dropout_p)
     if out is None:
         out = torch.empty(total, heads, head_dim, dtype=q.dtype, device=q.device)
     if lse is None:
@@ -533,6 +560,7 @@ def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
     dout, out = dout.contiguous(), out.contiguous()
     total, heads, head_dim = q.shape
     _check_offsets_fit(max_seqlen, q, k, v, dq)
+    _check_dropout_counters(total, heads, dropout_p)
     if total == 0:
         return
     assert dq.stride() == dk.stride() == dv.stride() and dq.stride(-1) == 1

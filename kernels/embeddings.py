@@ -2,7 +2,7 @@
 
 Forward: one program per token gathers its three table rows (or its ``inputs_embeds`` row instead of the
 word row), sums them in fp32, normalises with fp32 statistics and applies dropout from the seed tensor
-(``tl.rand`` keyed by ``token * hidden + col``, the same stream as :mod:`.layernorm`'s, so its debug
+(:func:`.dropout.keep_row` of ``(token, col)``, the same stream as :mod:`.layernorm`'s, so its debug
 mask serves both); it saves only the fp32 ``mean``/``rstd`` per token.
 
 Backward: a fixed number of programs recompute each token's sum, write the fp32 gradient ``ds`` of the
@@ -29,6 +29,7 @@ from torch import Tensor
 from fastbert.ops import torch_fallback
 from fastbert.validation import check_embeddings_inputs
 
+from . import dropout
 from .launch import on_input_device
 
 from .layernorm import KERNEL_DTYPES, ONE_PASS_HIDDEN, _normalize_row, _num_warps, dropout_mask, sum_partials  # noqa: F401,E501
@@ -79,8 +80,8 @@ def _embeddings_fwd(
     b = tl.load(Beta + cols, mask=mask, other=0.0).to(tl.float32)
     y = xhat * w + b
     if HAS_DROPOUT:
-        keep = tl.rand(tl.load(Seed), token * hidden + cols) >= dropout_p
-        y = tl.where(keep, y / (1.0 - dropout_p), 0.0)
+        keep = dropout.keep_row(dropout.seed_key(Seed), dropout.threshold(dropout_p), token, 0, BLOCK_H)
+        y *= tl.where(keep, 1.0 / (1.0 - dropout_p), 0.0)
     y = tl.where(valid, y, tl.full([BLOCK_H], float("nan"), tl.float32))  # a bad id never passes as a number
     tl.store(Y + token * hidden + cols, y.to(Y.dtype.element_ty), mask=mask)
     tl.store(Mean + token, mean)
@@ -103,6 +104,7 @@ def _embeddings_bwd(
     dbeta = tl.zeros([BLOCK_H], tl.float32)
     first = pid.to(tl.int64) * tokens_per_program
     last = tl.minimum(first + tokens_per_program, tokens)
+    key, t_hi = dropout.key_and_threshold(Seed, dropout_p, HAS_DROPOUT)
     for token in range(first, last):
         s, valid = _gather_sum(InputIds, Embeds, PositionIds, TypeIds, Word, Pos, Types, token, cols, mask,
                                hidden, word_rows, pos_rows, type_rows, HAS_EMBEDS)
@@ -111,8 +113,7 @@ def _embeddings_bwd(
         dln = tl.load(DY + token * hidden + cols, mask=mask, other=0.0).to(tl.float32)
         dln = tl.where(valid, dln, tl.full([BLOCK_H], float("nan"), tl.float32))  # bad id: NaN gradients
         if HAS_DROPOUT:
-            keep = tl.rand(tl.load(Seed), token * hidden + cols) >= dropout_p
-            dln = tl.where(keep, dln / (1.0 - dropout_p), 0.0)
+            dln *= tl.where(dropout.keep_row(key, t_hi, token, 0, BLOCK_H), 1.0 / (1.0 - dropout_p), 0.0)
         wdy = tl.load(Weight + cols, mask=mask, other=0.0).to(tl.float32) * dln  # cached; fewer live registers
         # d LN / d s = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy * xhat))
         ds = (wdy - (xhat * (tl.sum(xhat * wdy, 0) / hidden) + tl.sum(wdy, 0) / hidden)) * rstd
@@ -182,6 +183,11 @@ def check_inputs(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], p
 
 
 # ============================================================================= launchers
+def _block_h(hidden: int) -> int:
+    """The row block: a power of two, at least 16 (dropout draws four columns at a time)."""
+    return max(16, triton.next_power_of_2(hidden))
+
+
 def _pointer_or(t: Optional[Tensor], stand_in: Tensor) -> Tensor:
     return t if t is not None else stand_in
 
@@ -199,7 +205,7 @@ def embeddings_fwd(input_ids, inputs_embeds, position_ids, token_type_ids, word,
     rstd = torch.empty_like(mean)
     if tokens == 0:
         return y, mean, rstd
-    block_h = triton.next_power_of_2(hidden)
+    block_h = _block_h(hidden)
     _embeddings_fwd[(tokens,)](
         _pointer_or(input_ids, position_ids).contiguous(), _pointer_or(inputs_embeds, word).contiguous(), position_ids.contiguous(),
         token_type_ids.contiguous(), word.contiguous(), pos.contiguous(), types.contiguous(), weight.contiguous(),
@@ -221,7 +227,7 @@ def embeddings_bwd(dy, input_ids, inputs_embeds, position_ids, token_type_ids, w
     programs = triton.cdiv(tokens, per_program) if tokens else 1
     ds = torch.empty(tokens, hidden, dtype=torch.float32, device=word.device)
     parts = torch.zeros(2, programs, hidden, dtype=torch.float32, device=word.device)
-    block_h = triton.next_power_of_2(hidden)
+    block_h = _block_h(hidden)
     if tokens:
         _embeddings_bwd[(programs,)](
             dy.contiguous(), _pointer_or(input_ids, position_ids).contiguous(), _pointer_or(inputs_embeds, word).contiguous(),

@@ -1,8 +1,9 @@
 """Fused ``LayerNorm(dropout(x + bias) + residual)`` over rows, forward and backward.
 
 One program normalises one row in a single pass held in registers (hidden sizes up to 8192; wider
-rows run the PyTorch implementation), with fp32 statistics. Dropout uses counter-based random numbers (``tl.rand``) keyed by the seed tensor and
-the element index ``row * hidden + col``, so backward regenerates the mask and nothing is stored;
+rows run the PyTorch implementation), with fp32 statistics. Dropout uses counter-based random numbers
+(:func:`.dropout.keep_row`, one Philox call per four columns) keyed by the seed tensor and the element
+``(row, col)``, so backward regenerates the mask and nothing is stored;
 forward saves only the fp32 ``mean``/``rstd`` per row (the op keeps ``x`` and ``residual``, which
 are alive anyway). Backward gives dx, dresidual and per-program fp32 partial sums of dweight,
 dbeta and dbias, summed afterwards in a fixed order: bitwise deterministic, no atomics. Up to 1024
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from fastbert.ops import torch_fallback
 
+from . import dropout
 from .launch import on_input_device
 
 # Hidden sizes the kernels take (BERT-base 768, MiniLM 384, BERT-large 1024, up to 8192); wider rows
@@ -35,16 +37,16 @@ SUM_BLOCK_P, SUM_BLOCK_N = 32, 64  # the tile of the partial sums' reduction
 
 
 @triton.jit
-def _row_sum(x, bias_ptr, residual_ptr, seed_ptr, row, cols, mask, hidden, dropout_p,
-             HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr):
-    """``s = dropout(x + bias) + residual`` of one row in fp32, and the kept-and-scaled factor."""
+def _row_sum(x, bias_ptr, residual_ptr, key, t_hi, row, col0, cols, mask, hidden, dropout_p,
+             BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr):
+    """``s = dropout(x + bias) + residual`` of one row in fp32, and the kept-and-scaled factor, for the
+    ``BLOCK`` columns ``cols = col0 + arange(BLOCK)``; ``key``/``t_hi`` from :func:`dropout.key_and_threshold`."""
     h = x.to(tl.float32)
     if HAS_BIAS:
         h += tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     scale = tl.full(h.shape, 1.0, tl.float32)
     if HAS_DROPOUT:
-        offsets = row * hidden + cols  # row is int64
-        keep = tl.rand(tl.load(seed_ptr), offsets) >= dropout_p
+        keep = dropout.keep_row(key, t_hi, row, col0, BLOCK)
         scale = tl.where(keep, 1.0 / (1.0 - dropout_p), 0.0)
         h = h * scale
     residual = tl.load(residual_ptr + row * hidden + cols, mask=mask, other=0.0)
@@ -71,7 +73,9 @@ def _residual_layernorm_fwd(
     mask = cols < hidden
     base = row * hidden
     x = tl.load(X + base + cols, mask=mask, other=0.0)
-    s, _ = _row_sum(x, Bias, Residual, Seed, row, cols, mask, hidden, dropout_p, HAS_BIAS, HAS_DROPOUT)
+    key, t_hi = dropout.key_and_threshold(Seed, dropout_p, HAS_DROPOUT)
+    s, _ = _row_sum(x, Bias, Residual, key, t_hi, row, 0, cols, mask, hidden, dropout_p, BLOCK_H, HAS_BIAS,
+                    HAS_DROPOUT)
     xhat, mean, rstd = _normalize_row(s, mask, hidden, eps)
     w = tl.load(Weight + cols, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(Beta + cols, mask=mask, other=0.0).to(tl.float32)
@@ -92,11 +96,13 @@ def _residual_layernorm_bwd_terms(
     mean, rstd = tl.load(Mean + row), tl.load(Rstd + row)
     sum_xhat_wdy = tl.zeros([BLOCK_N], tl.float32)
     sum_wdy = tl.zeros([BLOCK_N], tl.float32)
+    key, t_hi = dropout.key_and_threshold(Seed, dropout_p, HAS_DROPOUT)
     for start in range(0, hidden, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         mask = cols < hidden
         x = tl.load(X + base + cols, mask=mask, other=0.0)
-        s, _ = _row_sum(x, Bias, Residual, Seed, row, cols, mask, hidden, dropout_p, HAS_BIAS, HAS_DROPOUT)
+        s, _ = _row_sum(x, Bias, Residual, key, t_hi, row, start, cols, mask, hidden, dropout_p, BLOCK_N, HAS_BIAS,
+                        HAS_DROPOUT)
         xhat = tl.where(mask, (s - mean) * rstd, 0.0)
         w = tl.load(Weight + cols, mask=mask, other=0.0).to(tl.float32)
         wdy = w * tl.load(DY + base + cols, mask=mask, other=0.0).to(tl.float32)
@@ -117,9 +123,8 @@ def _residual_layernorm_bwd(
     A block holds whole rows and reduces their two row means itself, unless ``WIDE``, where pass 1
     (``_residual_layernorm_bwd_terms``) left them in ``Terms``. Grid ``(programs, column blocks)``."""
     pid = tl.program_id(0)
-    cols = tl.arange(0, BLOCK_H)
-    if WIDE:
-        cols += tl.program_id(1) * BLOCK_H
+    col0 = tl.program_id(1) * BLOCK_H if WIDE else 0
+    cols = col0 + tl.arange(0, BLOCK_H)
     mask = cols < hidden
     w = tl.load(Weight + cols, mask=mask, other=0.0).to(tl.float32)
     dweight = tl.zeros([BLOCK_H], tl.float32)
@@ -130,7 +135,10 @@ def _residual_layernorm_bwd(
     for row in range(first, last):
         base = row * hidden
         x = tl.load(X + base + cols, mask=mask, other=0.0)
-        s, scale = _row_sum(x, Bias, Residual, Seed, row, cols, mask, hidden, dropout_p, HAS_BIAS, HAS_DROPOUT)
+        # per row: hoisted, the key's ten round keys stay live and ptxas spills the wide pass on sm_100
+        key, t_hi = dropout.key_and_threshold(Seed, dropout_p, HAS_DROPOUT)
+        s, scale = _row_sum(x, Bias, Residual, key, t_hi, row, col0, cols, mask, hidden, dropout_p, BLOCK_H,
+                            HAS_BIAS, HAS_DROPOUT)
         xhat = tl.where(mask, (s - tl.load(Mean + row)) * tl.load(Rstd + row), 0.0)
         dy = tl.load(DY + base + cols, mask=mask, other=0.0).to(tl.float32)
         wdy = w * dy
@@ -174,13 +182,14 @@ def _layernorm_dropout_mask(Keep, Seed, hidden, dropout_p, BLOCK_H: tl.constexpr
     """Debug: the kernels' keep bits for one row per program into ``Keep (rows, hidden)``."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_H)
-    keep = tl.rand(tl.load(Seed), row * hidden + cols) >= dropout_p
+    keep = dropout.keep_row(dropout.seed_key(Seed), dropout.threshold(dropout_p), row, 0, BLOCK_H)
     tl.store(Keep + row * hidden + cols, keep.to(tl.int8), mask=cols < hidden)
 
 
 # ============================================================================= launch configuration
 def _block_h(hidden: int) -> int:
-    return triton.next_power_of_2(hidden)
+    """The row block: a power of two, at least 16 (dropout draws four columns at a time)."""
+    return max(16, triton.next_power_of_2(hidden))
 
 
 def _num_warps(block_h: int) -> int:
