@@ -7,7 +7,7 @@ The names below load on first use (``import fastbert`` alone imports neither tor
 so the ``fastbert`` command answers ``--help`` at once).
 """
 
-import importlib
+from fastbert._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -22,15 +22,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'fastbert' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports("fastbert", _EXPORTS, globals())

@@ -8,21 +8,10 @@
 The names below load on first use, so ``fastbert finetune --help`` does not import torch.
 """
 
-import importlib
+from fastbert._lazy import lazy_exports
 
 _EXPORTS = {"main": "fastbert.finetune.cli", "run": "fastbert.finetune.cli",
             "FineTuner": "fastbert.finetune.loop", "Settings": "fastbert.finetune.loop"}
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'fastbert.finetune' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports("fastbert.finetune", _EXPORTS, globals())
