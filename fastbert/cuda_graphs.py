@@ -18,6 +18,7 @@ again.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
 import weakref
@@ -113,7 +114,9 @@ class GraphedEncoder:
         """The encoder's ``(total, hidden)`` output for one packed batch; a view of the graph's output
         buffer, valid until the next call."""
         key = BucketKey.of(ids.shape[0], cu_seqlens.shape[0] - 1, longest)
-        with self.lock:
+        # Capture and replay on the batch's own device and its current stream.
+        on_device = torch.cuda.device(ids.device) if ids.is_cuda else contextlib.nullcontext()
+        with self.lock, on_device:
             state = self._parameters_state()
             if state != self.state:  # new or edited parameters: the captured graphs read stale memory
                 self.entries.clear()
