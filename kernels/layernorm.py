@@ -6,9 +6,11 @@ rows run the PyTorch implementation), with fp32 statistics. Dropout uses counter
 ``(row, col)``, so backward regenerates the mask and nothing is stored;
 forward saves only the fp32 ``mean``/``rstd`` per row (the op keeps ``x`` and ``residual``, which
 are alive anyway). Backward gives dx, dresidual and per-program fp32 partial sums of dweight,
-dbeta and dbias, summed afterwards in a fixed order: bitwise deterministic, no atomics. Up to 1024
-columns it holds whole rows in one pass; wider rows would spill its registers, so a first pass reduces
-the two per-row means LayerNorm's gradient needs and the second runs over column blocks.
+dbeta and dbias, summed afterwards in a fixed order straight into the parameters' dtype: bitwise
+deterministic on a device, no atomics. Its programs (a few per SM, :func:`bwd_programs`) step over
+their rows in tiles of several rows, with the parameters loaded once. Up to 1024 columns it holds whole
+rows in one pass; wider rows would spill its registers, so a first pass reduces the two per-row means
+LayerNorm's gradient needs and the second runs over column blocks.
 """
 
 from __future__ import annotations
@@ -164,17 +166,26 @@ def _residual_layernorm_bwd(
 
 
 @triton.jit(do_not_specialize=["programs"])
-def _residual_layernorm_bwd_sum(Parts, Out, programs, hidden, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    """``Out[g] = sum over p of Parts[g, p]`` for ``Parts (groups, programs, hidden)`` fp32, in a fixed
-    order (tiles of ``BLOCK_P`` programs in turn, a fixed tree within a tile). Grid ``(groups, column blocks)``."""
-    group = tl.program_id(0).to(tl.int64)
+def _residual_layernorm_bwd_sum(Parts, Out0, Out1, Out2, programs, hidden, BLOCK_P: tl.constexpr,
+                                BLOCK_N: tl.constexpr):
+    """``Out<g> = sum over p of Parts[g, p]`` for ``Parts (groups, programs, hidden)`` fp32 (``groups`` at
+    most 3), in a fixed order (tiles of ``BLOCK_P`` programs in turn, a fixed tree within a tile), stored
+    in each ``Out<g> (hidden,)``'s own dtype. Grid ``(groups, column blocks)``."""
+    group = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros([BLOCK_P, BLOCK_N], tl.float32)
     for first in range(0, programs, BLOCK_P):
         p = first + tl.arange(0, BLOCK_P)
         mask = (p[:, None] < programs) & (cols[None, :] < hidden)
-        acc += tl.load(Parts + (group * programs + p[:, None]) * hidden + cols[None, :], mask=mask, other=0.0)
-    tl.store(Out + group * hidden + cols, tl.sum(acc, 0), mask=cols < hidden)
+        acc += tl.load(Parts + (group.to(tl.int64) * programs + p[:, None]) * hidden + cols[None, :], mask=mask,
+                       other=0.0)
+    total = tl.sum(acc, 0)
+    if group == 0:
+        tl.store(Out0 + cols, total.to(Out0.dtype.element_ty), mask=cols < hidden)
+    elif group == 1:
+        tl.store(Out1 + cols, total.to(Out1.dtype.element_ty), mask=cols < hidden)
+    else:
+        tl.store(Out2 + cols, total.to(Out2.dtype.element_ty), mask=cols < hidden)
 
 
 @triton.jit
@@ -267,7 +278,9 @@ def residual_layernorm_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], residu
     programs = max(1, min(rows, BWD_PROGRAMS))
     rows_per_program = triton.cdiv(rows, programs)
     programs = triton.cdiv(rows, rows_per_program) if rows else 1
-    parts = torch.zeros(3 if bias is not None else 2, programs, hidden, dtype=torch.float32, device=x.device)
+    # every program writes its row of partial sums (zeros where it has no rows for a bias or dropout term)
+    parts = (torch.empty if rows else torch.zeros)(3 if bias is not None else 2, programs, hidden,
+                                                   dtype=torch.float32, device=x.device)
     wide = hidden > ONE_PASS_HIDDEN
     block_h = ONE_PASS_HIDDEN if wide else _block_h(hidden)
     seed_arg, bias_arg = seed if seed is not None else mean, bias if bias is not None else x
@@ -283,21 +296,35 @@ def residual_layernorm_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], residu
             parts[-1], rows, hidden, rows_per_program, float(dropout_p),
             BLOCK_H=block_h, HAS_BIAS=bias is not None, HAS_DROPOUT=dropout_p > 0.0, WIDE=wide,
             num_warps=_num_warps(block_h) if wide else _bwd_num_warps(block_h, x.dtype), num_stages=1)
-    sums = sum_partials(parts)
-    dweight, dbeta = sums[0].to(weight.dtype, copy=True), sums[1].to(weight.dtype, copy=True)
-    dbias = sums[2].to(bias.dtype, copy=True) if bias is not None else x.new_empty(0)
-    return dx, dbias, dres, dweight, dbeta
+    dtypes = (weight.dtype, weight.dtype) + ((bias.dtype,) if bias is not None else ())
+    dweight, dbeta, *dbias = sum_partials_as(parts, dtypes)
+    return dx, dbias[0] if bias is not None else x.new_empty(0), dres, dweight, dbeta
+
+
+def _launch_sum(parts: Tensor, outs) -> None:
+    groups, programs, hidden = parts.shape
+    assert 1 <= groups <= 3 and len(outs) == groups
+    outs = list(outs) + [outs[-1]] * (3 - groups)  # groups past the grid are never stored
+    _residual_layernorm_bwd_sum[(groups, triton.cdiv(hidden, SUM_BLOCK_N))](
+        parts, *outs, programs, hidden, BLOCK_P=SUM_BLOCK_P, BLOCK_N=SUM_BLOCK_N, num_warps=4, num_stages=1)
 
 
 @on_input_device
 def sum_partials(parts: Tensor) -> Tensor:
-    """``(groups, hidden)`` fp32 sums over axis 1 of the programs' partial sums ``(groups, programs, hidden)``,
-    in an order fixed by the shapes alone (not by the device, unlike ``Tensor.sum``)."""
-    groups, programs, hidden = parts.shape
-    out = torch.empty(groups, hidden, dtype=torch.float32, device=parts.device)
-    _residual_layernorm_bwd_sum[(groups, triton.cdiv(hidden, SUM_BLOCK_N))](
-        parts, out, programs, hidden, BLOCK_P=SUM_BLOCK_P, BLOCK_N=SUM_BLOCK_N, num_warps=4, num_stages=1)
+    """``(groups, hidden)`` fp32 sums over axis 1 of the programs' partial sums ``(groups, programs, hidden)``
+    (``groups`` at most 3), in an order fixed by the shapes alone (not by the device, unlike ``Tensor.sum``)."""
+    out = torch.empty(parts.shape[0], parts.shape[2], dtype=torch.float32, device=parts.device)
+    _launch_sum(parts, out.unbind(0))
     return out
+
+
+@on_input_device
+def sum_partials_as(parts: Tensor, dtypes) -> tuple:
+    """:func:`sum_partials` as one ``(hidden,)`` tensor per group, group ``g`` in ``dtypes[g]``, rounded
+    once from the fp32 sum by the same launch (no fp32 result, no cast copies)."""
+    outs = tuple(torch.empty(parts.shape[2], dtype=dtype, device=parts.device) for dtype in dtypes)
+    _launch_sum(parts, outs)
+    return outs
 
 
 @on_input_device
@@ -345,7 +372,7 @@ _TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "
 def _signature(kernel, constexprs: dict, t: str) -> dict:
     from fastbert.check_kernels import signature_of
 
-    fp32 = ("Mean", "Rstd", "Terms", "DWeightPart", "DBetaPart", "DBiasPart", "Parts", "Out")
+    fp32 = ("Mean", "Rstd", "Terms", "DWeightPart", "DBetaPart", "DBiasPart", "Parts")
     return signature_of(kernel, constexprs, t, fp32_pointers=fp32, i64_pointers=("Seed",))
 
 
@@ -383,8 +410,8 @@ def aot_variants(arch: int):
                     if kernel is _residual_layernorm_bwd_terms:
                         warps = TERMS_NUM_WARPS
                     yield _variant(kernel, constexprs, t, warps, f"{t} {width}{extra}")
-    yield _variant(_residual_layernorm_bwd_sum, dict(BLOCK_P=SUM_BLOCK_P, BLOCK_N=SUM_BLOCK_N), "fp32", 4,
-                   "fp32 partial sums")
+        yield _variant(_residual_layernorm_bwd_sum, dict(BLOCK_P=SUM_BLOCK_P, BLOCK_N=SUM_BLOCK_N), t, 4,
+                       f"{t} partial sums")
 
 
 # ============================================================================= op adapters
