@@ -420,8 +420,13 @@ def host_stage(ctx: StageContext) -> None:
     device = ctx.device_or_skip()
     if device is None:
         return
+    import torch
+
     from . import host, plots
 
+    # Host overhead is one thread's work; more threads only add their wake-ups to each tiny op (and on a
+    # small CPU shared with other work, a descheduled thread stalls every op).
+    torch.set_num_threads(1)
     repeats = 3 if ctx.dry_run else 20
     overhead = host.host_section(device, repeats)
     markdown = plots.host_table(overhead)

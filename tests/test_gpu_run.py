@@ -27,7 +27,8 @@ def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-run") / "out"
     start = time.monotonic()
     done = subprocess.run(["bash", "benchmarks/gpu_run.sh", "--dry-run", str(out)], cwd=REPO, timeout=300,
-                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True)
+                          env={**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True)
     seconds = time.monotonic() - start
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n" + \
         ((out / "run.log").read_text()[-5000:] if (out / "run.log").exists() else "")
