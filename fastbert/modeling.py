@@ -229,6 +229,51 @@ class BertLayer(hf.BertLayer):
         return self.output(self.intermediate(attention_output), attention_output), probs
 
 
+def _stack_inference_weights(encoder: nn.Module, hidden: Tensor) -> Optional[list]:
+    """The tensors :func:`fastbert.ops.encoder_inference` runs ``encoder``'s layers with, or None where the
+    stack must run module by module: under autograd, torch.compile, export or autocast, with dropout, and
+    wherever a module differs from fastbert's own (a subclass, a replaced or wrapped linear such as PEFT's
+    LoRA, a hook), so that whatever a user attached sees its call."""
+    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or ops.exporting()
+            or torch.is_autocast_enabled(hidden.device.type) or not _unhooked(encoder)):
+        return None
+    weights = []
+    eps = encoder.layer[0].output.LayerNorm.eps if len(encoder.layer) else None
+    for layer in encoder.layer:
+        if not _layer_runs_as_its_tensors(layer, eps):
+            return None
+        attention = layer.attention
+        for linear in (attention.self.query, attention.self.key, attention.self.value, attention.output.dense):
+            weights += [linear.weight, linear.bias]
+        weights += [attention.output.LayerNorm.weight, attention.output.LayerNorm.bias]
+        for linear in (layer.intermediate.dense, layer.output.dense):
+            weights += [linear.weight, linear.bias]
+        weights += [layer.output.LayerNorm.weight, layer.output.LayerNorm.bias]
+    if any(w is None or w.dtype != hidden.dtype or w.device != hidden.device for w in weights):
+        return None
+    return weights
+
+
+def _layer_runs_as_its_tensors(layer: nn.Module, eps: float) -> bool:
+    """Whether ``layer`` computes exactly what its tensors do in :func:`fastbert.ops.encoder_inference`:
+    fastbert's own unhooked modules with plain linears, no dropout, both LayerNorms at ``eps``."""
+    if type(layer) is not BertLayer or not _fusable_feed_forward(layer):
+        return False
+    attention = layer.attention
+    if (type(attention) is not BertAttention or type(attention.self) is not BertSelfAttention
+            or type(attention.output) is not BertSelfOutput):
+        return False
+    if not all(_unhooked(m) for m in (layer, attention, attention.self, attention.output)):
+        return False
+    if not all(_is_plain_linear(m) for m in (attention.self.query, attention.self.key, attention.self.value,
+                                              attention.output.dense)):
+        return False
+    dropouts = (attention.self.dropout, attention.output.dropout, layer.output.dropout)
+    if any(d.training and d.p > 0 for d in dropouts):
+        return False
+    return attention.output.LayerNorm.eps == eps and layer.output.LayerNorm.eps == eps
+
+
 class BertEncoder(hf.BertEncoder):
     def forward(self, hidden: Tensor, attn, keep_input=None, output_attentions: bool = False):
         """Runs every layer on ``(rows, hidden)``; returns ``(rows, hidden)`` and the probs (or None).
@@ -236,6 +281,12 @@ class BertEncoder(hf.BertEncoder):
         keep_input: None, or ``keep_input(i, hidden) -> hidden`` called on layer ``i``'s input; layer ``i``
         runs on what it returns, so a hidden state it records is part of the graph.
         """
+        if keep_input is None and not output_attentions and isinstance(attn, PackedAttention):
+            weights = _stack_inference_weights(self, hidden)
+            if weights is not None:
+                first = self.layer[0].attention
+                return ops.encoder_inference(hidden, attn.cu_seqlens, attn.max_seqlen, weights,
+                                             first.self.num_attention_heads, first.output.LayerNorm.eps), None
         all_probs = [] if output_attentions else None
         for i, layer in enumerate(self.layer):
             if keep_input is not None:

@@ -601,3 +601,40 @@ def embeddings(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], pos
                                         weight, beta, eps, dropout_p, seed)[0]
     return _run("embeddings", _embeddings, _EagerEmbeddings, input_ids, inputs_embeds, position_ids,
                 token_type_ids, word, pos, types, weight, beta, eps, dropout_p, seed, padding_idx)[0]
+
+
+# ============================================================================= the encoder stack in inference
+ENCODER_LAYER_TENSORS = torch_ops.ENCODER_LAYER_TENSORS
+
+
+def encoder_inference(hidden: Tensor, cu_seqlens: Tensor, max_seqlen: int, weights: list, heads: int,
+                      eps: float) -> Tensor:
+    """Every layer of a post-LayerNorm BERT encoder on packed tokens, in eager inference: no dropout, no
+    autograd, one Python call for the stack instead of a dozen module and op calls per layer.
+
+    The backend is the attention op's for hidden's device and dtype: PyTorch runs each layer as its fused
+    encoder layer (:func:`fastbert.torch_ops.encoder_inference_fwd`); Triton runs the same kernels as the
+    per-op path, layer by layer, called directly. Not for torch.compile or export, which see the per-op
+    path (the model does not call this there).
+
+    Args:
+        hidden: ``(tokens, hidden)``; cu_seqlens: int32 ``(batch + 1,)``; max_seqlen: the longest sequence.
+        weights: ``ENCODER_LAYER_TENSORS`` tensors a layer, in :data:`fastbert.torch_ops.ENCODER_LAYER_TENSORS`'
+            order, every one in hidden's dtype on its device.
+        heads: attention heads (dividing hidden); eps: the LayerNorms' epsilon.
+    Returns:
+        ``(tokens, hidden)`` in hidden's dtype.
+    """
+    if len(weights) % ENCODER_LAYER_TENSORS:
+        raise ValueError(f"encoder_inference: weights must hold {ENCODER_LAYER_TENSORS} tensors a layer, "
+                         f"got {len(weights)}")
+    if hidden.dim() != 2 or hidden.shape[1] % heads:
+        raise ValueError(f"encoder_inference: hidden must be (tokens, hidden) with hidden a multiple of heads={heads}, "
+                         f"got {tuple(hidden.shape)}")
+    device, dtype = hidden.device, hidden.dtype
+    attention_impl = _impl("attention", "fwd", device, dtype)
+    if attention_impl is torch_ops.attention_fwd:
+        return torch_ops.encoder_inference_fwd(hidden, cu_seqlens, max_seqlen, weights, heads, eps)
+    return torch_ops.layered_encoder_inference(
+        hidden, cu_seqlens, max_seqlen, weights, heads, eps, attention_impl,
+        _impl("residual_layernorm", "fwd", device, dtype), _impl("ffn", "inference_fwd", device, dtype))

@@ -336,3 +336,67 @@ def attention_bwd(dout, qkv, out, lse, cu_seqlens, max_seqlen: int, p: float, se
     dv = torch.matmul(probs_dropped.transpose(-1, -2).to(v.dtype), do)
     dqkv = torch.stack([layout.from_grid(g) for g in (dq, dk, dv)], dim=1)
     return dqkv.to(qkv.dtype)
+
+
+# ----------------------------------------------------------------------------- the encoder stack in inference
+ENCODER_LAYER_TENSORS = 16  # a layer's tensors in :func:`encoder_inference_fwd`'s ``weights``, in this order:
+# query, key, value, attention-output and LayerNorm-1 weights and biases, then the two feed-forward linears'
+# and LayerNorm-2's: (Wq, bq, Wk, bk, Wv, bv, Wo, bo, ln1_w, ln1_b, W1, b1, W2, b2, ln2_w, ln2_b).
+
+
+def layered_encoder_inference(hidden: Tensor, cu_seqlens: Tensor, max_seqlen: int, weights: list, heads: int,
+                              eps: float, attention, layernorm, ffn) -> Tensor:
+    """The encoder stack, layer by layer, from one backend's op implementations (``attention``:
+    :func:`attention_fwd`'s signature, ``layernorm``: :func:`residual_layernorm_fwd`'s, ``ffn``:
+    :func:`ffn_inference_fwd`'s), without dropout or autograd; the same calls a module's forward makes.
+    Arguments as :func:`encoder_inference_fwd`'s."""
+    rows, width = hidden.shape
+    for i in range(0, len(weights), ENCODER_LAYER_TENSORS):
+        wq, bq, wk, bk, wv, bv, wo, bo, ln1_w, ln1_b, w1, b1, w2, b2, ln2_w, ln2_b = \
+            weights[i:i + ENCODER_LAYER_TENSORS]
+        qkv = F.linear(hidden, torch.cat((wq, wk, wv)), torch.cat((bq, bk, bv))).view(rows, 3, heads, -1)
+        context = attention(qkv, cu_seqlens, max_seqlen, 0.0, None)[0].reshape(rows, width)
+        attended = layernorm(F.linear(context, wo), bo, hidden, ln1_w, ln1_b, eps, 0.0, None)[0]
+        hidden = layernorm(ffn(attended, w1, b1, w2), b2, attended, ln2_w, ln2_b, eps, 0.0, None)[0]
+    return hidden
+
+
+def _native_layer_takes(hidden: Tensor) -> bool:
+    """Whether PyTorch's fused encoder layer (``aten::_transformer_encoder_layer_fwd``) runs ``hidden``'s
+    device and dtype."""
+    if hidden.device.type == "cuda":
+        return hidden.dtype in (torch.float32, torch.float16, torch.bfloat16)
+    return hidden.device.type == "cpu" and hidden.dtype in (torch.float32, torch.bfloat16)
+
+
+def encoder_inference_fwd(hidden: Tensor, cu_seqlens: Tensor, max_seqlen: int, weights: list, heads: int,
+                          eps: float) -> Tensor:
+    """A post-LayerNorm BERT encoder stack with exact GELU, in inference (no dropout, no autograd).
+
+    Each layer is one call of PyTorch's fused encoder layer (the op behind ``nn.TransformerEncoderLayer``'s
+    inference fast path: the same math as the per-op path, one dispatch instead of a dozen), on a padded
+    ``(batch, max_seqlen, hidden)`` grid built once for the stack, padded keys masked out; elsewhere (float64)
+    the per-op implementations of this module.
+
+    Args:
+        hidden: ``(tokens, hidden)`` packed rows; cu_seqlens: int32 ``(batch + 1,)``; max_seqlen: the longest.
+        weights: ``ENCODER_LAYER_TENSORS`` tensors per layer, in that constant's order, in hidden's dtype.
+        heads: attention heads; eps: the LayerNorms' epsilon.
+    Returns:
+        ``(tokens, hidden)`` in hidden's dtype.
+    """
+    if not _native_layer_takes(hidden):
+        return layered_encoder_inference(hidden, cu_seqlens, max_seqlen, weights, heads, eps, attention_fwd,
+                                         residual_layernorm_fwd, ffn_inference_fwd)
+    total, width = hidden.shape
+    layout = _padded_layout(cu_seqlens, max_seqlen, total)
+    grid = layout.to_grid(hidden[:, None])[:, 0]  # (batch, max_seqlen, hidden), zeros at padding
+    key_padding = None if layout.uniform else ~layout.key_valid
+    for i in range(0, len(weights), ENCODER_LAYER_TENSORS):
+        wq, bq, wk, bk, wv, bv, wo, bo, ln1_w, ln1_b, w1, b1, w2, b2, ln2_w, ln2_b = \
+            weights[i:i + ENCODER_LAYER_TENSORS]
+        grid = torch._transformer_encoder_layer_fwd(
+            grid, width, heads, torch.cat((wq, wk, wv)), torch.cat((bq, bk, bv)), wo, bo,
+            True, False, eps,  # exact GELU, post-LayerNorm
+            ln1_w, ln1_b, ln2_w, ln2_b, w1, b1, w2, b2, key_padding, None if key_padding is None else 1)
+    return layout.from_grid(grid[:, None])[:, 0]

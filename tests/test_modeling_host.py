@@ -1,5 +1,8 @@
 """What a forward costs on the host: fused ops called without the custom-op dispatcher in eager mode, one
-dropout seed draw per forward, no weight concatenation per inference call, one layout per forward."""
+dropout seed draw per forward, one layout per forward, the encoder's layers in one call in inference (and
+module by module wherever a hook, a wrapped linear, autograd or dropout must see its call)."""
+
+import functools
 
 import pytest
 import torch
@@ -212,3 +215,129 @@ def test_launches_per_layer_stay_within_budget(monkeypatch):
     assert all(count > 0 for count in per_layer.values())
     over = {case: count for case, count in per_layer.items() if count > LAUNCH_BUDGET[case]}
     assert not over, f"launches per layer {per_layer} over the budget {LAUNCH_BUDGET}"
+
+
+# ============================================================================= the encoder stack in one call
+def _stack_calls(monkeypatch) -> list:
+    """Records each call of ``ops.encoder_inference`` (the model's one-call path for its layers)."""
+    calls, real = [], ops.encoder_inference
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(ops, "encoder_inference", counting)
+    return calls
+
+
+def _pair_without_pooler(config):
+    # Under left padding the pooler would read a padded position, and the call would take the exact path.
+    return pair(functools.partial(transformers.BertModel, add_pooling_layer=False),
+                functools.partial(fastbert.BertModel, add_pooling_layer=False), config)
+
+
+def _masks(config, batch=4, seqlen=13):
+    ids, types, right = random_batch(config, batch, seqlen)
+    _, _, left = random_batch(config, batch, seqlen, padding="left")
+    interior = right.clone()
+    interior[1, 2] = interior[-1, 0] = 0
+    empty_row = right.clone()
+    empty_row[2] = 0
+    return ids, types, {"right": right, "left": left, "interior": interior, "none": torch.ones_like(right),
+                        "an empty row": empty_row}
+
+
+@pytest.mark.parametrize("padding", ["right", "left", "interior", "none", "an empty row"])
+def test_inference_runs_the_layers_in_one_call_with_transformers_numbers(padding, monkeypatch):
+    config = tiny_config(num_hidden_layers=3)
+    reference, model = _pair_without_pooler(config)
+    reference.eval(), model.eval()
+    ids, types, masks = _masks(config)
+    mask = masks[padding]
+    calls = _stack_calls(monkeypatch)
+    with torch.no_grad():
+        got = model(ids, token_type_ids=types, attention_mask=mask).last_hidden_state
+        want = reference(ids, token_type_ids=types, attention_mask=mask).last_hidden_state
+    assert calls == [(int(mask.sum()), config.hidden_size)]
+    assert_close_on(mask, want, got)
+    assert torch.count_nonzero(got[~mask.bool()]) == 0
+
+
+def _hook_on_self_attention(model, seen):
+    model.encoder.layer[1].attention.self.register_forward_hook(lambda *args: seen.append(1))
+
+
+class _Linear(torch.nn.Linear):
+    """A linear of another class (as PEFT or a quantiser swaps in): its forward must be called."""
+
+    def forward(self, x):
+        self.called = True
+        return super().forward(x)
+
+
+def _swap_in_linear(model, seen):
+    old = model.encoder.layer[0].attention.self.value
+    new = _Linear(old.in_features, old.out_features)
+    new.load_state_dict(old.state_dict())
+    model.encoder.layer[0].attention.self.value = new
+    seen.append(new)
+
+
+# Each case: how the call is made different, and whether the module path's extras were seen.
+MODULE_PATH_CASES = {
+    "autograd": lambda model, seen: None,
+    "dropout": lambda model, seen: model.encoder.layer[1].output.dropout.train(),
+    "a hook": _hook_on_self_attention,
+    "a replaced linear": _swap_in_linear,
+    "another eps": lambda model, seen: setattr(model.encoder.layer[1].output.LayerNorm, "eps", 1e-6),
+    "output_attentions": lambda model, seen: None,
+    "output_hidden_states": lambda model, seen: None,
+}
+
+
+@pytest.mark.parametrize("case", list(MODULE_PATH_CASES))
+def test_the_layers_run_module_by_module_where_a_call_must_be_seen(case, monkeypatch):
+    config = tiny_config(num_hidden_layers=2, hidden_dropout_prob=0.1)
+    reference, model = pair(transformers.BertModel, fastbert.BertModel, config)
+    reference.eval(), model.eval()
+    seen = []
+    MODULE_PATH_CASES[case](model, seen)
+    ids, types, masks = _masks(config)
+    calls = _stack_calls(monkeypatch)
+    kwargs = {case: True} if case.startswith("output_") else {}
+    with torch.set_grad_enabled(case == "autograd"):
+        got = model(ids, token_type_ids=types, attention_mask=masks["right"], **kwargs).last_hidden_state
+        want = reference(ids, token_type_ids=types, attention_mask=masks["right"]).last_hidden_state
+    assert calls == []
+    if case == "a hook":
+        assert seen == [1]
+    if case == "a replaced linear":
+        assert seen[0].called
+    if case not in ("dropout", "another eps"):
+        assert_close_on(masks["right"], want, got)
+
+
+@pytest.mark.parametrize("backend,dtype", [("torch", torch.float64), ("triton", torch.float32)])
+def test_the_one_call_path_makes_the_per_op_path_calls(backend, dtype, monkeypatch):
+    """Where the stack runs layer by layer from the op implementations (the Triton backend, and float64 on
+    PyTorch's) its result is the per-op module path's, bit for bit."""
+    monkeypatch.setenv("FASTBERT_BACKEND", backend)
+    config = tiny_config(num_hidden_layers=2)
+    _, model = _pair_without_pooler(config)
+    model.to(dtype).eval()
+    ids, types, masks = _masks(config, batch=3, seqlen=9)
+    calls = _stack_calls(monkeypatch)
+    with torch.no_grad():
+        one_call = model(ids, token_type_ids=types, attention_mask=masks["interior"]).last_hidden_state
+        model.encoder.layer[0].register_forward_pre_hook(lambda *args: None)  # forces the module path
+        per_op = model(ids, token_type_ids=types, attention_mask=masks["interior"]).last_hidden_state
+    assert len(calls) == 1
+    assert torch.equal(one_call, per_op)
+
+
+def test_encoder_inference_refuses_bad_arguments():
+    hidden, cu = torch.zeros(5, 12), torch.tensor([0, 5], dtype=torch.int32)
+    weights = [torch.zeros(1)] * ops.ENCODER_LAYER_TENSORS
+    with pytest.raises(ValueError, match="16 tensors a layer, got 15"):
+        ops.encoder_inference(hidden, cu, 5, weights[:-1], 3, 1e-12)
+    with pytest.raises(ValueError, match="multiple of heads=5"):
+        ops.encoder_inference(hidden, cu, 5, weights, 5, 1e-12)
