@@ -15,6 +15,7 @@ LayerNorm's gradient needs and the second runs over column blocks.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -22,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastbert.ops import torch_fallback
+from fastbert.ops import interpreting, torch_fallback
 
 from . import dropout
 from .launch import on_input_device
@@ -34,8 +35,15 @@ MAX_HIDDEN = 8192
 # check-kernels) and take the two-pass backward over column blocks of this width.
 ONE_PASS_HIDDEN = 1024
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-BWD_PROGRAMS = 256  # fixed, so the partial sums (and the result bits) do not depend on the device
-SUM_BLOCK_P, SUM_BLOCK_N = 32, 64  # the tile of the partial sums' reduction
+# Backward programs per SM, counted over the column blocks: rows in flight enough to cover the memory
+# latency, while each program adds one row of partial sums to reduce.
+BWD_PROGRAMS_PER_SM = 4
+REFERENCE_SMS = 132  # the SM count off a GPU (the interpreter): an H100's grid
+# The tile of the partial sums' reduction: 64 programs by 32 columns, so that an H100's 512 programs
+# take 8 serial steps and hidden 768 spreads over 24 column blocks a group. (The embeddings' reduction,
+# kernels/embeddings.py, keeps a tile of 32 by 64: SUM_BLOCK_P x SUM_BLOCK_N.)
+PARTS_BLOCK_P, PARTS_BLOCK_N = 64, 32
+SUM_BLOCK_P, SUM_BLOCK_N = 32, 64
 
 
 @triton.jit
@@ -114,55 +122,83 @@ def _residual_layernorm_bwd_terms(
     tl.store(Terms + 2 * row + 1, tl.sum(sum_wdy, 0) / hidden)
 
 
+@triton.jit
+def _keep_rows(key, t_hi, rows, col0, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """Keep bits ``[ROWS, BLOCK]`` of columns ``col0 + arange(BLOCK)`` of each row of ``rows [ROWS]``: the
+    bits of :func:`dropout.keep_row`, one Philox call per row and four columns, for a tile of rows."""
+    tl.static_assert(BLOCK % 4 == 0, "_keep_rows: BLOCK must be a multiple of 4")
+    groups = col0 // 4 + tl.arange(0, BLOCK // 4)
+    w0, w1 = dropout.philox2x32(groups[None, :], rows[:, None], key)
+    r0, r1 = dropout._halves(w0)
+    r2, r3 = dropout._halves(w1)
+    # [rows, groups, word, half] -> column 4 * group + 2 * word + half, as keep_row lays them out
+    return tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [ROWS, BLOCK]) >= t_hi
+
+
 @triton.jit(do_not_specialize=["rows", "rows_per_program"])  # one binary for any row count
 def _residual_layernorm_bwd(
     DY, X, Bias, Residual, Weight, Mean, Rstd, Seed, Terms, DX, DRes, DWeightPart, DBetaPart, DBiasPart,
     rows, hidden, rows_per_program, dropout_p,
-    BLOCK_H: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr, WIDE: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_H: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
-    """Rows ``[pid * rows_per_program, ...)``, columns of block ``program_id(1)``: dx, dresidual, and this
-    program's fp32 partial sums of dweight, dbeta, dbias (row ``pid`` of the ``*Part`` buffers).
-    A block holds whole rows and reduces their two row means itself, unless ``WIDE``, where pass 1
-    (``_residual_layernorm_bwd_terms``) left them in ``Terms``. Grid ``(programs, column blocks)``."""
+    """Rows ``[pid * rows_per_program, ...)`` (a multiple of ``ROWS``), ``ROWS`` at a time, columns of
+    block ``program_id(1)``: dx, dresidual, and this program's fp32 partial sums of dweight, dbeta,
+    dbias (row ``pid`` of the ``*Part (programs, hidden)`` buffers, written whole). Weight and bias are
+    loaded once. A block holds whole rows and reduces their two row means itself, unless ``WIDE``,
+    where pass 1 (``_residual_layernorm_bwd_terms``) left them in ``Terms (rows, 2)``.
+    Grid ``(programs, column blocks)``."""
     pid = tl.program_id(0)
     col0 = tl.program_id(1) * BLOCK_H if WIDE else 0
     cols = col0 + tl.arange(0, BLOCK_H)
     mask = cols < hidden
-    w = tl.load(Weight + cols, mask=mask, other=0.0).to(tl.float32)
-    dweight = tl.zeros([BLOCK_H], tl.float32)
-    dbeta = tl.zeros([BLOCK_H], tl.float32)
-    dbias = tl.zeros([BLOCK_H], tl.float32)
+    w = tl.load(Weight + cols, mask=mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:
+        b = tl.load(Bias + cols, mask=mask, other=0.0).to(tl.float32)[None, :]
+    # [ROWS, BLOCK_H] accumulators, summed over their rows once at the end
+    dweight = tl.zeros([ROWS, BLOCK_H], tl.float32)
+    dbeta = tl.zeros([ROWS, BLOCK_H], tl.float32)
+    dbias = tl.zeros([ROWS, BLOCK_H], tl.float32)
     first = pid.to(tl.int64) * rows_per_program  # 64-bit rows: row * hidden may pass 2**31
     last = tl.minimum(first + rows_per_program, rows)
-    for row in range(first, last):
-        base = row * hidden
-        x = tl.load(X + base + cols, mask=mask, other=0.0)
-        # per row: hoisted, the key's ten round keys stay live and ptxas spills the wide pass on sm_100
-        key, t_hi = dropout.key_and_threshold(Seed, dropout_p, HAS_DROPOUT)
-        s, scale = _row_sum(x, Bias, Residual, key, t_hi, row, col0, cols, mask, hidden, dropout_p, BLOCK_H,
-                            HAS_BIAS, HAS_DROPOUT)
-        xhat = tl.where(mask, (s - tl.load(Mean + row)) * tl.load(Rstd + row), 0.0)
-        dy = tl.load(DY + base + cols, mask=mask, other=0.0).to(tl.float32)
+    for start in range(first, last, ROWS):
+        row = start + tl.arange(0, ROWS)
+        row_mask = row < last
+        tile_mask = row_mask[:, None] & mask[None, :]
+        offsets = row[:, None] * hidden + cols[None, :]
+        h = tl.load(X + offsets, mask=tile_mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            h += b
+        scale = tl.full([ROWS, BLOCK_H], 1.0, tl.float32)
+        if HAS_DROPOUT:
+            # per step: hoisted, the key's ten round keys stay live and ptxas spills the wide pass on sm_100
+            key, t_hi = dropout.key_and_threshold(Seed, dropout_p, HAS_DROPOUT)
+            scale = tl.where(_keep_rows(key, t_hi, row, col0, ROWS, BLOCK_H), 1.0 / (1.0 - dropout_p), 0.0)
+            h = h * scale
+        s = h + tl.load(Residual + offsets, mask=tile_mask, other=0.0).to(tl.float32)
+        rstd = tl.load(Rstd + row, mask=row_mask, other=0.0)[:, None]
+        xhat = tl.where(tile_mask, (s - tl.load(Mean + row, mask=row_mask, other=0.0)[:, None]) * rstd, 0.0)
+        dy = tl.load(DY + offsets, mask=tile_mask, other=0.0).to(tl.float32)
         wdy = w * dy
         # d LN / d s = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy * xhat))
         if WIDE:
-            c1, c2 = tl.load(Terms + 2 * row), tl.load(Terms + 2 * row + 1)
+            c1 = tl.load(Terms + 2 * row, mask=row_mask, other=0.0)[:, None]
+            c2 = tl.load(Terms + 2 * row + 1, mask=row_mask, other=0.0)[:, None]
         else:
-            c1, c2 = tl.sum(xhat * wdy, 0) / hidden, tl.sum(wdy, 0) / hidden
-        ds = (wdy - (xhat * c1 + c2)) * tl.load(Rstd + row)
-        ds = tl.where(mask, ds, 0.0)
+            c1, c2 = (tl.sum(xhat * wdy, 1) / hidden)[:, None], (tl.sum(wdy, 1) / hidden)[:, None]
+        ds = tl.where(tile_mask, (wdy - (xhat * c1 + c2)) * rstd, 0.0)
         dh = ds * scale
-        tl.store(DRes + base + cols, ds.to(DRes.dtype.element_ty), mask=mask)
-        tl.store(DX + base + cols, dh.to(DX.dtype.element_ty), mask=mask)
+        tl.store(DRes + offsets, ds.to(DRes.dtype.element_ty), mask=tile_mask)
+        tl.store(DX + offsets, dh.to(DX.dtype.element_ty), mask=tile_mask)
         dweight += dy * xhat
         dbeta += dy
         if HAS_BIAS:
             dbias += dh
     part = pid.to(tl.int64) * hidden + cols
-    tl.store(DWeightPart + part, dweight, mask=mask)
-    tl.store(DBetaPart + part, dbeta, mask=mask)
+    tl.store(DWeightPart + part, tl.sum(dweight, 0), mask=mask)
+    tl.store(DBetaPart + part, tl.sum(dbeta, 0), mask=mask)
     if HAS_BIAS:
-        tl.store(DBiasPart + part, dbias, mask=mask)
+        tl.store(DBiasPart + part, tl.sum(dbias, 0), mask=mask)
 
 
 @triton.jit(do_not_specialize=["programs"])
@@ -217,6 +253,37 @@ def _bwd_num_warps(block_h: int, dtype: torch.dtype) -> int:
     """The one-pass backward's warps: :func:`_num_warps`, but 4 for fp32 rows of 512, which spill the
     dropout backward with 8 under triton 3.6."""
     return 4 if block_h == 512 and dtype == torch.float32 else _num_warps(block_h)
+
+
+def _bwd_rows(block_h: int, num_warps: int) -> int:
+    """Rows a backward step holds: 8 elements a thread, as a row of 1024 at 4 warps (more take the
+    registers of resident programs), 1 to 16 rows."""
+    return max(1, min(16, 8 * 32 * num_warps // block_h))
+
+
+def bwd_programs(rows: int, rows_per_step: int, column_blocks: int, sms: int) -> tuple[int, int]:
+    """``(programs, rows_per_program)`` of the backward on a device of ``sms`` SMs: up to
+    ``BWD_PROGRAMS_PER_SM`` programs an SM over all ``column_blocks``, each of whole steps of
+    ``rows_per_step`` rows and none empty. The partial sums, and so the gradients' last bits, depend
+    on this split, and so on the device's SM count (never on anything else)."""
+    if rows == 0:
+        return 1, rows_per_step
+    steps = triton.cdiv(rows, rows_per_step)
+    target = max(1, triton.cdiv(BWD_PROGRAMS_PER_SM * sms, column_blocks))
+    rows_per_program = rows_per_step * triton.cdiv(steps, min(steps, target))
+    return triton.cdiv(rows, rows_per_program), rows_per_program
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def device_sms(device: torch.device) -> int:
+    """The SM count :func:`bwd_programs` plans for: the CUDA device's, else ``REFERENCE_SMS``."""
+    if device.type != "cuda" or interpreting():
+        return REFERENCE_SMS
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def check_inputs(x: Tensor, bias: Optional[Tensor], residual: Tensor, weight: Tensor, beta: Tensor,
@@ -275,14 +342,14 @@ def residual_layernorm_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], residu
     rows, hidden = x.shape
     dx = torch.empty_like(x)
     dres = torch.empty_like(residual)
-    programs = max(1, min(rows, BWD_PROGRAMS))
-    rows_per_program = triton.cdiv(rows, programs)
-    programs = triton.cdiv(rows, rows_per_program) if rows else 1
-    # every program writes its row of partial sums (zeros where it has no rows for a bias or dropout term)
-    parts = (torch.empty if rows else torch.zeros)(3 if bias is not None else 2, programs, hidden,
-                                                   dtype=torch.float32, device=x.device)
     wide = hidden > ONE_PASS_HIDDEN
     block_h = ONE_PASS_HIDDEN if wide else _block_h(hidden)
+    num_warps = _num_warps(block_h) if wide else _bwd_num_warps(block_h, x.dtype)
+    step, column_blocks = _bwd_rows(block_h, num_warps), triton.cdiv(hidden, block_h)
+    programs, rows_per_program = bwd_programs(rows, step, column_blocks, device_sms(x.device))
+    # every program writes its whole row of partial sums; without rows there are none to write
+    parts = (torch.empty if rows else torch.zeros)(3 if bias is not None else 2, programs, hidden,
+                                                   dtype=torch.float32, device=x.device)
     seed_arg, bias_arg = seed if seed is not None else mean, bias if bias is not None else x
     terms = torch.empty(rows, 2, dtype=torch.float32, device=x.device) if wide else mean
     if rows and wide:
@@ -291,11 +358,11 @@ def residual_layernorm_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], residu
             BLOCK_N=block_h, HAS_BIAS=bias is not None, HAS_DROPOUT=dropout_p > 0.0,
             num_warps=TERMS_NUM_WARPS, num_stages=1)
     if rows:
-        _residual_layernorm_bwd[(programs, triton.cdiv(hidden, block_h))](
+        _residual_layernorm_bwd[(programs, column_blocks)](
             dy, x, bias_arg, residual, weight, mean, rstd, seed_arg, terms, dx, dres, parts[0], parts[1],
             parts[-1], rows, hidden, rows_per_program, float(dropout_p),
-            BLOCK_H=block_h, HAS_BIAS=bias is not None, HAS_DROPOUT=dropout_p > 0.0, WIDE=wide,
-            num_warps=_num_warps(block_h) if wide else _bwd_num_warps(block_h, x.dtype), num_stages=1)
+            ROWS=step, BLOCK_H=block_h, HAS_BIAS=bias is not None, HAS_DROPOUT=dropout_p > 0.0, WIDE=wide,
+            num_warps=num_warps, num_stages=1)
     dtypes = (weight.dtype, weight.dtype) + ((bias.dtype,) if bias is not None else ())
     dweight, dbeta, *dbias = sum_partials_as(parts, dtypes)
     return dx, dbias[0] if bias is not None else x.new_empty(0), dres, dweight, dbeta
@@ -305,8 +372,8 @@ def _launch_sum(parts: Tensor, outs) -> None:
     groups, programs, hidden = parts.shape
     assert 1 <= groups <= 3 and len(outs) == groups
     outs = list(outs) + [outs[-1]] * (3 - groups)  # groups past the grid are never stored
-    _residual_layernorm_bwd_sum[(groups, triton.cdiv(hidden, SUM_BLOCK_N))](
-        parts, *outs, programs, hidden, BLOCK_P=SUM_BLOCK_P, BLOCK_N=SUM_BLOCK_N, num_warps=4, num_stages=1)
+    _residual_layernorm_bwd_sum[(groups, triton.cdiv(hidden, PARTS_BLOCK_N))](
+        parts, *outs, programs, hidden, BLOCK_P=PARTS_BLOCK_P, BLOCK_N=PARTS_BLOCK_N, num_warps=4, num_stages=1)
 
 
 @on_input_device
@@ -409,8 +476,10 @@ def aot_variants(arch: int):
                     warps = _bwd_num_warps(block, dtype) if one_pass else _num_warps(block)
                     if kernel is _residual_layernorm_bwd_terms:
                         warps = TERMS_NUM_WARPS
+                    if kernel is _residual_layernorm_bwd:
+                        constexprs["ROWS"] = _bwd_rows(block, warps)
                     yield _variant(kernel, constexprs, t, warps, f"{t} {width}{extra}")
-        yield _variant(_residual_layernorm_bwd_sum, dict(BLOCK_P=SUM_BLOCK_P, BLOCK_N=SUM_BLOCK_N), t, 4,
+        yield _variant(_residual_layernorm_bwd_sum, dict(BLOCK_P=PARTS_BLOCK_P, BLOCK_N=PARTS_BLOCK_N), t, 4,
                        f"{t} partial sums")
 
 

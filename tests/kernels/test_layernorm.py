@@ -1,14 +1,19 @@
 """The Triton residual + dropout + LayerNorm kernels (``kernels/layernorm.py``) against float64.
 
-On the CPU the kernels run in the Triton interpreter (conftest sets ``TRITON_INTERPRET=1``). The
-launchers write into fresh ``torch.empty`` buffers, so an unwritten element shows as garbage or NaN:
-every comparison also checks that all values are finite.
+On the CPU the kernels run in the Triton interpreter (conftest sets ``TRITON_INTERPRET=1``), planning
+the backward's programs for ``REFERENCE_SMS`` (an H100's 132). The launchers write into fresh
+``torch.empty`` buffers, so an unwritten element shows as garbage or NaN (the tests of the backward's
+odd sizes fill every such buffer with NaN first): every comparison also checks that all values are
+finite.
 """
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import DEVICE
 from fastbert import ops
@@ -79,8 +84,8 @@ def test_hidden_sizes_match_float64(hidden, dtype):
 @pytest.mark.parametrize("hidden, p, bias", [(1025, 0.0, False), (2500, 0.27, True), (8192, 0.1, True)])
 def test_wide_rows_over_column_blocks(hidden, p, bias, monkeypatch):
     """Rows wider than the one-pass backward: a ragged last column block (1025, 2500), the widest row
-    (8192), and several rows per backward program, so the per-column partial sums add up rows."""
-    monkeypatch.setattr(L, "BWD_PROGRAMS", 3)
+    (8192), and several rows per backward program (one SM), so the per-column partial sums add up rows."""
+    monkeypatch.setattr(L, "device_sms", lambda device: 1)
     _check(9, hidden, torch.float32, p, bias)
 
 
@@ -88,28 +93,131 @@ def test_wide_rows_over_column_blocks(hidden, p, bias, monkeypatch):
     (1, 0.27, True), (7, 0.0, False), (129, 0.27, False), (129, 0.1, True), (1000, 0.0, True),
 ])
 def test_row_counts_dropout_and_bias(rows, p, bias):
-    """Row counts below, at and past the backward's 256 programs (several rows per program)."""
+    """Row counts of one tile of rows and less, and of many programs (1000 rows of 96: 125 programs of
+    one 8-row step)."""
     _check(rows, 384 if rows < 1000 else 96, torch.float32, p, bias)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_fp32_residual_stream_with_low_precision_x(dtype):
-    """A residual in another dtype than x (an fp32 residual stream): dresidual keeps its dtype."""
-    _check(33, 768, dtype, 0.1, residual_dtype=torch.float32)
+@pytest.fixture
+def poisoned(monkeypatch):
+    """``torch.empty``/``torch.empty_like`` of floating point filled with NaN, so that an element no
+    kernel writes (a partial sum, a gradient) fails the comparison instead of reading as a stale zero."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def nan(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: nan(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: nan(empty_like(*a, **k)))
 
 
-@pytest.mark.parametrize("hidden, dtype, why", [(8200, torch.float32, "hidden 8200 > 8192"),
-                                                (32, torch.float64, "dtype torch.float64")])
-def test_what_the_kernels_do_not_take_falls_back_to_pytorch(hidden, dtype, why, monkeypatch):
-    """Rows wider than 8192 and float64: the op runs PyTorch, warning once."""
-    monkeypatch.setenv("FASTBERT_BACKEND", "triton")
-    x, bias, residual, weight, beta = (t.requires_grad_() for t in _inputs(5, hidden, dtype))
-    with pytest.warns(UserWarning, match=why):
-        y = ops.residual_layernorm(x, bias, residual, weight, beta, EPS)
-    torch.testing.assert_close(y, L.residual_layernorm_reference(x, bias, residual, weight, beta, EPS))
-    with pytest.warns(UserWarning, match=why):
-        y.sum().backward()
-    assert all(torch.isfinite(t.grad).all() for t in (x, bias, residual, weight, beta))
+@pytest.mark.parametrize("rows, hidden, dtype, p, bias", [
+    (1, 32, torch.float32, 0.1, True),
+    (7, 1000, torch.bfloat16, 0.0, False),
+    (65, 768, torch.float16, 0.1, True),
+    (127, 384, torch.bfloat16, 0.1, False),
+    (129, 32, torch.float16, 0.0, True),
+    (129, 1000, torch.float32, 0.27, False),
+    (65, 4096, torch.float16, 0.1, True),
+], ids=str)
+def test_backward_odd_sizes_match_float64(rows, hidden, dtype, p, bias, poisoned):
+    """Odd row counts (tiles of rows cut short) and hidden sizes (a ragged row block: 1000 in 1024
+    columns), every dtype, with and without bias and dropout, all outputs NaN before the kernels run."""
+    _check(rows, hidden, dtype, p, bias)
+
+
+@pytest.mark.parametrize("sms, plan", [(132, (129, 4)), (8, (26, 20))])
+def test_many_programs_with_a_ragged_last_one(sms, plan, poisoned, monkeypatch):
+    """513 rows of 384 (bf16: 4-row steps): on 132 SMs 129 programs of one step, the last with one
+    row; on 8 SMs 26 programs of 5 steps, the last of 13 rows (three steps and one row)."""
+    monkeypatch.setattr(L, "device_sms", lambda device: sms)
+    assert L.bwd_programs(513, L._bwd_rows(512, L._bwd_num_warps(512, torch.bfloat16)), 1, sms) == plan
+    _check(513, 384, torch.bfloat16, 0.1, True)
+
+
+# ============================================================================= the backward's grid
+@pytest.mark.parametrize("rows", [1, 7, 64, 127, 129, 513, 4096, 65536, 10**6 + 3])
+@pytest.mark.parametrize("step, column_blocks", [(1, 1), (2, 1), (8, 1), (16, 1), (1, 8)])
+@pytest.mark.parametrize("sms", [1, 46, 132])
+def test_bwd_programs_cover_every_row_once(rows, step, column_blocks, sms):
+    """Whole steps a program, no program empty, every row in exactly one, at most the target count."""
+    programs, per_program = L.bwd_programs(rows, step, column_blocks, sms)
+    assert per_program % step == 0
+    assert (programs - 1) * per_program < rows <= programs * per_program
+    target = -(-L.BWD_PROGRAMS_PER_SM * sms // column_blocks)
+    assert programs <= max(1, target)
+    steps = -(-rows // step)
+    if steps >= target:  # rows enough: more than half the target (rounding steps up), and all of it
+        assert programs > target // 2  # where the steps divide evenly
+        assert programs == target or steps % target
+
+
+def test_bert_base_backward_fills_an_h100(monkeypatch):
+    """4096 tokens x 768 on an H100's 132 SMs: 512 programs of 8 rows (256 of 16 before), as the
+    launcher plans them; the wide backward's 4 column blocks of 4096 a quarter as many each."""
+    one_pass = L._bwd_rows(1024, L._bwd_num_warps(1024, torch.bfloat16))
+    programs, per_program = L.bwd_programs(4096, one_pass, 1, 132)
+    assert (programs, per_program) == (512, 8) and programs > 256 and programs >= 2 * 132
+    assert L.bwd_programs(4096, L._bwd_rows(1024, L._num_warps(1024)), 4, 132) == (128, 32)  # x 4 blocks
+
+    class Recorder:  # the launch only: the interpreter would take a minute over the kernel itself
+        def __getitem__(self, grid):
+            return lambda *args, **meta: launches.append((grid, args[-4:], meta))
+    launches = []
+    monkeypatch.setattr(L, "_residual_layernorm_bwd", Recorder())
+    monkeypatch.setattr(L, "device_sms", lambda device: 132)
+    x, bias, residual, weight, _ = _inputs(4096, 768, torch.bfloat16)
+    stats = torch.ones(4096, device=DEVICE)
+    L.residual_layernorm_bwd(x, x, bias, residual, weight, stats, stats, 0.1, torch.tensor([1], device=DEVICE))
+    (grid, (rows, hidden, rows_per_program, _), meta), = launches
+    assert grid == (512, 1) and (rows, hidden, rows_per_program) == (4096, 768, 8) and meta["ROWS"] == 1
+
+
+class _Launches(TorchDispatchMode):
+    """What a backward call would launch on a GPU and allocate: Triton kernels (the interpreter's runs)
+    with their grids, and ATen calls outside them."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        from triton.runtime.interpreter import InterpretedFunction
+
+        self.kernels, self.aten, self.inside = [], [], False
+        run = InterpretedFunction.run
+
+        def counted(kernel, *args, grid, **kwargs):
+            self.kernels.append((kernel.fn.__name__, tuple(grid)))
+            self.inside = True
+            try:
+                return run(kernel, *args, grid=grid, **kwargs)
+            finally:
+                self.inside = False
+        monkeypatch.setattr(InterpretedFunction, "run", counted)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.inside:
+            self.aten.append(func.__name__.split(".")[0])
+        return func(*args, **(kwargs or {}))
+
+
+ALLOCATIONS = {"empty", "empty_like", "new_empty", "empty_strided"}
+VIEWS = {"select", "unbind", "lift_fresh", "detach", "alias"}
+
+
+@pytest.mark.parametrize("hidden, bias", [(768, True), (768, False), (4096, True)])
+def test_backward_launches_and_allocations(hidden, bias, monkeypatch):
+    """Two launches (three with the wide first pass) and nothing else on the device: no zero fill of
+    the partial sums, no cast copies of the gradients (six launches before, seven wide); allocations
+    for the five outputs (dbias an empty stand-in without bias), the partial sums and the wide pass's
+    row terms only (seven and eight before)."""
+    x, b, residual, weight, beta = _inputs(40, hidden, torch.bfloat16, bias)
+    seed = torch.tensor([4], device=DEVICE)
+    _, mean, rstd = L.residual_layernorm_fwd(x, b, residual, weight, beta, EPS, 0.1, seed)
+    dy = torch.randn(40, hidden, device=DEVICE).to(x.dtype)
+    with _Launches(monkeypatch) as launches:
+        L.residual_layernorm_bwd(dy, x, b, residual, weight, mean, rstd, 0.1, seed)
+    wide = ["_residual_layernorm_bwd_terms"] if hidden > L.ONE_PASS_HIDDEN else []
+    assert [name for name, _ in launches.kernels] == wide + ["_residual_layernorm_bwd", "_residual_layernorm_bwd_sum"]
+    assert set(launches.aten) <= ALLOCATIONS | VIEWS, launches.aten
+    assert sum(name in ALLOCATIONS for name in launches.aten) == 6 + len(wide)
 
 
 # ============================================================================= dropout
@@ -120,20 +228,28 @@ def test_dropout_keep_rate():
     assert not torch.equal(keep[0], keep[1])  # rows draw different bits
 
 
-def test_backward_uses_the_forward_mask():
-    """dx / dresidual is exactly the kept-and-scaled factor of the debug mask, element by element."""
+@pytest.mark.parametrize("rows, hidden", [(50, 96), (37, 200), (5, 1500)])
+def test_backward_uses_the_forward_mask(rows, hidden):
+    """dx / dresidual is exactly the kept-and-scaled factor of the debug mask (one row a program, as
+    the forward draws it), element by element: tiles of 8 rows (96, 37 rows ending in a short tile),
+    of 4 (200) and wide rows over column blocks (1500)."""
     p = 0.3
-    inputs = _inputs(50, 96, torch.float32, bias=True)
+    inputs = _inputs(rows, hidden, torch.float32, bias=True)
     seed = torch.tensor([5], device=DEVICE)
-    _, (dx, _, dres, _, _) = _run(inputs, p, seed, torch.randn(50, 96, device=DEVICE))
-    keep = L.dropout_mask(50, 96, p, seed)
+    _, (dx, _, dres, _, _) = _run(inputs, p, seed, torch.randn(rows, hidden, device=DEVICE))
+    keep = L.dropout_mask(rows, hidden, p, seed)
     torch.testing.assert_close(dx, dres * keep / (1 - p), rtol=1e-6, atol=0)
 
 
-def test_same_seed_is_bitwise_deterministic(monkeypatch):
-    monkeypatch.setattr(L, "BWD_PROGRAMS", 16)  # 64 rows: 16 backward programs of 4 rows each
-    inputs = _inputs(64, 96, torch.bfloat16)
-    dy = torch.randn(64, 96, device=DEVICE)
+@pytest.mark.parametrize("rows, hidden, dtype, sms", [(64, 96, torch.bfloat16, 1), (61, 96, torch.float16, 132),
+                                                      (13, 1500, torch.float32, 1)])
+def test_same_seed_is_bitwise_deterministic(rows, hidden, dtype, sms, monkeypatch):
+    """Forward and all five gradients bit for bit across runs: on one SM 64 rows of 96 are 4 programs of
+    two 8-row steps, and 13 wide rows one program a column block; on 132 SMs 61 rows are 8 programs,
+    the last of 5 rows."""
+    monkeypatch.setattr(L, "device_sms", lambda device: sms)
+    inputs = _inputs(rows, hidden, dtype)
+    dy = torch.randn(rows, hidden, device=DEVICE)
     seed = torch.tensor([11], device=DEVICE)
     first, again = _run(inputs, 0.1, seed, dy), _run(inputs, 0.1, seed.clone(), dy)
     assert torch.equal(first[0], again[0])
