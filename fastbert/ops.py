@@ -160,6 +160,8 @@ def _eager_function(op: str, setup: Callable, grad: Callable) -> type:
         setup(ctx, inputs, outputs)
         ctx.direct = True  # its backward calls the implementation directly too
         ctx.mark_non_differentiable(*outputs[1:])
+        # The statistics' gradients arrive as None, not as zeros filled by autograd (a launch each).
+        ctx.set_materialize_grads(False)
         return outputs
 
     def backward(ctx, *grads):
