@@ -274,6 +274,23 @@ def bwd_programs(rows: int, rows_per_step: int, column_blocks: int, sms: int) ->
     return triton.cdiv(rows, rows_per_program), rows_per_program
 
 
+def _bwd_config(hidden: int, dtype: torch.dtype) -> tuple[bool, int, int, int]:
+    """``(wide, block_h, num_warps, rows_per_step)`` of the backward's main kernel."""
+    wide = hidden > ONE_PASS_HIDDEN
+    block_h = ONE_PASS_HIDDEN if wide else _block_h(hidden)
+    num_warps = _num_warps(block_h) if wide else _bwd_num_warps(block_h, dtype)
+    return wide, block_h, num_warps, _bwd_rows(block_h, num_warps)
+
+
+def bwd_grid(rows: int, hidden: int, dtype: torch.dtype, sms: int) -> tuple[int, int, int]:
+    """``(programs, column_blocks, rows_per_program)`` of the backward of ``(rows, hidden)`` in ``dtype``
+    on ``sms`` SMs: its grid is ``(programs, column_blocks)``."""
+    _, block_h, _, step = _bwd_config(hidden, dtype)
+    column_blocks = triton.cdiv(hidden, block_h)
+    programs, rows_per_program = bwd_programs(rows, step, column_blocks, sms)
+    return programs, column_blocks, rows_per_program
+
+
 @functools.lru_cache(maxsize=None)
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
@@ -342,11 +359,8 @@ def residual_layernorm_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], residu
     rows, hidden = x.shape
     dx = torch.empty_like(x)
     dres = torch.empty_like(residual)
-    wide = hidden > ONE_PASS_HIDDEN
-    block_h = ONE_PASS_HIDDEN if wide else _block_h(hidden)
-    num_warps = _num_warps(block_h) if wide else _bwd_num_warps(block_h, x.dtype)
-    step, column_blocks = _bwd_rows(block_h, num_warps), triton.cdiv(hidden, block_h)
-    programs, rows_per_program = bwd_programs(rows, step, column_blocks, device_sms(x.device))
+    wide, block_h, num_warps, step = _bwd_config(hidden, x.dtype)
+    programs, column_blocks, rows_per_program = bwd_grid(rows, hidden, x.dtype, device_sms(x.device))
     # every program writes its whole row of partial sums; without rows there are none to write
     parts = (torch.empty if rows else torch.zeros)(3 if bias is not None else 2, programs, hidden,
                                                    dtype=torch.float32, device=x.device)

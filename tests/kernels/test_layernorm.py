@@ -9,8 +9,6 @@ finite.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -154,10 +152,9 @@ def test_bwd_programs_cover_every_row_once(rows, step, column_blocks, sms):
 def test_bert_base_backward_fills_an_h100(monkeypatch):
     """4096 tokens x 768 on an H100's 132 SMs: 512 programs of 8 rows (256 of 16 before), as the
     launcher plans them; the wide backward's 4 column blocks of 4096 a quarter as many each."""
-    one_pass = L._bwd_rows(1024, L._bwd_num_warps(1024, torch.bfloat16))
-    programs, per_program = L.bwd_programs(4096, one_pass, 1, 132)
-    assert (programs, per_program) == (512, 8) and programs > 256 and programs >= 2 * 132
-    assert L.bwd_programs(4096, L._bwd_rows(1024, L._num_warps(1024)), 4, 132) == (128, 32)  # x 4 blocks
+    programs, column_blocks, per_program = L.bwd_grid(4096, 768, torch.bfloat16, 132)
+    assert (programs, column_blocks, per_program) == (512, 1, 8) and programs > 256 and programs >= 2 * 132
+    assert L.bwd_grid(4096, 4096, torch.bfloat16, 132) == (128, 4, 32)
 
     class Recorder:  # the launch only: the interpreter would take a minute over the kernel itself
         def __getitem__(self, grid):
