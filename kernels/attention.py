@@ -13,7 +13,10 @@ kernel can regenerate any element's mask bit, so the backward passes reuse the f
 storing it, and the mask does not depend on block sizes.
 
 Backward is three kernels with no atomics (bitwise deterministic): ``delta = rowsum(dO * O)``, then
-dK/dV per key block (looping over queries), then dQ per query block (looping over keys).
+dK/dV per key block (looping over queries), then dQ per query block (looping over keys). Where every
+sequence fits one key tile (``max_seqlen <= 128``, less for wide heads and fp32: the largest key block
+with a spill-free tile, :data:`_TILES` "short") one kernel does all three, one program per (sequence,
+head), computing each element of S, P and the dropout mask once instead of twice.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from .launch import (TunedKernel, device_arch, device_smem_limit, dot, fitting, 
 LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: jit functions may read it
 MAX_HEAD_DIM = 128
 SINGLE_TILE_MAX_SEQLEN = 128
+SHORT_BWD_MAX_SEQLEN = 128  # the one-program backward (_attention_bwd_short) up to here, three kernels above
+MIN_MMA_ROWS = {90: 64}  # wgmma takes a warpgroup's 64 rows: smaller tiles fall back to mma.sync
 PREPROCESS_WARPS = 8  # fp16 at head dim 64 spills with 4 on sm_80 under triton 3.6
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -283,6 +288,84 @@ def _attention_bwd_dq(
     _store_rows(dq_seq, dq * sm_scale, queries, m_valid, stride_gt, offs_d, HEAD_DIM, BLOCK_D)
 
 
+@triton.constexpr_function
+def _query_rows(block_m, block_n):
+    """Query rows per step of :func:`_attention_bwd_short`: its tile's ``BLOCK_M``, at most the key block."""
+    return min(block_m, block_n)
+
+
+@triton.jit(do_not_specialize=["total_tokens", "max_seqlen_bucket"])
+def _attention_bwd_short(
+    Q, K, V, Out, DOut, Lse, DQ, DK, DV, CuSeqlens, Seed,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    stride_gt, stride_gh,
+    total_tokens, max_seqlen_bucket, sm_scale, dropout_p,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """dQ, dK and dV of one (sequence, head) whose keys all fit one ``BLOCK_N`` tile (``seqlen <= BLOCK_N``),
+    in one program: the preprocess, dK/dV and dQ kernels in one, each element of S, P and the keep mask
+    computed once. Grid ``(batch, heads)``.
+
+    The key tile (K, V; dK, dV accumulated in fp32) stays resident while the queries go by in steps of
+    ``min(BLOCK_M, BLOCK_N)`` rows (one step where BLOCK_M >= BLOCK_N). Each step computes ``delta =
+    rowsum(dO * O)`` of its queries, then on transposed tiles (keys x queries), as
+    :func:`_attention_bwd_dkdv`, ``dV += P^T dO``, ``dK += dS^T Q``; a step holds every key of its
+    queries, so it writes their ``dQ = scale * dS K`` complete. Every gradient row is written once, by one
+    program: no atomics.
+    """
+    ROWS: tl.constexpr = _query_rows(BLOCK_M, BLOCK_N)
+    seq, head = tl.program_id(0), tl.program_id(1)
+    start = tl.load(CuSeqlens + seq)
+    seqlen = tl.load(CuSeqlens + seq + 1) - start
+    keys = tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, ROWS)
+    offs_d = tl.arange(0, BLOCK_D)
+    n_valid = keys < seqlen
+    q_seq, k_seq, v_seq = _seq_ptrs(Q, K, V, start, head, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh)
+    first_o = start.to(tl.int64) * stride_ot + head * stride_oh
+    out_seq, dout_seq = Out + first_o, DOut + first_o
+    first_g = start.to(tl.int64) * stride_gt + head * stride_gh
+    dq_seq, dk_seq, dv_seq = DQ + first_g, DK + first_g, DV + first_g
+    qk_scale = sm_scale * LOG2E
+    k = _load_rows(k_seq, keys, n_valid, stride_kt, offs_d, HEAD_DIM, BLOCK_D)
+    v = _load_rows(v_seq, keys, n_valid, stride_vt, offs_d, HEAD_DIM, BLOCK_D)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    if HAS_DROPOUT:
+        key, t_hi = dropout.seed_key(Seed), dropout.threshold(dropout_p)
+        row_base = head * total_tokens + start
+        drop_scale, zero = 1.0 / (1.0 - dropout_p), dropout.runtime_zero(dropout_p)
+    for start_m in range(0, seqlen, ROWS):
+        queries = start_m + offs_m
+        m_valid = queries < seqlen
+        q = _load_rows(q_seq, queries, m_valid, stride_qt, offs_d, HEAD_DIM, BLOCK_D)
+        do = _load_rows(dout_seq, queries, m_valid, stride_ot, offs_d, HEAD_DIM, BLOCK_D)
+        o = _load_rows(out_seq, queries, m_valid, stride_ot, offs_d, HEAD_DIM, BLOCK_D)
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+        lse = tl.load(Lse + head * total_tokens + start + queries, mask=m_valid, other=0.0)
+        s_t = dot(k, tl.trans(q), INPUT_PRECISION, UPCAST) * qk_scale
+        # Padded keys (zero rows of k) would get exp(-lse); padded queries (zero q, dO, O, lse) contribute
+        # nothing to dK, dV and their dQ is not stored.
+        p_t = tl.where(n_valid[:, None], tl.math.exp2(s_t - lse[None, :] * LOG2E), 0.0)
+        dp_t = dot(v, tl.trans(do), INPUT_PRECISION, UPCAST)
+        if HAS_DROPOUT:
+            keep_t = dropout.keep_tile(key, t_hi, row_base, start_m, 0, ROWS, BLOCK_N, False,
+                                       PER_ELEMENT=_per_element_keep(INPUT_PRECISION, BLOCK_D))
+            kept_scale_t = tl.where(keep_t, drop_scale, zero)
+            p_dropped_t = p_t * kept_scale_t
+            dp_t = dp_t * kept_scale_t
+        else:
+            p_dropped_t = p_t
+        dv += dot(p_dropped_t.to(do.dtype), do, INPUT_PRECISION, UPCAST)
+        ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)
+        dk += dot(ds_t, q, INPUT_PRECISION, UPCAST)
+        dq = dot(tl.trans(ds_t), k, INPUT_PRECISION, UPCAST)
+        _store_rows(dq_seq, dq * sm_scale, queries, m_valid, stride_gt, offs_d, HEAD_DIM, BLOCK_D)
+    _store_rows(dk_seq, dk * sm_scale, keys, n_valid, stride_gt, offs_d, HEAD_DIM, BLOCK_D)
+    _store_rows(dv_seq, dv, keys, n_valid, stride_gt, offs_d, HEAD_DIM, BLOCK_D)
+
+
 @triton.jit(do_not_specialize=["total_tokens"])
 def _attention_dropout_mask(
     Keep, CuSeqlens, Seed, total_tokens, dropout_p, max_seqlen,
@@ -316,7 +399,9 @@ def _seqlen_bucket(max_seqlen: int) -> int:
 # "16bit", "tf32" or "ieee" fp32). Every entry compiles without register spills on sm_80 and sm_90
 # (``fastbert check-kernels`` proves it); the first one is the default (interpreter, deterministic mode).
 # "single" tiles take BLOCK_N from the sequence-length bucket (<= 128); exact fp32 with wide heads has
-# none (it spills), so it takes the tiled kernel at every length.
+# none (it spills), so it takes the tiled kernel at every length. "short" tiles (the one-program backward)
+# are (query rows per step, the largest key block it is proven at, warps, stages): the key block is the
+# bucket (at least MIN_MMA_ROWS), and a bucket no tile is proven at takes the three-kernel backward.
 _TILES = {
     "fwd": {
         (False, "16bit"): [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 2), (64, 64, 8, 2)],
@@ -350,11 +435,21 @@ _TILES = {
         (False, "ieee"): [(32, 32, 4, 2), (16, 32, 4, 2)],
         (True, "ieee"): [(16, 32, 4, 2), (16, 32, 8, 2)],
     },
+    "short": {
+        (False, "16bit"): [(64, 128, 8, 1), (32, 128, 8, 1), (16, 128, 8, 1)],
+        (True, "16bit"): [(32, 64, 8, 1), (16, 64, 8, 1)],
+        (False, "tf32"): [(64, 128, 8, 1), (32, 128, 8, 1), (16, 128, 8, 1), (32, 64, 8, 1)],
+        (True, "tf32"): [],
+        (False, "ieee"): [(16, 128, 8, 1), (16, 64, 8, 1)],
+        (True, "ieee"): [],
+    },
 }
 
 
-def _config(tile) -> triton.Config:
+def _config(tile, kind: str = "") -> triton.Config:
     block_m, block_n, warps, stages = tile
+    if kind == "short":
+        block_n = 0  # the launcher's key block; the table's is the largest the tile is proven at
     kwargs = {"BLOCK_M": block_m} if block_n == 0 else {"BLOCK_M": block_m, "BLOCK_N": block_n}
     return triton.Config(kwargs, num_warps=warps, num_stages=stages)
 
@@ -362,8 +457,13 @@ def _config(tile) -> triton.Config:
 def smem_bytes(kind: str, config: triton.Config, block_d: int, dtype: torch.dtype, block_n: int = 0) -> int:
     """Estimated shared memory of one block of kernel ``kind`` with ``config``: its operand tiles, the
     ones the key (or query) loop loads once per pipeline stage. ``block_n`` is the single-tile kernel's
-    key block (the sequence-length bucket). ``fastbert check-kernels`` fails where a tile this lets
-    through exceeds the arch's limit."""
+    and the short backward's key block (the sequence-length bucket). ``fastbert check-kernels`` fails
+    where a tile this lets through exceeds the arch's limit."""
+    if kind == "short":  # K, V resident (fp32: twice, TF32 operands are transposed in shared memory), Q, dO
+        n = block_n  # and O per query step, and the dS tile transposed for dQ
+        m = min(config.kwargs["BLOCK_M"], n)
+        resident = (4 if dtype == torch.float32 else 2) * n
+        return dtype.itemsize * (block_d * (resident + 3 * m * max(config.num_stages, 1)) + n * m)
     m, n = config.kwargs["BLOCK_M"], config.kwargs.get("BLOCK_N", block_n)
     per_stage, resident = (2 * m, 2 * n) if kind == "dkdv" else (2 * n, m if kind in ("fwd", "single") else 2 * m)
     return dtype.itemsize * block_d * (resident + per_stage * max(config.num_stages, 1))
@@ -373,6 +473,7 @@ def smem_bytes(kind: str, config: triton.Config, block_d: int, dtype: torch.dtyp
 # operands, dropout (None: either), tile, archs (None: every arch)). Under a version not measured here,
 # every tile that spilled under any measured one is left out. 3.6 was measured on sm_80 and sm_90; the
 # other archs take 3.9's entries there too.
+_NOT_SM90 = (80, 86, 89, 100, 120)
 _SPILLS_39 = [
     ("dq", 32, "16bit", None, (32, 128, 8, 2), None),
     ("single", 64, "16bit", False, (32, 0, 4, 1), (86, 89)),
@@ -392,6 +493,15 @@ _SPILLS_39 = [
     ("dkdv", 128, "16bit", True, (16, 64, 4, 2), (120,)),
     ("dkdv", 128, "tf32", True, (32, 32, 4, 2), (90, 100, 120)),
     ("dq", 128, "ieee", True, (16, 32, 4, 2), (120,)),
+    # The one-program backward, measured on sm_80 and sm_90; what spills on sm_80 is left out on every arch
+    # but sm_90 (_NOT_SM90). On sm_90 only tiles of 64 rows run (MIN_MMA_ROWS): none at wide heads (64 rows
+    # spill) nor for TF32 at BLOCK_D 64, which take the three kernels there.
+    ("short", 64, "16bit", None, (64, 128, 8, 1), _NOT_SM90),
+    ("short", 32, "tf32", True, (64, 128, 8, 1), _NOT_SM90),
+    ("short", 64, "tf32", None, (64, 128, 8, 1), None),
+    ("short", 64, "tf32", None, (32, 128, 8, 1), None),
+    ("short", 64, "tf32", True, (16, 128, 8, 1), _NOT_SM90),
+    ("short", 64, "ieee", None, (16, 128, 8, 1), (90,)),
 ]
 _SPILLS_BY_TRITON = {
     (3, 6): _SPILLS_39 + [
@@ -443,14 +553,32 @@ def tile_configs(kind: str, block_d: int, dtype: torch.dtype, precision: str, li
 
 @functools.lru_cache(maxsize=4096)  # called on every launch: a few microseconds saved each time
 def _tile_configs(kind, block_d, dtype, operands, table, limit, block_n, dropout, version, arch) -> tuple:
-    spilling = _spilling(kind, block_d, operands, dropout, version, arch)
-    configs = [_config(t) for t in table if t not in spilling]
+    tiles = _proven_tiles(kind, block_d, operands, table, dropout, version, arch)
+    if kind == "short":
+        tiles = [t for t in tiles if block_n <= t[1]]  # proven at this key block
+    configs = _distinct(_config(t, kind) for t in tiles)
     return tuple(fitting(configs, lambda c: smem_bytes(kind, c, block_d, dtype, block_n), limit))
+
+
+def _proven_tiles(kind, block_d, operands, table, dropout, version, arch) -> list:
+    """The tiles of ``table`` that compile without spills; for the short backward on tensor cores, only those
+    of the rows the arch's MMA takes (:data:`MIN_MMA_ROWS`)."""
+    spilling = _spilling(kind, block_d, operands, dropout, version, arch)
+    min_rows = MIN_MMA_ROWS.get(arch, 0) if kind == "short" and operands != "ieee" else 0
+    return [t for t in table if t not in spilling and t[0] >= min_rows]
+
+
+def _distinct(configs) -> list[triton.Config]:
+    """``configs`` less repeats (short-backward tiles proven at several key blocks), in order."""
+    kept = {}
+    for config in configs:
+        kept.setdefault(str(config), config)
+    return list(kept.values())
 
 
 def _all_configs(kind: str) -> list[triton.Config]:
     tiles = {t for table in _TILES[kind].values() for t in table}
-    return [_config(t) for t in sorted(tiles)]
+    return _distinct(_config(t, kind) for t in sorted(tiles))
 
 
 def _allowed(kind: str):
@@ -464,7 +592,8 @@ def _allowed(kind: str):
 
 # The key is bucketed (next power of two of max_seqlen): a new batch shape reuses the tuning.
 _KEY = ("max_seqlen_bucket", "HEAD_DIM", "HAS_DROPOUT", "INPUT_PRECISION")
-_KERNELS = {"fwd": _attention_fwd, "single": _attention_fwd, "dkdv": _attention_bwd_dkdv, "dq": _attention_bwd_dq}
+_KERNELS = {"fwd": _attention_fwd, "single": _attention_fwd, "dkdv": _attention_bwd_dkdv, "dq": _attention_bwd_dq,
+            "short": _attention_bwd_short}
 _TUNED = {kind: TunedKernel(kernel, _all_configs(kind), _KEY, _allowed(kind)) for kind, kernel in _KERNELS.items()}
 
 
@@ -488,6 +617,20 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen
 
 
 # ============================================================================= launchers
+def _short_key_block(max_seqlen: int, head_dim: int, dtype: torch.dtype, precision: str, dropout: bool,
+                     device: torch.device) -> int:
+    """The key block of :func:`_attention_bwd_short` for a batch whose sequences are at most ``max_seqlen``
+    long: the length bucket, at least the MMA rows of the device's arch; 0 where the three-kernel
+    backward runs instead (longer sequences, or no spill-free tile that fits the device)."""
+    if max_seqlen > SHORT_BWD_MAX_SEQLEN:
+        return 0
+    arch = device_arch(device)
+    block_n = max(_seqlen_bucket(max_seqlen), MIN_MMA_ROWS.get(arch, 16))
+    tiles = tile_configs("short", _block_d(head_dim), dtype, precision, device_smem_limit(device), block_n, dropout,
+                         arch)
+    return block_n if tiles else 0
+
+
 def _check_offsets_fit(max_seqlen: int, *tensors: Tensor) -> None:
     """Offsets inside one sequence are 32-bit (the sequence's base pointer is 64-bit)."""
     span = max_seqlen * max(t.stride(0) for t in tensors)
@@ -566,15 +709,22 @@ def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
     assert dq.stride() == dk.stride() == dv.stride() and dq.stride(-1) == 1
     batch = cu_seqlens.numel() - 1
     block_d = _block_d(head_dim)
+    precision = input_precision(q.dtype, q.device)
+    meta = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, HAS_DROPOUT=dropout_p > 0.0, INPUT_PRECISION=precision,
+                UPCAST=upcast(q.dtype))
+    seed_arg = seed if seed is not None else cu_seqlens
+    short_block = _short_key_block(max_seqlen, head_dim, q.dtype, precision, dropout_p > 0.0, q.device)
+    if short_block:
+        _launch("short", lambda m: (batch, heads), q, k, v, out, dout, lse, dq, dk, dv, cu_seqlens, seed_arg,
+                *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dq),
+                total, _seqlen_bucket(max_seqlen), head_dim ** -0.5, float(dropout_p), BLOCK_N=short_block, **meta)
+        return
     delta = torch.empty(heads, total, dtype=torch.float32, device=q.device)
     block_t = 64
     _attention_bwd_preprocess[(triton.cdiv(total, block_t), heads)](
         out, dout, delta, *_strides(out), total, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=block_t,
         num_warps=PREPROCESS_WARPS, num_stages=1)
 
-    meta = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, HAS_DROPOUT=dropout_p > 0.0,
-                INPUT_PRECISION=input_precision(q.dtype, q.device), UPCAST=upcast(q.dtype))
-    seed_arg = seed if seed is not None else cu_seqlens
     common = (*_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dq),
               total, _seqlen_bucket(max_seqlen), head_dim ** -0.5, float(dropout_p))
     _launch("dkdv", lambda m: (batch, triton.cdiv(max_seqlen, m["BLOCK_N"]), heads),
@@ -709,11 +859,23 @@ def _aot_signature(kernel, dtype: torch.dtype) -> dict:
 
 
 def _aot_tiles(kind: str, block_d: int, dtype: torch.dtype, precision: str, arch: int, dropout: bool):
-    """``(config, single-tile key block)`` of each tile that fits ``limit``; a single tile at the largest
-    length bucket it fits at (the one with the most registers), 0 for the other kernels."""
+    """``(config, key block)`` of each tile that fits the arch's shared memory: the single-tile forward and
+    the short backward at the largest length bucket they take it at (the one with the most registers),
+    0 for the other kernels."""
     limit = smem_limit(arch)
-    if kind != "single":
+    if kind not in ("single", "short"):
         return [(c, 0) for c in tile_configs(kind, block_d, dtype, precision, limit, dropout=dropout, arch=arch)]
+    if kind == "short":  # each tile at its own largest key block (that fits)
+        operands = precision if dtype == torch.float32 else "16bit"
+        table = _TILES[kind][(block_d > 64, operands)]
+        tiles = []
+        for tile in _proven_tiles(kind, block_d, operands, table, dropout, _triton_version(), arch):
+            config = _config(tile, kind)
+            buckets = [b for b in (128, 64, 32, 16) if b <= tile[1] and b >= MIN_MMA_ROWS.get(arch, 16)
+                       and smem_bytes(kind, config, block_d, dtype, b) <= limit]
+            if buckets:
+                tiles.append((config, buckets[0]))
+        return tiles
     tiles = []
     for config in tile_configs(kind, block_d, dtype, precision, dropout=dropout, arch=arch):
         buckets = [b for b in (SINGLE_TILE_MAX_SEQLEN, 64, 32, 16) if smem_bytes(kind, config, block_d, dtype, b) <= limit]
@@ -744,7 +906,7 @@ def aot_variants(arch: int):
                         constexprs = {**base, **config.kwargs, "HAS_DROPOUT": dropout}
                         if kind in ("fwd", "single"):
                             constexprs["SINGLE_TILE"] = kind == "single"
-                        if kind == "single":
+                        if kind in ("single", "short"):
                             constexprs["BLOCK_N"] = block_n
                         label = (f"{name} M{constexprs['BLOCK_M']} N{constexprs['BLOCK_N']} "
                                  f"{'dropout' if dropout else 'no-dropout'}")

@@ -112,18 +112,22 @@ def test_single_tile_path_matches_float64(dtype, head_dim):
 
 @pytest.mark.parametrize("dtype, head_dim", [(torch.float32, 48), (torch.float16, 48), (torch.float16, 96),
                                              (torch.float32, 96)], ids=str)
-@pytest.mark.parametrize("kind", ["fwd", "single", "dkdv", "dq"])
+@pytest.mark.parametrize("kind", ["fwd", "single", "dkdv", "dq", "short"])
 def test_every_autotune_config_is_exact(kind, dtype, head_dim, monkeypatch):
     """Each tile the autotuner may pick on a GPU gives the right answer (here run one by one), for the
     narrow (BLOCK_D 64) and wide (BLOCK_D 128) tables."""
-    lengths = [1, 65, 100] if kind == "single" else [1, 65, 133]
+    lengths = [1, 65, 100] if kind in ("single", "short") else [1, 65, 133]
     qkv = _qkv(lengths, 1, head_dim, dtype, seed=5)
     table_key = (head_dim > 64, "ieee" if dtype == torch.float32 else "16bit")  # fp32: exact by default
     monkeypatch.setitem(A._SPILLS_BY_TRITON, (0, 0), [])  # tiles left out on some arch compute right too
     monkeypatch.setattr(A, "_triton_version", lambda: (0, 0))
     for tile in A._TILES[kind][table_key]:
         monkeypatch.setitem(A._TILES[kind], table_key, [tile])
-        _check_against_float64(qkv, lengths, what=f"{kind} {tile}", backward=kind in ("dkdv", "dq"))
+        if kind == "short":  # sequences up to the key block the tile is proven at, which it then runs
+            lengths = [1, 33, tile[1] - 3]
+            qkv = _qkv(lengths, 1, head_dim, dtype, seed=5)
+            assert A._short_key_block(max(lengths), head_dim, dtype, "ieee", False, qkv.device) == tile[1]
+        _check_against_float64(qkv, lengths, what=f"{kind} {tile}", backward=kind in ("dkdv", "dq", "short"))
 
 
 def test_strided_qkv_view_is_read_in_place():
@@ -157,7 +161,7 @@ def test_autotuner_prunes_to_the_proven_tiles(kind):
                                      HAS_DROPOUT=dropout)
         want = A.tile_configs(kind, block_d, dtype, precision, dropout=dropout)
         assert sorted(map(str, kept)) == sorted(map(str, want))
-        assert kept or kind == "single"  # exact fp32 at wide heads, and some versions' dropout, have none
+        assert kept or kind in ("single", "short")  # some dtypes and head dims have none (they spill)
 
 
 def test_tiles_that_spill_under_a_triton_version_are_left_out(monkeypatch):
@@ -209,6 +213,81 @@ def test_single_tile_is_skipped_where_its_length_bucket_does_not_fit(monkeypatch
     assert (out.float() - ref).abs().max() < 1e-2
 
 
+# ============================================================================= the one-program backward
+def _backward_kernels(monkeypatch) -> list:
+    """The kernels each backward launches from now on, in order: "short", or "preprocess", "dkdv", "dq"."""
+    seen = []
+    launch, preprocess = A._launch, A._attention_bwd_preprocess
+
+    class Preprocess:
+        def __getitem__(self, grid):
+            seen.append("preprocess")
+            return preprocess[grid]
+
+    def recorded(kind, *args, **meta):
+        if kind not in ("fwd", "single"):
+            seen.append(kind)
+        launch(kind, *args, **meta)
+
+    monkeypatch.setattr(A, "_launch", recorded)
+    monkeypatch.setattr(A, "_attention_bwd_preprocess", Preprocess())
+    return seen
+
+
+THREE_KERNELS = ["preprocess", "dkdv", "dq"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("head_dim", [32, 40, 64])
+def test_short_backward_matches_float64(dtype, head_dim, monkeypatch):
+    """Up to 128 tokens one program per (sequence, head) computes dQ, dK and dV: a mixed batch (lengths 1
+    to 128, several query steps) and one in the smallest key block (16), gradients poisoned with NaN.
+    Exact fp32 at BLOCK_D 64 is proven up to 64 keys in the interpreter (any arch): its 128-token batch
+    takes the three kernels there."""
+    seen, expected = _backward_kernels(monkeypatch), []
+    for lengths in (SHORT, [16, 7, 3, 1]):
+        qkv = _qkv(lengths, 2, head_dim, dtype, seed=head_dim + len(lengths))
+        _check_against_float64(qkv, lengths, what=f"short backward {lengths}")
+        fused = A._short_key_block(max(lengths), head_dim, dtype, A.input_precision(dtype), False, qkv.device)
+        expected += ["short"] if fused else THREE_KERNELS
+    assert seen == expected and "short" in seen
+
+
+def test_backward_routes_on_max_seqlen(monkeypatch):
+    """The one-program backward runs for max_seqlen <= SHORT_BWD_MAX_SEQLEN, the three kernels above it:
+    for a longer sequence in the batch and for a larger upper bound alike. A batch cannot pass a
+    max_seqlen below one of its lengths (checked before any kernel), so no sequence longer than the
+    short kernel's key block reaches it."""
+    seen = _backward_kernels(monkeypatch)
+    lengths = SHORT + [A.SHORT_BWD_MAX_SEQLEN + 1]
+    qkv = _qkv(lengths, 2, 32, torch.float16, seed=4)
+    short = qkv[:sum(SHORT)]
+    for batch, rows, max_seqlen, kernels in ((short, SHORT, None, ["short"]),
+                                             (short, SHORT, A.SHORT_BWD_MAX_SEQLEN + 1, THREE_KERNELS),
+                                             (qkv, lengths, None, THREE_KERNELS)):
+        seen.clear()
+        _check_against_float64(batch, rows, max_seqlen, what=f"max_seqlen {max_seqlen or max(rows)}")
+        assert seen == kernels, (max_seqlen, rows)
+    with pytest.raises(ValueError, match="more than max_seqlen"):
+        A.check_inputs(*qkv.unbind(1), _cu(lengths), A.SHORT_BWD_MAX_SEQLEN, 0.0, None)
+
+
+def test_short_backward_tiles_have_64_rows_on_sm90(monkeypatch):
+    """On sm_90 the key block is at least 64 and the query steps too (wgmma takes 64 rows), and the padded
+    tile computes right; on sm_80 short batches take the 16-key block."""
+    q = torch.empty(1, 1, 64, device=DEVICE)
+    assert A._short_key_block(7, 64, torch.float16, "tf32", False, q.device) == 16
+    monkeypatch.setattr(A, "device_arch", lambda device: 90)
+    assert A._short_key_block(7, 64, torch.float16, "tf32", False, q.device) == 64
+    for dropout in (False, True):
+        tiles = A.tile_configs("short", 64, torch.float16, "tf32", block_n=64, dropout=dropout, arch=90)
+        assert tiles and all(c.kwargs["BLOCK_M"] >= 64 for c in tiles)
+    seen = _backward_kernels(monkeypatch)
+    lengths = [7, 1, 3]
+    _check_against_float64(_qkv(lengths, 2, 64, torch.float16, seed=8), lengths, what="sm_90 tile")
+    assert seen == ["short"]
+
+
 # ============================================================================= dropout
 def test_dropout_keep_rate():
     p = 0.27
@@ -245,15 +324,17 @@ def test_forward_applies_the_debug_mask(max_seqlen):
         start += n
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("lengths, head_dim", [([9, 1, 140, 40], 48), ([9, 1, 128, 40], 32)],
+                         ids=["three_kernels", "short"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("p", [0.1, 0.27])
-def test_dropout_backward_uses_the_forward_mask(p, dtype):
-    """Forward and all gradients match the reference run with the kernel's own mask."""
-    lengths = [9, 1, 140, 40]
+def test_dropout_backward_uses_the_forward_mask(p, dtype, lengths, head_dim, monkeypatch):
+    """Forward and all gradients match the reference run with the kernel's own mask, on both backward paths."""
+    seen = _backward_kernels(monkeypatch)
     seed = ops.new_seed(DEVICE)
-    qkv = _qkv(lengths, 2, 48, dtype, seed=11)
+    qkv = _qkv(lengths, 2, head_dim, dtype, seed=11)
     keep = A.dropout_mask(_cu(lengths), 2, max(lengths), p, seed)
-    dout = torch.randn(qkv.shape[0], 2, 48, device=DEVICE)
+    dout = torch.randn(qkv.shape[0], 2, head_dim, device=DEVICE)
     out, dqkv = _run(qkv, lengths, dropout_p=p, seed=seed, dout=dout.to(dtype))
     out64, dqkv64 = _reference(qkv.double(), lengths, dout, keep, p)
     if dtype == torch.float32:
@@ -262,10 +343,11 @@ def test_dropout_backward_uses_the_forward_mask(p, dtype):
         out_lowp, dqkv_lowp = _reference(qkv, lengths, dout, keep, p)
         _assert_lowp_error(out, out_lowp, out64, "out")
         _assert_lowp_error(dqkv, dqkv_lowp, dqkv64, "dqkv")
+    assert seen == (["short"] if max(lengths) <= A.SHORT_BWD_MAX_SEQLEN else THREE_KERNELS)
 
 
-def test_same_seed_is_bitwise_deterministic():
-    lengths = [7, 130, 65]
+@pytest.mark.parametrize("lengths", [[7, 130, 65], [7, 128, 65]], ids=["three_kernels", "short"])
+def test_same_seed_is_bitwise_deterministic(lengths):
     qkv = _qkv(lengths, 2, 32, torch.float16)
     dout = torch.randn(qkv.shape[0], 2, 32, device=DEVICE).half()
     seed = torch.tensor([5], device=DEVICE)
