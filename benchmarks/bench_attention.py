@@ -7,11 +7,14 @@ Batch 32, 12 heads, head dim 64, max length 128/256/512, fp16 and bf16:
 Both sides are credited with the same useful FLOPs (real tokens only): forward ``4 * sum(L^2) * H * D``,
 backward 2.5x that. Timing: ``triton.testing.do_bench`` (median, warm-up, L2 flushed).
 Goals: >= 1.0x SDPA at full length, >= 1.5x on variable lengths.
+Up to ``SHORT_BWD_MAX_SEQLEN`` (128) fastbert's backward alone is also timed both ways: the one-program
+kernel it runs there, and the three-kernel backward (preprocess, dK/dV, dQ) that it runs above.
 Run: ``python -m benchmarks.bench_attention [--out DIR] [--dtypes float16,bfloat16] [--max-lens 128,256,512]``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import torch
@@ -37,6 +40,20 @@ def attention_flops(lengths, heads: int, head_dim: int, backward: bool) -> float
     return forward * 3.5 if backward else forward
 
 
+@contextlib.contextmanager
+def three_kernel_backward():
+    """Attention backward on the three-kernel path at every length (as before the one-program kernel for
+    short sequences), to time the two against each other."""
+    from fastbert.kernels import attention
+
+    saved = attention.SHORT_BWD_MAX_SEQLEN
+    attention.SHORT_BWD_MAX_SEQLEN = 0
+    try:
+        yield
+    finally:
+        attention.SHORT_BWD_MAX_SEQLEN = saved
+
+
 def _inputs(lengths, dtype, device):
     total, max_len = sum(lengths), max(lengths)
     qkv = torch.randn(total, 3, HEADS, HEAD_DIM, device=device, dtype=dtype)
@@ -50,8 +67,10 @@ def _inputs(lengths, dtype, device):
 
 
 def measure(kind: str, max_len: int, dtype, device) -> dict:
-    """TFLOP/s of fastbert and SDPA, forward and forward+backward, for one case."""
+    """TFLOP/s of fastbert and SDPA, forward and forward+backward, for one case; up to
+    ``SHORT_BWD_MAX_SEQLEN`` also the ms of fastbert's backward alone, one-program and three-kernel."""
     from fastbert import ops
+    from fastbert.kernels import attention
 
     lengths = sample_lengths(kind, max_len)
     qkv, cu, max_seqlen, (q, k, v), mask = _inputs(lengths, dtype, device)
@@ -81,18 +100,33 @@ def measure(kind: str, max_len: int, dtype, device) -> dict:
             result[f"{name}_{direction}_ms"] = ms
             result[f"{name}_{direction}_tflops"] = flops / ms / 1e9
         result[f"speedup_{direction}"] = result[f"sdpa_{direction}_ms"] / result[f"fastbert_{direction}_ms"]
+    if max_seqlen <= attention.SHORT_BWD_MAX_SEQLEN:
+        out = ours()  # one forward; each timed run is a backward through it
+        for path, context in (("fused", contextlib.nullcontext), ("3kernel", three_kernel_backward)):
+            with context():
+                result[f"fastbert_bwd_{path}_ms"] = median_ms(lambda: out.backward(dout_packed, retain_graph=True),
+                                                              grad_to_none=[qkv])
+        result["speedup_bwd_fused"] = result["fastbert_bwd_3kernel_ms"] / result["fastbert_bwd_fused_ms"]
     return result
+
+
+def _backward_cell(r: dict) -> str:
+    """fastbert's backward ms, one-program kernel / three kernels (their ratio), where both ran."""
+    if "speedup_bwd_fused" not in r:
+        return "-"
+    return f"{r['fastbert_bwd_fused_ms']:.3f} / {r['fastbert_bwd_3kernel_ms']:.3f} ({r['speedup_bwd_fused']:.2f}x)"
 
 
 def _table(results: list[dict], peak: float) -> str:
     lines = [f"| dtype | lengths | max | fwd TFLOP/s (fastbert / SDPA) | fwd x | fwd+bwd TFLOP/s | fwd+bwd x | goal "
-             f"| fastbert fwd+bwd of the {peak:.0f} TFLOP/s matmul peak |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"| fastbert fwd+bwd of the {peak:.0f} TFLOP/s matmul peak | fastbert bwd ms, fused / 3 kernels |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(
             f"| {r['dtype']} | {r['kind']} | {r['max_len']} | {r['fastbert_fwd_tflops']:.0f} / {r['sdpa_fwd_tflops']:.0f} "
             f"| {r['speedup_fwd']:.2f} | {r['fastbert_fwd_bwd_tflops']:.0f} / {r['sdpa_fwd_bwd_tflops']:.0f} "
-            f"| {r['speedup_fwd_bwd']:.2f} | >= {GOALS[r['kind']]} | {100 * r['fastbert_fwd_bwd_tflops'] / peak:.0f}% |")
+            f"| {r['speedup_fwd_bwd']:.2f} | >= {GOALS[r['kind']]} | {100 * r['fastbert_fwd_bwd_tflops'] / peak:.0f}% "
+            f"| {_backward_cell(r)} |")
     return "\n".join(lines)
 
 
