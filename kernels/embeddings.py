@@ -5,12 +5,19 @@ word row), sums them in fp32, normalises with fp32 statistics and applies dropou
 (:func:`.dropout.keep_row` of ``(token, col)``, the same stream as :mod:`.layernorm`'s, so its debug
 mask serves both); it saves only the fp32 ``mean``/``rstd`` per token.
 
-Backward: a fixed number of programs recompute each token's sum, write the fp32 gradient ``ds`` of the
-sum and keep per-program partial sums of dweight/dbeta (summed afterwards in a fixed order). Each
-table's gradient is then a segmented sum of ``ds`` over the tokens sorted by id (stable sort): chunks
-of ``CHUNK`` sorted tokens sum each run of one id in token order, then one program per table row adds
-its runs' sums in order. No atomics and no host syncs (the shapes depend on the sizes only, so
-backward can be captured in a CUDA graph); the table gradients are bitwise deterministic.
+Backward: at most ``BWD_PROGRAMS`` programs recompute the sums of ``[TOKENS, BLOCK_H]`` tiles of tokens
+(the ids of a tile loaded as one vector, its row gathers independent), write the fp32 gradient ``ds`` of
+the sum (and a 16-bit ``inputs_embeds`` gradient directly) and keep per-program partial sums of
+dweight/dbeta, summed afterwards in a fixed order into the weight's dtype. Each table's gradient is
+then a segmented sum of ``ds`` over the tokens sorted by id (stable sort): each chunk of ``CHUNK``
+sorted tokens is one tile, whose segmented scan sums every run of one id, then one program per table
+row adds its runs' sums, a tile of chunks at a time. Everything accumulates in fp32, in an order fixed
+by the sizes; no atomics and no host syncs (the shapes depend on the sizes only, so backward can be
+captured in a CUDA graph); the gradients are bitwise deterministic.
+
+PyTorch's deterministic ``embedding_dense_backward`` is no faster a route for the tables: it sorts the
+ids as :func:`table_grad` does, then runs several segment kernels over a zeroed gradient of the
+gradient's own dtype, so fp32 ``ds`` would come back fp32 and need a copy into a 16-bit table's dtype.
 
 Ids are range-checked on the host before the forward kernel (one device sync, which
 :func:`fastbert.ops.embeddings` skips where it cannot run); unchecked bad ids read nothing out of range
@@ -30,22 +37,27 @@ from fastbert.ops import torch_fallback
 from fastbert.validation import check_embeddings_inputs
 
 from . import dropout
+from .dropout import INTERPRET
 from .launch import on_input_device
 
-from .layernorm import KERNEL_DTYPES, ONE_PASS_HIDDEN, _normalize_row, _num_warps, dropout_mask, sum_partials  # noqa: F401,E501
+from .layernorm import KERNEL_DTYPES, ONE_PASS_HIDDEN, SUM_BLOCK_N, SUM_BLOCK_P, _normalize_row, _num_warps, dropout_mask  # noqa: F401,E501
 
 # The backward holds whole rows in registers (as the one-pass LayerNorm backward); wider rows run PyTorch.
 MAX_HIDDEN = ONE_PASS_HIDDEN
-BWD_PROGRAMS = 256  # fixed, so the dweight/dbeta partial sums (and the result bits) do not depend on the device
-CHUNK = 128  # sorted tokens per program of the table gradients' first pass
-TABLE_BLOCK = 256  # columns per program of the table-gradient kernels
+BWD_PROGRAMS = 256  # at most; fixed, so the dweight/dbeta partial sums (and their bits) do not depend on the device
+CHUNK = 128  # sorted tokens per program of the table gradients' first pass (a power of two: one tile)
+RUNS_BLOCK = 32  # its columns: a [CHUNK, 32] fp32 tile, one 128-byte line per row
+TABLE_BLOCK = 256  # columns per program of the table gradients' second pass
+SLOTS = 8  # chunks its programs read at a time
 
 
 @triton.jit
 def _gather_sum(InputIds, Embeds, PositionIds, TypeIds, Word, Pos, Types, token, cols, mask, hidden,
                 word_rows, pos_rows, type_rows, HAS_EMBEDS: tl.constexpr):
-    """fp32 ``word[id] + pos[pid] + types[tid]`` of one token (``Embeds`` row instead of the word row
-    when ``HAS_EMBEDS``), and whether every id is in range (nothing out of range is read)."""
+    """fp32 ``word[id] + pos[pid] + types[tid]`` (``Embeds`` row instead of the word row when
+    ``HAS_EMBEDS``), and whether every id is in range (nothing out of range is read): of one token
+    (scalar ``token``, ``cols [BLOCK_H]``) or of a column of tokens (``token [TOKENS, 1]``, ``cols [1,
+    BLOCK_H]``: ``[TOKENS, BLOCK_H]`` sums, ``[TOKENS, 1]`` validity)."""
     pid = tl.load(PositionIds + token).to(tl.int64)
     tid = tl.load(TypeIds + token).to(tl.int64)
     valid = (pid >= 0) & (pid < pos_rows) & (tid >= 0) & (tid < type_rows)
@@ -88,83 +100,156 @@ def _embeddings_fwd(
     tl.store(Rstd + token, rstd)
 
 
+@triton.jit
+def _keep_rows(key, t_hi, token, TOKENS: tl.constexpr, BLOCK_H: tl.constexpr):
+    """:func:`.dropout.keep_row` of a column of tokens ``[TOKENS, 1]``: keep bits ``[TOKENS, BLOCK_H]`` of
+    their columns ``0 .. BLOCK_H - 1``, bit for bit the forward's."""
+    w0, w1 = dropout.philox2x32(tl.arange(0, BLOCK_H // 4)[None, :], token, key)
+    r0, r1 = dropout._halves(w0)
+    r2, r3 = dropout._halves(w1)
+    # [token, group, word, half] -> (token, 4 * group + 2 * word + half), as keep_row lays out a row
+    return tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [TOKENS, BLOCK_H]) >= t_hi
+
+
 @triton.jit(do_not_specialize=["tokens", "word_rows", "pos_rows", "type_rows", "tokens_per_program"])
 def _embeddings_bwd(
-    DY, InputIds, Embeds, PositionIds, TypeIds, Word, Pos, Types, Weight, Mean, Rstd, Seed, DS,
+    DY, InputIds, Embeds, PositionIds, TypeIds, Word, Pos, Types, Weight, Mean, Rstd, Seed, DS, DEmbeds,
     DWeightPart, DBetaPart, tokens, hidden, word_rows, pos_rows, type_rows, tokens_per_program, dropout_p,
-    BLOCK_H: tl.constexpr, HAS_EMBEDS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    BLOCK_H: tl.constexpr, TOKENS: tl.constexpr, HAS_EMBEDS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
 ):
-    """Tokens ``[pid * tokens_per_program, ...)``: the fp32 gradient of the sum into ``DS (tokens, hidden)``
-    and this program's fp32 partial sums of dweight and dbeta (row ``pid`` of the ``*Part`` buffers).
-    Grid ``(programs,)``."""
+    """Tokens ``[pid * tokens_per_program, ...)``, ``TOKENS`` at a time (``tokens_per_program`` a multiple
+    of it): the fp32 gradient of the sum into ``DS (tokens, hidden)`` (and, with ``HAS_EMBEDS``, into
+    ``DEmbeds (tokens, hidden)`` where that is a 16-bit buffer) and this program's fp32 partial sums of
+    dweight and dbeta (row ``pid`` of the ``*Part`` buffers). Grid ``(programs,)``."""
     pid = tl.program_id(0)
-    cols = tl.arange(0, BLOCK_H)
+    cols = tl.arange(0, BLOCK_H)[None, :]
     mask = cols < hidden
-    dweight = tl.zeros([BLOCK_H], tl.float32)
-    dbeta = tl.zeros([BLOCK_H], tl.float32)
+    dweight = tl.zeros([TOKENS, BLOCK_H], tl.float32)
+    dbeta = tl.zeros([TOKENS, BLOCK_H], tl.float32)
     first = pid.to(tl.int64) * tokens_per_program
     last = tl.minimum(first + tokens_per_program, tokens)
     key, t_hi = dropout.key_and_threshold(Seed, dropout_p, HAS_DROPOUT)
-    for token in range(first, last):
+    for step in range(first, last, TOKENS):
+        token = step + tl.arange(0, TOKENS)[:, None]
+        live = token < last
+        token = tl.minimum(token, last - 1)  # past the end: the last token again, loaded but never stored or summed
         s, valid = _gather_sum(InputIds, Embeds, PositionIds, TypeIds, Word, Pos, Types, token, cols, mask,
                                hidden, word_rows, pos_rows, type_rows, HAS_EMBEDS)
         rstd = tl.load(Rstd + token)
         xhat = tl.where(mask, (s - tl.load(Mean + token)) * rstd, 0.0)
         dln = tl.load(DY + token * hidden + cols, mask=mask, other=0.0).to(tl.float32)
-        dln = tl.where(valid, dln, tl.full([BLOCK_H], float("nan"), tl.float32))  # bad id: NaN gradients
+        dln = tl.where(valid, dln, tl.full([TOKENS, BLOCK_H], float("nan"), tl.float32))  # bad id: NaN gradients
         if HAS_DROPOUT:
-            dln *= tl.where(dropout.keep_row(key, t_hi, token, 0, BLOCK_H), 1.0 / (1.0 - dropout_p), 0.0)
+            dln *= tl.where(_keep_rows(key, t_hi, token, TOKENS, BLOCK_H), 1.0 / (1.0 - dropout_p), 0.0)
+        dln = tl.where(live, dln, 0.0)
         wdy = tl.load(Weight + cols, mask=mask, other=0.0).to(tl.float32) * dln  # cached; fewer live registers
-        # d LN / d s = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy * xhat))
-        ds = (wdy - (xhat * (tl.sum(xhat * wdy, 0) / hidden) + tl.sum(wdy, 0) / hidden)) * rstd
-        tl.store(DS + token * hidden + cols, ds, mask=mask)
+        # d LN / d s = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy * xhat)), per token
+        ds = (wdy - (xhat * (tl.sum(xhat * wdy, 1)[:, None] / hidden) + tl.sum(wdy, 1)[:, None] / hidden)) * rstd
+        tl.store(DS + token * hidden + cols, ds, mask=live & mask)
+        if HAS_EMBEDS:
+            if DEmbeds.dtype.element_ty != tl.float32:  # an fp32 inputs_embeds takes DS itself
+                tl.store(DEmbeds + token * hidden + cols, ds.to(DEmbeds.dtype.element_ty), mask=live & mask)
         dweight += dln * xhat
         dbeta += dln
     part = pid.to(tl.int64) * hidden + cols
-    tl.store(DWeightPart + part, dweight, mask=mask)
-    tl.store(DBetaPart + part, dbeta, mask=mask)
+    tl.store(DWeightPart + part, tl.sum(dweight, 0)[None, :], mask=mask)
+    tl.store(DBetaPart + part, tl.sum(dbeta, 0)[None, :], mask=mask)
 
 
-@triton.jit(do_not_specialize=["tokens"])
-def _embeddings_bwd_runs(DS, Order, Keys, Part, tokens, hidden, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Pass 1 of a table's gradient. ``Keys`` are the ids sorted (stably), ``Order`` the tokens in that
-    order; over sorted positions ``[c * CHUNK, (c + 1) * CHUNK)`` the fp32 sum of ``DS`` over each run of
-    equal keys goes to ``Part`` at the run's first position (in the chunk). Grid ``(chunks, column blocks)``."""
-    first = tl.program_id(0).to(tl.int64) * CHUNK
+@triton.jit(do_not_specialize=["programs"])
+def _embeddings_bwd_params(Parts, DWeight, DBeta, programs, hidden, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``DWeight`` (``program_id(0) == 0``) or ``DBeta``, in their own dtype: the sum over ``p`` of
+    ``Parts (2, programs, hidden)`` fp32, in a fixed order (tiles of ``BLOCK_P`` programs in turn, a
+    fixed tree within a tile); zeros for ``programs == 0``. Grid ``(2, column blocks)``."""
+    group = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = cols < hidden
-    key = tl.load(Keys + first)
-    slot = first
-    acc = tl.zeros([BLOCK_N], tl.float32)
-    for j in range(first, tl.minimum(first + CHUNK, tokens)):
-        next_key = tl.load(Keys + j)
-        if next_key != key:
-            tl.store(Part + slot * hidden + cols, acc, mask=mask)
-            acc = tl.zeros([BLOCK_N], tl.float32)
-            slot = j
-            key = next_key
-        acc += tl.load(DS + tl.load(Order + j) * hidden + cols, mask=mask, other=0.0)
-    tl.store(Part + slot * hidden + cols, acc, mask=mask)
+    acc = tl.zeros([BLOCK_P, BLOCK_N], tl.float32)
+    for first in range(0, programs, BLOCK_P):
+        p = first + tl.arange(0, BLOCK_P)
+        mask = (p[:, None] < programs) & (cols[None, :] < hidden)
+        acc += tl.load(Parts + (group * programs + p[:, None]).to(tl.int64) * hidden + cols[None, :], mask=mask,
+                       other=0.0)
+    total = tl.sum(acc, 0)
+    if group == 0:
+        tl.store(DWeight + cols, total.to(DWeight.dtype.element_ty), mask=cols < hidden)
+    else:
+        tl.store(DBeta + cols, total.to(DBeta.dtype.element_ty), mask=cols < hidden)
+
+
+@triton.jit
+def _segmented_add(start_a, sum_a, start_b, sum_b):
+    """Combine of a segmented scan over (run starts here, sum): ``b``'s sum, plus ``a``'s unless ``b``
+    holds a run start."""
+    return start_a | start_b, tl.where(start_b != 0, sum_b, sum_a + sum_b)
+
+
+@triton.jit
+def _segmented_sums(starts, x, CHUNK: tl.constexpr):
+    """Inclusive fp32 sums of ``x [CHUNK, N]`` down axis 0 within runs (``starts`` int32 ``[CHUNK, N]``: 1
+    where a run starts): a segmented scan. The interpreter runs a generic scan element by element in
+    Python, so there the same sums come from doubling instead (log2(CHUNK) shifted adds, in another order)."""
+    if INTERPRET:
+        run = tl.cumsum(starts, 0)  # each row's run number
+        rows = tl.broadcast_to(tl.arange(0, CHUNK)[:, None], x.shape)
+        shift = 1
+        while shift < CHUNK:  # x[i] = the sum over [i - 2 * shift + 1, i] within i's run
+            before = tl.maximum(rows - shift, 0)
+            x = tl.where((rows >= shift) & (tl.gather(run, before, 0) == run), x + tl.gather(x, before, 0), x)
+            shift *= 2
+        return x
+    _, sums = tl.associative_scan((starts, x), 0, _segmented_add)
+    return sums
+
+
+@triton.jit(do_not_specialize=["tokens", "rows"])
+def _embeddings_bwd_runs(DS, Order, Keys, Part, Starts, Ends, tokens, hidden, rows, CHUNK: tl.constexpr,
+                         BLOCK_N: tl.constexpr):
+    """Pass 1 of a table's gradient. ``Keys`` are the ids sorted (stably), ``Order`` the tokens in that
+    order. Sorted positions ``[c * CHUNK, (c + 1) * CHUNK)`` are one ``[CHUNK, BLOCK_N]`` tile of ``DS``
+    rows (one vector of indices, every row load independent); a segmented scan down the tile sums each
+    run of equal keys in fp32, and the run's sum goes to ``Part`` at its last position in the chunk.
+    The first column block also writes each in-range key's sorted range ``[Starts[k], Ends[k])``
+    (rows without tokens keep the caller's zeros). Grid ``(chunks, column blocks)``."""
+    first = tl.program_id(0).to(tl.int64) * CHUNK
+    end = tl.minimum(first + CHUNK, tokens)
+    j = first + tl.arange(0, CHUNK)
+    live = j < end
+    key = tl.load(Keys + j, mask=live, other=0)
+    prev = tl.load(Keys + j - 1, mask=live & (j > 0), other=0)
+    following = tl.load(Keys + j + 1, mask=live & (j + 1 < tokens), other=0)
+    run_start = (j == 0) | (key != prev)
+    run_end = (j == tokens - 1) | (key != following)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = live[:, None] & (cols[None, :] < hidden)
+    ds = tl.load(DS + tl.load(Order + j, mask=live, other=0)[:, None] * hidden + cols[None, :], mask=mask, other=0.0)
+    starts = tl.broadcast_to((run_start | (j == first)).to(tl.int32)[:, None], [CHUNK, BLOCK_N])
+    sums = _segmented_sums(starts, ds, CHUNK)
+    tl.store(Part + j[:, None] * hidden + cols[None, :], sums, mask=mask & (run_end | (j == end - 1))[:, None])
+    if tl.program_id(1) == 0:
+        in_table = live & (key >= 0) & (key < rows)
+        row = tl.where(in_table, key, 0)
+        tl.store(Starts + row, j, mask=in_table & run_start)
+        tl.store(Ends + row, j + 1, mask=in_table & run_end)
 
 
 @triton.jit(do_not_specialize=["padding_idx"])
-def _embeddings_bwd_rows(Part, Starts, Ends, Grad, hidden, padding_idx, CHUNK: tl.constexpr,
+def _embeddings_bwd_rows(Part, Starts, Ends, Grad, hidden, padding_idx, CHUNK: tl.constexpr, SLOTS: tl.constexpr,
                          BLOCK_N: tl.constexpr):
-    """Pass 2: row ``r`` of the table's gradient is the sum, in order, of its runs' sums in ``Part``: the
-    one at its first sorted position ``Starts[r]`` and one at each chunk start before ``Ends[r]``; rows
-    without tokens, and ``padding_idx``, get zeros. Grid ``(table rows, column blocks)``."""
+    """Pass 2: row ``r`` of the table's gradient is the sum of its runs' sums in ``Part``, one at its last
+    position ``min((c + 1) * CHUNK, Ends[r]) - 1`` in each chunk ``c`` its sorted range ``[Starts[r],
+    Ends[r])`` meets, ``SLOTS`` chunks a step (summed in a fixed order); rows without tokens, and
+    ``padding_idx``, get zeros. Grid ``(table rows, column blocks)``."""
     row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
     mask = cols < hidden
     start, end = tl.load(Starts + row), tl.load(Ends + row)
-    acc = tl.zeros([BLOCK_N], tl.float32)
-    if start < end:
-        acc = tl.load(Part + start * hidden + cols, mask=mask, other=0.0)
-    for chunk_start in range((start // CHUNK + 1) * CHUNK, end, CHUNK):
-        acc += tl.load(Part + chunk_start * hidden + cols, mask=mask, other=0.0)
-    if row == padding_idx:
-        acc = tl.zeros([BLOCK_N], tl.float32)
-    tl.store(Grad + row * hidden + cols, acc.to(Grad.dtype.element_ty), mask=mask)
+    start, end = tl.where(row == padding_idx, 0, start), tl.where(row == padding_idx, 0, end)
+    acc = tl.zeros([SLOTS, BLOCK_N], tl.float32)
+    for c0 in range(start // CHUNK, tl.cdiv(end, CHUNK), SLOTS):
+        c = c0 + tl.arange(0, SLOTS)[:, None]
+        slot = tl.minimum((c + 1) * CHUNK, end) - 1
+        acc += tl.load(Part + slot * hidden + cols, mask=(c * CHUNK < end) & mask, other=0.0)
+    tl.store(Grad + row * hidden + cols, tl.sum(acc, 0)[None, :].to(Grad.dtype.element_ty), mask=mask)
 
 
 # ============================================================================= checks
@@ -215,6 +300,22 @@ def embeddings_fwd(input_ids, inputs_embeds, position_ids, token_type_ids, word,
     return y, mean, rstd
 
 
+# The backward's (warps, tokens per step) by row block: at most 16 elements of a [TOKENS, BLOCK_H] tile per
+# thread, and no spills (fastbert check-kernels); two rows of 1024 take 9% more instructions a token than
+# one (at 8 warps 22% more), at 128 and 512 columns a token takes 45% and 29% fewer than one at a time.
+_BWD_CONFIG = {128: (4, 8), 512: (8, 4), 1024: (4, 2)}
+
+
+def _bwd_num_warps(block_h: int) -> int:
+    """Warps of the backward."""
+    return _BWD_CONFIG.get(block_h, (_num_warps(block_h), 1))[0]
+
+
+def _bwd_tokens(block_h: int) -> int:
+    """Tokens per step of the backward (a power of two)."""
+    return _BWD_CONFIG.get(block_h, (4, max(1, 1024 // block_h)))[1]
+
+
 @on_input_device
 def embeddings_bwd(dy, input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight,
                    mean, rstd, dropout_p: float, seed, padding_idx: int):
@@ -222,48 +323,56 @@ def embeddings_bwd(dy, input_ids, inputs_embeds, position_ids, token_type_ids, w
     ``inputs_embeds``/``word`` not in use is empty, and row ``padding_idx`` of ``dword`` stays zero.
     The signature of :func:`fastbert.torch_ops.embeddings_bwd`."""
     tokens, hidden = position_ids.shape[0], word.shape[1]
-    programs = max(1, min(tokens, BWD_PROGRAMS))
-    per_program = triton.cdiv(tokens, programs)
-    programs = triton.cdiv(tokens, per_program) if tokens else 1
-    ds = torch.empty(tokens, hidden, dtype=torch.float32, device=word.device)
-    parts = torch.zeros(2, programs, hidden, dtype=torch.float32, device=word.device)
     block_h = _block_h(hidden)
+    step = _bwd_tokens(block_h)
+    per_program = step * max(1, triton.cdiv(triton.cdiv(tokens, BWD_PROGRAMS), step))  # whole steps
+    programs = triton.cdiv(tokens, per_program)
+    ds = torch.empty(tokens, hidden, dtype=torch.float32, device=word.device)
+    if inputs_embeds is None or inputs_embeds.dtype == torch.float32:
+        dembeds = ds if inputs_embeds is not None else word.new_empty(0)
+    else:
+        dembeds = torch.empty(tokens, hidden, dtype=inputs_embeds.dtype, device=word.device)
+    parts = torch.empty(2, programs, hidden, dtype=torch.float32, device=word.device)  # every row written
     if tokens:
         _embeddings_bwd[(programs,)](
             dy.contiguous(), _pointer_or(input_ids, position_ids).contiguous(), _pointer_or(inputs_embeds, word).contiguous(),
             position_ids.contiguous(), token_type_ids.contiguous(), word.contiguous(), pos.contiguous(),
-            types.contiguous(), weight.contiguous(), mean, rstd, _pointer_or(seed, mean), ds, parts[0], parts[1], tokens,
-            hidden, word.shape[0], pos.shape[0], types.shape[0], per_program, float(dropout_p),
-            BLOCK_H=block_h, HAS_EMBEDS=inputs_embeds is not None, HAS_DROPOUT=dropout_p > 0.0,
-            num_warps=_num_warps(block_h), num_stages=1)
-    if inputs_embeds is not None:
-        dembeds, dword = ds.to(inputs_embeds.dtype, copy=True), word.new_empty(0)
-    else:
-        dembeds, dword = word.new_empty(0), table_grad(ds, input_ids, word.shape[0], word.dtype, padding_idx)
-    dpos = table_grad(ds, position_ids, pos.shape[0], pos.dtype)
-    dtypes = table_grad(ds, token_type_ids, types.shape[0], types.dtype)
-    sums = sum_partials(parts)
-    return dembeds, dword, dpos, dtypes, sums[0].to(weight.dtype, copy=True), sums[1].to(weight.dtype, copy=True)
+            types.contiguous(), weight.contiguous(), mean, rstd, _pointer_or(seed, mean), ds,
+            dembeds if inputs_embeds is not None else ds, parts[0], parts[1], tokens, hidden, word.shape[0],
+            pos.shape[0], types.shape[0], per_program, float(dropout_p), BLOCK_H=block_h, TOKENS=step,
+            HAS_EMBEDS=inputs_embeds is not None, HAS_DROPOUT=dropout_p > 0.0, num_warps=_bwd_num_warps(block_h),
+            num_stages=1)
+    part = torch.empty_like(ds)  # pass 1's run sums, one buffer for the three tables in turn
+    dword = word.new_empty(0) if inputs_embeds is not None else table_grad(ds, input_ids, word.shape[0], word.dtype,
+                                                                           padding_idx, part)
+    dpos = table_grad(ds, position_ids, pos.shape[0], pos.dtype, part=part)
+    dtypes = table_grad(ds, token_type_ids, types.shape[0], types.dtype, part=part)
+    dweight = torch.empty(hidden, dtype=weight.dtype, device=word.device)
+    dbeta = torch.empty_like(dweight)
+    _embeddings_bwd_params[(2, triton.cdiv(hidden, SUM_BLOCK_N))](
+        parts, dweight, dbeta, programs, hidden, BLOCK_P=SUM_BLOCK_P, BLOCK_N=SUM_BLOCK_N, num_warps=4, num_stages=1)
+    return dembeds, dword, dpos, dtypes, dweight, dbeta
 
 
 @on_input_device
-def table_grad(ds: Tensor, ids: Tensor, rows: int, dtype: torch.dtype, padding_idx: int = -1) -> Tensor:
-    """``(rows, hidden)`` gradient of an embedding table in ``dtype``: row ``r`` is the sum of
-    ``ds (tokens, hidden)`` fp32 over the tokens with id ``r``, in token order (deterministic, no host
-    sync); row ``padding_idx`` and rows no token uses are zero, ids outside ``[0, rows)`` are left out."""
+def table_grad(ds: Tensor, ids: Tensor, rows: int, dtype: torch.dtype, padding_idx: int = -1,
+               part: Optional[Tensor] = None) -> Tensor:
+    """``(rows, hidden)`` gradient of an embedding table in ``dtype``: row ``r`` is the fp32 sum of
+    ``ds (tokens, hidden)`` fp32 over the tokens with id ``r``, in an order fixed by the sizes
+    (deterministic, no host sync); row ``padding_idx`` and rows no token uses are zero, ids outside
+    ``[0, rows)`` are left out. ``part``: a scratch buffer of ``ds``'s shape and dtype (or a new one)."""
     tokens, hidden = ds.shape
     grad = torch.empty(rows, hidden, dtype=dtype, device=ds.device)
     keys, order = torch.sort(ids.long(), stable=True)
-    table_rows = torch.arange(rows, device=ds.device)
-    starts = torch.searchsorted(keys, table_rows)
-    ends = torch.searchsorted(keys, table_rows, right=True)
-    part = torch.empty_like(ds) if tokens else ds
-    col_blocks = triton.cdiv(hidden, TABLE_BLOCK)
+    bounds = torch.zeros(2, rows, dtype=torch.int64, device=ds.device)  # each row's sorted range; empty if unused
     if tokens:
-        _embeddings_bwd_runs[(triton.cdiv(tokens, CHUNK), col_blocks)](
-            ds, order, keys, part, tokens, hidden, CHUNK=CHUNK, BLOCK_N=TABLE_BLOCK, num_warps=4, num_stages=1)
-    _embeddings_bwd_rows[(rows, col_blocks)](part, starts, ends, grad, hidden, padding_idx, CHUNK=CHUNK,
-                                             BLOCK_N=TABLE_BLOCK, num_warps=4, num_stages=1)
+        part = torch.empty_like(ds) if part is None else part
+        _embeddings_bwd_runs[(triton.cdiv(tokens, CHUNK), triton.cdiv(hidden, RUNS_BLOCK))](
+            ds, order, keys, part, bounds[0], bounds[1], tokens, hidden, rows, CHUNK=CHUNK, BLOCK_N=RUNS_BLOCK,
+            num_warps=4, num_stages=1)
+    _embeddings_bwd_rows[(rows, triton.cdiv(hidden, TABLE_BLOCK))](
+        _pointer_or(part, ds), bounds[0], bounds[1], grad, hidden, padding_idx, CHUNK=CHUNK, SLOTS=SLOTS,
+        BLOCK_N=TABLE_BLOCK, num_warps=4, num_stages=1)
     return grad
 
 
@@ -305,7 +414,8 @@ _TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "
 def _signature(kernel, constexprs: dict, t: str) -> dict:
     from fastbert.check_kernels import signature_of
 
-    return signature_of(kernel, constexprs, t, fp32_pointers=("Mean", "Rstd", "DS", "DWeightPart", "DBetaPart", "Part"),
+    return signature_of(kernel, constexprs, t, fp32_pointers=("Mean", "Rstd", "DS", "DWeightPart", "DBetaPart", "Part",
+                                                              "Parts"),
                         i64_pointers=("Seed", "InputIds", "PositionIds", "TypeIds", "Order", "Keys", "Starts", "Ends"))
 
 
@@ -320,8 +430,8 @@ def _variant(kernel, constexprs: dict, t: str, num_warps: int, label: str):
 
 def aot_variants(arch: int):
     """Forward and backward for each dtype (bf16 from sm_80), row block (384 -> 512, 768 -> 1024), word
-    ids or ``inputs_embeds`` and dropout, and the two table-gradient kernels, for ``fastbert
-    check-kernels``."""
+    ids or ``inputs_embeds`` and dropout, the dweight/dbeta sum and the two table-gradient kernels, for
+    ``fastbert check-kernels``."""
     for dtype, t in _TRITON_TYPES.items():
         if dtype == torch.bfloat16 and arch < 80:
             continue
@@ -330,13 +440,16 @@ def aot_variants(arch: int):
                 for dropout in (False, True):
                     constexprs = dict(BLOCK_H=block_h, HAS_EMBEDS=has_embeds, HAS_DROPOUT=dropout)
                     label = f"{t} H{block_h}{' embeds' if has_embeds else ''}{' dropout' if dropout else ''}"
-                    for kernel in (_embeddings_fwd, _embeddings_bwd):
-                        yield _variant(kernel, constexprs, t, _num_warps(block_h), label)
-    constexprs = dict(CHUNK=CHUNK, BLOCK_N=TABLE_BLOCK)
-    yield _variant(_embeddings_bwd_runs, constexprs, "fp32", 4, "fp32 table runs")
+                    yield _variant(_embeddings_fwd, constexprs, t, _num_warps(block_h), label)
+                    yield _variant(_embeddings_bwd, dict(constexprs, TOKENS=_bwd_tokens(block_h)), t,
+                                   _bwd_num_warps(block_h), label)
+    yield _variant(_embeddings_bwd_runs, dict(CHUNK=CHUNK, BLOCK_N=RUNS_BLOCK), "fp32", 4, "fp32 table runs")
     for dtype, t in _TRITON_TYPES.items():
         if dtype != torch.bfloat16 or arch >= 80:
-            yield _variant(_embeddings_bwd_rows, constexprs, t, 4, f"{t} table rows")
+            yield _variant(_embeddings_bwd_params, dict(BLOCK_P=SUM_BLOCK_P, BLOCK_N=SUM_BLOCK_N), t, 4,
+                           f"{t} dweight/dbeta")
+            yield _variant(_embeddings_bwd_rows, dict(CHUNK=CHUNK, SLOTS=SLOTS, BLOCK_N=TABLE_BLOCK), t, 4,
+                           f"{t} table rows")
 
 
 # ============================================================================= op adapters

@@ -119,7 +119,7 @@ def test_table_gradients_of_ids_spanning_many_chunks(monkeypatch):
 @pytest.mark.parametrize("ids", [[5], [2, 2, 2, 2, 2, 2, 2], [6, 5, 4, 3, 2, 1, 0], [0, 3, 3, 1, 3, 3, 0, 3, 3]])
 def test_table_grad_edge_cases(ids, monkeypatch):
     """One token, one id for all, all ids distinct, runs across chunk starts: vs a float64 index_add."""
-    monkeypatch.setattr(E, "CHUNK", 3)
+    monkeypatch.setattr(E, "CHUNK", 2)
     ids = torch.tensor(ids, device=DEVICE)
     ds = torch.randn(len(ids), 70, device=DEVICE)
     want = torch.zeros(8, 70, dtype=torch.float64, device=DEVICE).index_add_(0, ids, ds.double())
@@ -158,7 +158,7 @@ def test_dropout_zeroes_exactly_the_masked_outputs_and_backward_uses_the_same_ma
 
 
 def test_same_seed_is_bitwise_deterministic(monkeypatch):
-    monkeypatch.setattr(E, "BWD_PROGRAMS", 16)  # 64 tokens: 16 backward programs of 4 tokens each
+    monkeypatch.setattr(E, "BWD_PROGRAMS", 16)  # 64 tokens: 8 backward programs of one 8-token step each
     monkeypatch.setattr(E, "CHUNK", 4)
     args = _inputs(64, 96, torch.bfloat16, vocab=7, types=2)
     dy = torch.randn(64, 96, device=DEVICE)
