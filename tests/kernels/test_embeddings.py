@@ -7,8 +7,14 @@ every value is finite. Ids repeat (small tables, many tokens) so the table gradi
 
 from __future__ import annotations
 
+import collections
+import sys
+
 import pytest
 import torch
+import triton
+from torch.utils._python_dispatch import TorchDispatchMode
+from triton.runtime.interpreter import InterpretedFunction
 
 from conftest import DEVICE
 from fastbert import ops
@@ -71,8 +77,11 @@ def _reference(args, keep, p, dy, dtype=None, padding_idx=-1):
     return y.detach(), grads
 
 
-def _check(tokens, hidden, dtype, p, embeds=False, padding_idx=-1, **sizes):
+def _check(tokens, hidden, dtype, p, embeds=False, padding_idx=-1, ids=None, **sizes):
+    """Kernel forward and gradients vs float64 (fp32: 2e-5 of the largest value; 16-bit: within 2x
+    PyTorch's own error in that dtype). ``ids``: ``{name: ids}`` replacing the random ones."""
     args = _inputs(tokens, hidden, dtype, embeds, seed=tokens + hidden, **sizes)
+    args.update({k: v.to(DEVICE) for k, v in (ids or {}).items()})
     seed = torch.tensor([tokens * 5 + hidden], device=DEVICE)
     keep = E.dropout_mask(tokens, hidden, p, seed) if p else None
     dy = torch.randn(tokens, hidden, device=DEVICE).to(dtype).float()  # one upstream gradient for every side
@@ -105,9 +114,42 @@ def test_token_counts(tokens, p):
     _check(tokens, 96 if tokens == 1000 else 384, torch.float32, p)
 
 
+@pytest.mark.parametrize("tokens, hidden, dtype, p", [
+    (1, 32, torch.bfloat16, 0.1), (7, 1000, torch.float16, 0.0), (65, 384, torch.float32, 0.1),
+    (127, 32, torch.float16, 0.1), (129, 1000, torch.bfloat16, 0.0), (513, 32, torch.float32, 0.1),
+], ids=str)
+def test_odd_sizes_match_float64(tokens, hidden, dtype, p):
+    """Token counts that leave the backward's last tile and the table passes' last chunk part full (tiles of
+    2 tokens at 1000 columns, 4 at 384, 32 at 32; chunks of 128), odd widths, every dtype."""
+    _check(tokens, hidden, dtype, p)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_all_tokens_one_id_match_float64(dtype):
+    """Every token has the same word, position and type id: 300 gradients of one row in each table,
+    summed across three chunks (in fp32, where PyTorch's own 16-bit backward sums in 16 bits)."""
+    full = lambda value: torch.full((300,), value)  # noqa: E731
+    _check(300, 32, dtype, 0.1, ids=dict(input_ids=full(49), position_ids=full(0), token_type_ids=full(2)))
+
+
+def test_ids_at_the_table_ends_match_float64():
+    """Ids 0 and rows - 1 only, in runs across chunk starts, with padding_idx 0."""
+    ends = lambda rows: torch.tensor([0, rows - 1])[torch.arange(300) // 70 % 2]  # noqa: E731
+    _check(300, 48, torch.float32, 0.0, padding_idx=0,
+           ids=dict(input_ids=ends(50), position_ids=ends(40), token_type_ids=ends(3)))
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_inputs_embeds_instead_of_word_ids(dtype):
     _check(33, 384, dtype, 0.1, embeds=True)
+
+
+@pytest.mark.parametrize("tokens, hidden, dtype, p", [(1, 1000, torch.float16, 0.0), (129, 32, torch.bfloat16, 0.1),
+                                                      (65, 384, torch.float32, 0.0)], ids=str)
+def test_inputs_embeds_odd_sizes(tokens, hidden, dtype, p):
+    """The gradient of ``inputs_embeds`` comes in its own dtype, written by the kernel (fp32: ``ds`` itself)."""
+    _, grads = _check(tokens, hidden, dtype, p, embeds=True)
+    assert grads[0].dtype == dtype and grads[0].shape == (tokens, hidden)
 
 
 def test_table_gradients_of_ids_spanning_many_chunks(monkeypatch):
@@ -116,16 +158,45 @@ def test_table_gradients_of_ids_spanning_many_chunks(monkeypatch):
     _check(300, 48, torch.float32, 0.0, vocab=3, types=2)
 
 
-@pytest.mark.parametrize("ids", [[5], [2, 2, 2, 2, 2, 2, 2], [6, 5, 4, 3, 2, 1, 0], [0, 3, 3, 1, 3, 3, 0, 3, 3]])
+@pytest.mark.parametrize("ids", [[5], [2, 2, 2, 2, 2, 2, 2], [6, 5, 4, 3, 2, 1, 0], [0, 3, 3, 1, 3, 3, 0, 3, 3],
+                                 [7, -1, 8, 0, 7, 100, 7]])
 def test_table_grad_edge_cases(ids, monkeypatch):
-    """One token, one id for all, all ids distinct, runs across chunk starts: vs a float64 index_add."""
+    """One token, one id for all, all ids distinct, runs across chunk starts, ids outside the table (left
+    out) next to its last row: vs a float64 index_add."""
     monkeypatch.setattr(E, "CHUNK", 2)
     ids = torch.tensor(ids, device=DEVICE)
     ds = torch.randn(len(ids), 70, device=DEVICE)
-    want = torch.zeros(8, 70, dtype=torch.float64, device=DEVICE).index_add_(0, ids, ds.double())
+    inside = (ids >= 0) & (ids < 8)
+    want = torch.zeros(8, 70, dtype=torch.float64, device=DEVICE).index_add_(0, ids[inside], ds[inside].double())
     want[4] = 0
     got = E.table_grad(ds, ids, 8, torch.float32, padding_idx=4)
     assert max_err(got, want) <= 1e-6
+
+
+@pytest.mark.parametrize("chunk", [4, 128])
+def test_table_grad_of_one_hot_row_is_its_fp32_sum(chunk, monkeypatch):
+    """2049 tokens of one id (the type table's usual case): 17 or 513 chunks, several steps of the second
+    pass, within fp32 rounding of the exact sum; the other rows exactly zero."""
+    monkeypatch.setattr(E, "CHUNK", chunk)
+    ids = torch.full((2049,), 1, device=DEVICE)
+    ds = torch.randn(2049, 40, device=DEVICE)
+    got = E.table_grad(ds, ids, 3, torch.float32)
+    exact = ds.double().sum(0)
+    assert (got[1].double() - exact).abs().max() <= 1e-5 * ds.abs().sum(0).max()
+    assert torch.equal(got[[0, 2]], torch.zeros(2, 40, device=DEVICE))
+
+
+def test_segmented_scan_of_the_gpu_path(monkeypatch):
+    """The runs pass as compiled for a GPU (``tl.associative_scan``, which the interpreter runs element by
+    element; other tests take its doubling stand-in) sums the same runs."""
+    monkeypatch.setattr(E, "CHUNK", 8)
+    ids = torch.tensor([3, 0, 3, 3, 1, 0, 3, 3, 2, 3, 3, 3, 1], device=DEVICE)
+    ds = torch.randn(len(ids), 20, device=DEVICE)
+    fast = E.table_grad(ds, ids, 4, torch.float32)
+    monkeypatch.setattr(E, "INTERPRET", triton.language.constexpr(False))
+    scanned = E.table_grad(ds, ids, 4, torch.float32)
+    want = torch.zeros(4, 20, dtype=torch.float64, device=DEVICE).index_add_(0, ids, ds.double())
+    assert max_err(scanned, want) <= 1e-6 and max_err(fast, want) <= 1e-6
 
 
 def test_padding_idx_row_gets_no_gradient():
@@ -144,17 +215,22 @@ def test_empty_batch():
 
 
 # ============================================================================= dropout
-def test_dropout_zeroes_exactly_the_masked_outputs_and_backward_uses_the_same_mask():
+@pytest.mark.parametrize("tokens, hidden", [(60, 64), (19, 384), (7, 1000)])
+def test_dropout_zeroes_exactly_the_masked_outputs_and_backward_uses_the_same_mask(tokens, hidden):
+    """Backward tiles of 16, 4 and 2 tokens (the last one part full) draw the forward's bits."""
     p = 0.3
-    args = _inputs(60, 64, torch.float32)
+    args = _inputs(tokens, hidden, torch.float32)
     seed = torch.tensor([17], device=DEVICE)
-    keep = E.dropout_mask(60, 64, p, seed)
+    keep = E.dropout_mask(tokens, hidden, p, seed)
     assert abs(keep.float().mean().item() - (1 - p)) < 0.05
-    dy = torch.randn(60, 64, device=DEVICE)
+    dy = torch.randn(tokens, hidden, device=DEVICE)
     y, grads = _run(args, p, seed, dy)
     assert torch.equal(y == 0, ~keep)
     # dbeta is the sum over tokens of the gradient that reaches LayerNorm: dy kept and scaled
     torch.testing.assert_close(grads[5], (dy * keep / (1 - p)).sum(0), rtol=1e-5, atol=1e-5)
+    # and each token's gradient is the LayerNorm backward of exactly that
+    _, want = _reference(args, keep, p, dy, torch.float64)
+    assert max_err(grads[1], want[1]) <= 2e-5 * max(1.0, want[1].abs().max().item())
 
 
 def test_same_seed_is_bitwise_deterministic(monkeypatch):
@@ -166,6 +242,90 @@ def test_same_seed_is_bitwise_deterministic(monkeypatch):
     first, again = _run(args, 0.1, seed, dy), _run(args, 0.1, seed.clone(), dy)
     assert torch.equal(first[0], again[0])
     assert all(a is None or torch.equal(a, b) for a, b in zip(first[1], again[1]))
+
+
+def test_repeated_ids_are_bitwise_deterministic():
+    """513 tokens of three word ids at the real tile and chunk sizes, with dropout: the same bits twice."""
+    args = _inputs(513, 48, torch.float32, vocab=3, types=2)
+    dy = torch.randn(513, 48, device=DEVICE)
+    seed = torch.tensor([5], device=DEVICE)
+    first, again = _run(args, 0.1, seed, dy), _run(args, 0.1, seed.clone(), dy)
+    assert all(a is None or torch.equal(a, b) for a, b in zip(first[1], again[1]))
+
+
+_POISON = {torch.float32: float("nan"), torch.float16: float("nan"), torch.bfloat16: float("nan"),
+           torch.int64: -(2 ** 40), torch.int32: -(2 ** 30)}
+
+
+def _poisoned(make):
+    """``make`` (``torch.empty`` and its kin) whose result is filled with NaN (or a huge negative integer)
+    when the kernels' module asks for it: an element the kernels leave unwritten, or a scratch slot read
+    before it is written, then shows in the gradients."""
+    def poisoned(*args, **kwargs):
+        out = make(*args, **kwargs)
+        if sys._getframe(1).f_globals.get("__name__") == E.__name__ and out.dtype in _POISON:
+            out.fill_(_POISON[out.dtype])
+        return out
+    return poisoned
+
+
+@pytest.mark.parametrize("embeds, dtype", [(False, torch.float32), (False, torch.bfloat16), (True, torch.float16),
+                                           (True, torch.float32)], ids=str)
+def test_gradients_from_poisoned_buffers_are_the_same(embeds, dtype, monkeypatch):
+    """Every buffer the backward allocates starts poisoned: the gradients are bit for bit the clean run's."""
+    args = _inputs(129, 48, dtype, embeds=embeds, vocab=7, types=2)
+    args["input_ids"] = None if embeds else torch.arange(129, device=DEVICE) % 7 // 3  # runs of 3 ids, rows unused
+    dy = torch.randn(129, 48, device=DEVICE)
+    seed = torch.tensor([9], device=DEVICE)
+    clean = _run(args, 0.1, seed, dy, padding_idx=1)
+    monkeypatch.setattr(torch, "empty", _poisoned(torch.empty))
+    monkeypatch.setattr(torch, "empty_like", _poisoned(torch.empty_like))
+    monkeypatch.setattr(torch.Tensor, "new_empty", _poisoned(torch.Tensor.new_empty))
+    poisoned = _run(args, 0.1, seed, dy, padding_idx=1)
+    assert torch.equal(clean[0], poisoned[0])
+    for name, a, b in zip(NAMES[1:], clean[1], poisoned[1]):
+        assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), name
+
+
+class _Calls(TorchDispatchMode):
+    """ATen calls by name, outside Triton's runs (the interpreter's own are left out)."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.names, self.inside = collections.Counter(), False
+        run = InterpretedFunction.run
+
+        def outside(kernel, *args, **kwargs):
+            self.inside = True
+            try:
+                return run(kernel, *args, **kwargs)
+            finally:
+                self.inside = False
+        monkeypatch.setattr(InterpretedFunction, "run", outside)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.inside:
+            self.names[func.__name__.split(".")[0]] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("embeds, dtype", [(False, torch.float16), (True, torch.float16), (True, torch.float32)],
+                         ids=str)
+def test_backward_copies_nothing(embeds, dtype, monkeypatch):
+    """The kernels write each gradient in its own dtype: no copy, no fill but each table's row ranges,
+    and per table one sort (searchsorted and arange no more)."""
+    args = _inputs(40, 32, dtype, embeds=embeds)
+    y, mean, rstd = E.embeddings_fwd(**args, eps=EPS, dropout_p=0.0, seed=None)
+    dy = torch.randn(40, 32, device=DEVICE).to(dtype)
+    with _Calls(monkeypatch) as calls:
+        grads = E.embeddings_bwd(dy, args["input_ids"], args["inputs_embeds"], args["position_ids"],
+                                 args["token_type_ids"], args["word"], args["pos"], args["types"], args["weight"],
+                                 mean, rstd, 0.0, None, -1)
+    tables = 2 if embeds else 3
+    assert not {"_to_copy", "copy_", "clone", "fill_", "zero_"} & set(calls.names), calls.names
+    assert calls.names["zeros"] == tables and calls.names["sort"] == tables, calls.names
+    assert not {"searchsorted", "arange"} & set(calls.names), calls.names
+    assert [g.dtype for g in grads] == [dtype] * 6
 
 
 # ============================================================================= bad input
