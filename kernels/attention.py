@@ -294,6 +294,14 @@ def _query_rows(block_m, block_n):
     return min(block_m, block_n)
 
 
+@triton.constexpr_function
+def _transposed_dq(rows, block_d, bits):
+    """Whether :func:`_attention_bwd_short` computes ``dQ^T = K^T dS^T``: for 16-bit heads of at most 64
+    with steps under 64 rows, where ``dS K``'s few rows leave mma.sync warps computing the same tile over
+    (about 25% fewer loop instructions at head dim 64 on sm_80); elsewhere the transposed form spills."""
+    return rows < 64 and block_d <= 64 and bits == 16
+
+
 @triton.jit(do_not_specialize=["total_tokens", "max_seqlen_bucket"])
 def _attention_bwd_short(
     Q, K, V, Out, DOut, Lse, DQ, DK, DV, CuSeqlens, Seed,
@@ -315,6 +323,7 @@ def _attention_bwd_short(
     program: no atomics.
     """
     ROWS: tl.constexpr = _query_rows(BLOCK_M, BLOCK_N)
+    TRANSPOSED_DQ: tl.constexpr = _transposed_dq(ROWS, BLOCK_D, Q.dtype.element_ty.primitive_bitwidth)
     seq, head = tl.program_id(0), tl.program_id(1)
     start = tl.load(CuSeqlens + seq)
     seqlen = tl.load(CuSeqlens + seq + 1) - start
@@ -360,7 +369,10 @@ def _attention_bwd_short(
         dv += dot(p_dropped_t.to(do.dtype), do, INPUT_PRECISION, UPCAST)
         ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)
         dk += dot(ds_t, q, INPUT_PRECISION, UPCAST)
-        dq = dot(tl.trans(ds_t), k, INPUT_PRECISION, UPCAST)
+        if TRANSPOSED_DQ:
+            dq = tl.trans(dot(tl.trans(k), ds_t, INPUT_PRECISION, UPCAST))
+        else:
+            dq = dot(tl.trans(ds_t), k, INPUT_PRECISION, UPCAST)
         _store_rows(dq_seq, dq * sm_scale, queries, m_valid, stride_gt, offs_d, HEAD_DIM, BLOCK_D)
     _store_rows(dk_seq, dk * sm_scale, keys, n_valid, stride_gt, offs_d, HEAD_DIM, BLOCK_D)
     _store_rows(dv_seq, dv, keys, n_valid, stride_gt, offs_d, HEAD_DIM, BLOCK_D)
@@ -459,10 +471,10 @@ def smem_bytes(kind: str, config: triton.Config, block_d: int, dtype: torch.dtyp
     ones the key (or query) loop loads once per pipeline stage. ``block_n`` is the single-tile kernel's
     and the short backward's key block (the sequence-length bucket). ``fastbert check-kernels`` fails
     where a tile this lets through exceeds the arch's limit."""
-    if kind == "short":  # K, V resident (fp32: twice, TF32 operands are transposed in shared memory), Q, dO
-        n = block_n  # and O per query step, and the dS tile transposed for dQ
+    if kind == "short":  # K, V resident, K again where transposed (fp32: every operand is), Q, dO and O per
+        n = block_n  # query step, and the dS tile transposed for dQ
         m = min(config.kwargs["BLOCK_M"], n)
-        resident = (4 if dtype == torch.float32 else 2) * n
+        resident = 4 * n if dtype == torch.float32 else (3 if _transposed_dq(m, block_d, 16) else 2) * n
         return dtype.itemsize * (block_d * (resident + 3 * m * max(config.num_stages, 1)) + n * m)
     m, n = config.kwargs["BLOCK_M"], config.kwargs.get("BLOCK_N", block_n)
     per_stage, resident = (2 * m, 2 * n) if kind == "dkdv" else (2 * n, m if kind in ("fwd", "single") else 2 * m)
