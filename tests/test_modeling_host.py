@@ -203,8 +203,12 @@ def _launches(layers: int, monkeypatch) -> dict:
 
 
 # Per layer on the Triton backend, measured 2026-12-02 (issue 15's goals: 6 forward, 14 backward). Two of
-# the nine forward launches stack the q, k, v weights and biases.
-LAUNCH_BUDGET = {"inference": 9, "training forward": 9, "backward": 33}
+# the nine forward launches stack the q, k, v weights and biases. Backward, 33 -> 17: attention in one
+# kernel up to 128 tokens, LayerNorm's gradients without cast copies or a zero fill, no zero gradients
+# materialized for the statistics outputs. The 17: 7 GEMMs (dX and dW of qkv, of the attention output and
+# of the FFN's first linear, dW2), 2 bias sums, attention, 2 x (LayerNorm + its parameter sums), the FFN
+# kernel and 2 gradient sums where a tensor feeds two ops.
+LAUNCH_BUDGET = {"inference": 9, "training forward": 9, "backward": 17}
 
 
 def test_launches_per_layer_stay_within_budget(monkeypatch):
