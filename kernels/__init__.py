@@ -15,7 +15,7 @@ if __name__ == "fastbert.kernels":
     from fastbert import torch_ops
     from fastbert.ops import register_triton
 
-    from . import attention, embeddings, ffn, layernorm
+    from . import attention, embeddings, ffn, layernorm, qkv
 
     register_triton("attention", fwd=attention._qkv_forward, bwd=attention._qkv_backward)
     register_aot("attention", attention.aot_variants)
@@ -28,3 +28,5 @@ if __name__ == "fastbert.kernels":
     register_triton("linear_gelu", fwd=ffn._linear_gelu_forward, inference_fwd=ffn._linear_gelu_inference_forward,
                     bwd=torch_ops.linear_gelu_bwd)
     register_aot("ffn", ffn.aot_variants)
+    # The fused QKV projection: its op is wired in fastbert/ops.py; check-kernels compiles its forward.
+    register_aot("qkv", qkv.aot_variants)

@@ -1,0 +1,260 @@
+"""BERT's fused QKV projection ``[q | k | v] = x @ [Wq; Wk; Wv]^T + [bq; bk; bv]`` without stacking the weights.
+
+- ``_qkv_fwd``: one GEMM ``out (tokens, 3 * hidden)`` that reads the three ``(hidden, hidden_in)``
+  weights and three ``(hidden,)`` biases from their own pointers. The output columns are split into three
+  parts of ``hidden`` columns each; every tile of ``BLOCK_N`` columns lies inside one part (each part has
+  ``cdiv(hidden, BLOCK_N)`` tile columns, the last one masked), so a tile picks its weight and bias
+  pointer once (a scalar select) and its K loop is exactly :mod:`kernels.ffn`'s. Any ``hidden`` works
+  (96, 40: not a multiple of the tile), at the cost of ``3 * cdiv(hidden, BLOCK_N)`` tile columns
+  instead of ``cdiv(3 * hidden, BLOCK_N)`` where ``hidden`` is not a multiple of ``BLOCK_N``.
+- The output is one contiguous ``(tokens, 3 * hidden)`` tensor in x's dtype, which the model views as
+  ``(tokens, 3, heads, head_dim)``.
+
+So the forward launches one kernel where ``F.linear(x, torch.cat([Wq, Wk, Wv]), torch.cat([bq, bk, bv]))``
+launches two concatenations and a GEMM, and autograd keeps no ``(3 * hidden, hidden_in)`` copy of the
+weights for backward (the parameters themselves are saved). The stacked weight cannot be cached: fused
+AdamW updates the parameters in place without bumping their version counters.
+
+Backward (:func:`qkv_backward`) is PyTorch: a transient ``torch.cat`` of the weights for ``dx``, one
+``(3 * hidden, hidden_in)`` weight-gradient GEMM returned as three row-block views, and one column sum.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from fastbert.routing import TENSOR_CORE_CAPABILITY
+
+from .ffn import _cast, _config, _matmul, _operands, _tile_start, fits_shape, smem_bytes
+from .launch import TunedKernel, device_arch, device_smem_limit, fitting, input_precision, on_input_device, \
+    smem_limit, upcast
+
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# The token count and its bucket (a tuning key only) are not specialized: one binary for any batch.
+@triton.jit(do_not_specialize=["M", "M_BUCKET"])
+def _qkv_fwd(
+    X, Wq, Wk, Wv, Bq, Bk, Bv, Out, M, H, K, stride_xm, stride_xk, stride_wn, stride_wk, M_BUCKET,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """``Out[:, p*H:(p+1)*H] = X @ W_p^T + B_p`` for the parts ``p`` = q, k, v: ``X (M, K)``, each ``W_p
+    (H, K)`` (one pair of strides for the three), ``B_p (H,)``, ``Out (M, 3H)`` contiguous.
+    Grid ``(cdiv(M, BLOCK_M) * 3 * cdiv(H, BLOCK_N),)``."""
+    part_width = tl.cdiv(H, BLOCK_N) * BLOCK_N  # the padded width of one part in tile columns
+    row0, col0 = _tile_start(M, 3 * part_width, BLOCK_M, BLOCK_N, GROUP_M)
+    part = col0 // part_width  # 0: q, 1: k, 2: v; the same for the whole tile
+    W = tl.where(part == 0, Wq, tl.where(part == 1, Wk, Wv))
+    rows = row0 + tl.arange(0, BLOCK_M)
+    cols = (col0 - part * part_width) + tl.arange(0, BLOCK_N)  # within the part
+    acc = _matmul(X, W, rows, cols, M, H, K, stride_xm, stride_xk, stride_wk, stride_wn, BLOCK_K,
+                  INPUT_PRECISION, UPCAST)
+    if HAS_BIAS:
+        Bias = tl.where(part == 0, Bq, tl.where(part == 1, Bk, Bv))
+        acc += tl.load(Bias + cols, mask=cols < H, other=0.0).to(tl.float32)[None, :]
+    offsets = rows[:, None].to(tl.int64) * (3 * H) + (part * H + cols)[None, :]
+    mask = (rows[:, None] < M) & (cols[None, :] < H)
+    tl.store(Out + offsets, _cast(acc, Out.dtype.element_ty, UPCAST), mask=mask)
+
+
+# ============================================================================= tiles and autotuning
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) per operand kind; the first is the default (interpreter,
+# deterministic mode). The tiles of kernels/ffn.py's forward (this kernel is its K loop with a bias
+# epilogue and no GELU); every entry compiles without spills on sm_80 and sm_90 (fastbert check-kernels)
+# except those listed in _SPILLS.
+_TILES = {
+    "16bit": [(128, 128, 64, 8, 3), (128, 128, 32, 8, 4), (128, 64, 64, 8, 3), (64, 128, 64, 4, 3),
+              (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4), (32, 64, 32, 4, 4)],
+    "tf32": [(128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (128, 128, 32, 8, 3), (64, 64, 32, 4, 3),
+             (64, 64, 32, 8, 3)],
+    "ieee": [(64, 64, 32, 8, 2), (32, 64, 32, 4, 2), (64, 32, 32, 4, 2), (32, 32, 32, 4, 2)],
+}
+# operands -> {tile: the archs it spills on (None: all)}.
+_SPILLS: dict = {}
+GROUP_M = 8
+
+
+def tile_configs(dtype: torch.dtype, precision: str, limit: Optional[int] = None,
+                 arch: Optional[int] = None) -> tuple:
+    """The launch configs of ``_qkv_fwd`` for a dtype and ``tl.dot``'s input precision (which only
+    matters for fp32), default first, less those that spill on ``arch`` (on any, when None); with
+    ``limit`` (bytes of shared memory) only those that fit it."""
+    operands = _operands(dtype, precision)
+    spilling = {tile for tile, archs in _SPILLS.get(operands, {}).items()
+                if archs is None or arch is None or arch in archs}
+    configs = [_config(t) for t in _TILES[operands] if t not in spilling]
+    return tuple(fitting(configs, lambda c: smem_bytes(c, dtype), limit))
+
+
+def _allowed(named_args, meta):
+    """The tiles proven for this dtype and precision that fit the device, sized for one part of the
+    output (the default tile alone when nothing else fits)."""
+    out = named_args["Out"]
+    proven = tile_configs(out.dtype, meta["INPUT_PRECISION"], device_smem_limit(out.device), device_arch(out.device))
+    return [c for c in proven if fits_shape(c, named_args["M_BUCKET"], named_args["H"])] or proven[:1]
+
+
+_ALL_CONFIGS = [_config(t) for t in sorted({t for table in _TILES.values() for t in table})]
+# M_BUCKET (next power of two of the token count M) keys the tuning instead of the token count itself.
+_TUNED = TunedKernel(_qkv_fwd, _ALL_CONFIGS, ("M_BUCKET", "H", "K", "INPUT_PRECISION"), _allowed)
+
+
+# ============================================================================= checks and launchers
+def check_inputs(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Optional[Tensor], bk: Optional[Tensor],
+                 bv: Optional[Tensor]) -> None:
+    """Raises ``ValueError`` naming the bad argument, before any kernel runs.
+
+    x ``(tokens, hidden_in)``; wq, wk, wv ``(hidden, hidden_in)``; bq, bk, bv ``(hidden,)``, all three or
+    none; one floating dtype (float16, bfloat16, float32) and one device for all.
+    """
+    named = (("x", x), ("wq", wq), ("wk", wk), ("wv", wv), ("bq", bq), ("bk", bk), ("bv", bv))
+    for name, t in named:
+        if name[0] == "b" and t is None:
+            continue
+        if not isinstance(t, Tensor):
+            raise ValueError(f"qkv: {name} must be a tensor, got {type(t).__name__}")
+        if t.dtype not in KERNEL_DTYPES:
+            raise ValueError(f"qkv: {name} must be float16, bfloat16 or float32, got {t.dtype}")
+        if t.dtype != x.dtype:
+            raise ValueError(f"qkv: {name} has dtype {t.dtype}, x {x.dtype}; cast them to one dtype")
+        if t.device != x.device:
+            raise ValueError(f"qkv: {name} is on {t.device}, x on {x.device}")
+    if x.dim() != 2:
+        raise ValueError(f"qkv: x must be 2-D (tokens, hidden_in), got shape {tuple(x.shape)}")
+    if wq.dim() != 2 or wq.shape[1] != x.shape[1]:
+        raise ValueError(f"qkv: wq must be (hidden, {x.shape[1]}) for x's {x.shape[1]} features, "
+                         f"got {tuple(wq.shape)}")
+    for name, w in (("wk", wk), ("wv", wv)):
+        if w.shape != wq.shape:
+            raise ValueError(f"qkv: {name} must be {tuple(wq.shape)} like wq, got {tuple(w.shape)}")
+    biases = (("bq", bq), ("bk", bk), ("bv", bv))
+    given = [name for name, b in biases if b is not None]
+    if given and len(given) != 3:
+        missing = ", ".join(name for name, b in biases if b is None)
+        raise ValueError(f"qkv: give all three biases or none; {missing} is None but {', '.join(given)} is not")
+    for name, b in biases:
+        if b is not None and tuple(b.shape) != (wq.shape[0],):
+            raise ValueError(f"qkv: {name} must be ({wq.shape[0]},), got {tuple(b.shape)}")
+
+
+def _weights(wq: Tensor, wk: Tensor, wv: Tensor) -> tuple:
+    """The three weights with a unit inner stride and one row stride (nn.Linear's are as they are)."""
+    ws = [w if w.stride(1) == 1 or w.shape[1] <= 1 else w.contiguous() for w in (wq, wk, wv)]
+    if len({w.stride(0) for w in ws}) > 1 or any(w.stride(1) != 1 for w in ws):
+        ws = [w.contiguous() for w in ws]
+    return tuple(ws)
+
+
+@on_input_device
+def qkv_forward(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Optional[Tensor] = None,
+                bk: Optional[Tensor] = None, bv: Optional[Tensor] = None) -> Tensor:
+    """``out = x @ [wq; wk; wv]^T + [bq; bk; bv]``, one contiguous ``(tokens, 3 * hidden)`` tensor in x's
+    dtype (view it as ``(tokens, 3, heads, head_dim)``), in one launch and without concatenating the
+    weights. ``x`` may be strided (a unit inner stride is used as is, anything else is copied)."""
+    check_inputs(x, wq, wk, wv, bq, bk, bv)
+    if x.stride(1) != 1 and x.shape[1] > 1:
+        x = x.contiguous()
+    wq, wk, wv = _weights(wq, wk, wv)
+    out = x.new_empty(x.shape[0], 3 * wq.shape[0])
+    _launch(x, wq, wk, wv, bq, bk, bv, out)
+    return out
+
+
+def _launch(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Optional[Tensor], bk: Optional[Tensor],
+            bv: Optional[Tensor], out: Tensor) -> None:
+    """``_qkv_fwd`` into ``out (tokens, 3 * hidden)`` contiguous, for checked inputs with unit inner strides
+    and one weight row stride (:func:`qkv_forward`)."""
+    (M, K), H = x.shape, wq.shape[0]
+    if not (M and H):
+        return
+    has_bias = bq is not None
+    bq, bk, bv = (b.contiguous() for b in (bq, bk, bv)) if has_bias else (x, x, x)
+    grid = lambda m: (triton.cdiv(M, m["BLOCK_M"]) * 3 * triton.cdiv(H, m["BLOCK_N"]),)  # noqa: E731
+    _TUNED.launch(grid, x, wq, wk, wv, bq, bk, bv, out, M, H, K, x.stride(0), x.stride(1), wq.stride(0),
+                  wq.stride(1), triton.next_power_of_2(M), device=x.device, HAS_BIAS=has_bias, GROUP_M=GROUP_M,
+                  INPUT_PRECISION=input_precision(x.dtype, x.device), UPCAST=upcast(x.dtype))
+
+
+def qkv_reference(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Optional[Tensor] = None,
+                  bk: Optional[Tensor] = None, bv: Optional[Tensor] = None) -> Tensor:
+    """The same math in PyTorch, in the inputs' dtype: ``F.linear`` of the concatenated weights."""
+    bias = torch.cat([bq, bk, bv]) if bq is not None else None
+    return torch.nn.functional.linear(x, torch.cat([wq, wk, wv]), bias)
+
+
+def qkv_backward(dout: Tensor, x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor,
+                 has_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(dx, dwq, dwk, dwv, db)`` of :func:`qkv_forward` from ``dout (tokens, 3 * hidden)`` (or any view of
+    that many elements per token, e.g. ``(tokens, 3, heads, head_dim)``), in PyTorch:
+
+    - ``dx = dout @ cat([wq, wk, wv])``: the ``(3 * hidden, hidden_in)`` concatenation lives only for this
+      GEMM (nothing of it is saved between forward and backward);
+    - ``dw = dout^T @ x``, one ``(3 * hidden, hidden_in)`` GEMM; ``dwq, dwk, dwv`` are its three row blocks
+      (views);
+    - ``db = dout.sum(0)`` in fp32, then the bias dtype: one ``(3 * hidden,)`` tensor whose three
+      ``hidden``-long blocks (``db.view(3, hidden)``) are the gradients of bq, bk, bv; empty without a bias.
+
+    Launches: the cat, two GEMMs and the column sum (plus its cast to a 16-bit bias dtype).
+    """
+    tokens, H = x.shape[0], wq.shape[0]
+    dout = dout.reshape(tokens, 3 * H)
+    dx = dout @ torch.cat([wq, wk, wv])
+    dw = dout.t() @ x
+    db = dout.sum(0, dtype=torch.float32).to(wq.dtype) if has_bias else wq.new_empty(0)
+    return dx, dw[:H], dw[H:2 * H], dw[2 * H:], db
+
+
+class FusedQKV(torch.autograd.Function):
+    """Autograd wrapper for standalone use (the model goes through ``fastbert.ops``): saves x and the three
+    weights as they are, no concatenated copy."""
+
+    @staticmethod
+    def forward(ctx, x, wq, wk, wv, bq=None, bk=None, bv=None):
+        out = qkv_forward(x, wq, wk, wv, bq, bk, bv)
+        ctx.save_for_backward(x, wq, wk, wv)
+        ctx.has_bias = bq is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, wq, wk, wv = ctx.saved_tensors
+        dx, dwq, dwk, dwv, db = qkv_backward(dout, x, wq, wk, wv, ctx.has_bias)
+        dbq, dbk, dbv = db.view(3, -1).unbind(0) if ctx.has_bias else (None, None, None)
+        return dx, dwq, dwk, dwv, dbq, dbk, dbv
+
+
+# ============================================================================= ahead-of-time variants
+_TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+# The strides the launcher passes as 1 (the JIT specializes them to constants), the integer arguments
+# that are multiples of 16 for BERT's sizes (the token count is not), and the heaviest form (with biases).
+_UNIT_STRIDES = ("stride_xk", "stride_wk")
+_INTS = ("M", "H", "K", "M_BUCKET")
+_ALIGNED_INTS = ("H", "K", "stride_xm", "stride_wn")
+
+
+def aot_variants(arch: int):
+    """Every (tile, dtype, precision) :func:`qkv_forward` can run on compute capability ``arch`` (the
+    tiles that fit its shared memory; none before sm_80, where the GEMMs run PyTorch), for ``fastbert
+    check-kernels``. Labels as ffn's forward ("fp16 fwd M128 N128 K64"), op "qkv"."""
+    from fastbert.check_kernels import AotVariant, signature_of
+    if arch < TENSOR_CORE_CAPABILITY[0] * 10:
+        return  # the dot ops run PyTorch there (fastbert.routing)
+
+    for dtype, t in _TRITON_TYPES.items():
+        for precision in (("ieee", "tf32") if dtype == torch.float32 else ("tf32",)):
+            name = f"{t}{'-' + precision if dtype == torch.float32 else ''}"
+            for config in tile_configs(dtype, precision, smem_limit(arch), arch):
+                constexprs = dict(config.kwargs, GROUP_M=GROUP_M, INPUT_PRECISION=precision, UPCAST=False,
+                                  HAS_BIAS=True)
+                constexprs.update({stride: 1 for stride in _UNIT_STRIDES})
+                signature = signature_of(_qkv_fwd, constexprs, t, ints=_INTS)
+                aligned = tuple(n for n in _qkv_fwd.arg_names if signature[n].startswith("*") or n in _ALIGNED_INTS)
+                label = "{} fwd M{BLOCK_M} N{BLOCK_N} K{BLOCK_K}".format(name, **config.kwargs)
+                yield AotVariant(_qkv_fwd, signature, constexprs, config.num_warps, config.num_stages, label,
+                                 aligned, tensor_cores=precision != "ieee")
