@@ -38,7 +38,7 @@ from fastbert.validation import check_embeddings_inputs
 
 from . import dropout
 from .dropout import INTERPRET
-from .launch import on_input_device
+from .launch import cast_rne, on_input_device
 
 from .layernorm import KERNEL_DTYPES, ONE_PASS_HIDDEN, SUM_BLOCK_N, SUM_BLOCK_P, _normalize_row, _num_warps, dropout_mask  # noqa: F401,E501
 
@@ -148,7 +148,7 @@ def _embeddings_bwd(
         tl.store(DS + token * hidden + cols, ds, mask=live & mask)
         if HAS_EMBEDS:
             if DEmbeds.dtype.element_ty != tl.float32:  # an fp32 inputs_embeds takes DS itself
-                tl.store(DEmbeds + token * hidden + cols, ds.to(DEmbeds.dtype.element_ty), mask=live & mask)
+                tl.store(DEmbeds + token * hidden + cols, cast_rne(ds, DEmbeds.dtype.element_ty), mask=live & mask)
         dweight += dln * xhat
         dbeta += dln
     part = pid.to(tl.int64) * hidden + cols
@@ -171,9 +171,9 @@ def _embeddings_bwd_params(Parts, DWeight, DBeta, programs, hidden, BLOCK_P: tl.
                        other=0.0)
     total = tl.sum(acc, 0)
     if group == 0:
-        tl.store(DWeight + cols, total.to(DWeight.dtype.element_ty), mask=cols < hidden)
+        tl.store(DWeight + cols, cast_rne(total, DWeight.dtype.element_ty), mask=cols < hidden)
     else:
-        tl.store(DBeta + cols, total.to(DBeta.dtype.element_ty), mask=cols < hidden)
+        tl.store(DBeta + cols, cast_rne(total, DBeta.dtype.element_ty), mask=cols < hidden)
 
 
 @triton.jit
@@ -249,7 +249,7 @@ def _embeddings_bwd_rows(Part, Starts, Ends, Grad, hidden, padding_idx, CHUNK: t
         c = c0 + tl.arange(0, SLOTS)[:, None]
         slot = tl.minimum((c + 1) * CHUNK, end) - 1
         acc += tl.load(Part + slot * hidden + cols, mask=(c * CHUNK < end) & mask, other=0.0)
-    tl.store(Grad + row * hidden + cols, tl.sum(acc, 0)[None, :].to(Grad.dtype.element_ty), mask=mask)
+    tl.store(Grad + row * hidden + cols, cast_rne(tl.sum(acc, 0)[None, :], Grad.dtype.element_ty), mask=mask)
 
 
 # ============================================================================= checks

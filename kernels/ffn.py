@@ -30,7 +30,8 @@ from torch import Tensor
 from fastbert.ops import torch_fallback
 from fastbert.routing import TENSOR_CORE_CAPABILITY
 
-from .launch import (TunedKernel, device_arch, device_smem_limit, dot, fitting, input_precision, on_input_device,
+from .gemm import GROUP_M, config, fits_shape, matmul, operand_kind, smem_bytes, tile, tile_start
+from .launch import (TunedKernel, cast_rne, device_arch, device_smem_limit, fitting, input_precision, on_input_device,
                      smem_limit, upcast)
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -50,55 +51,6 @@ def _gelu_grad(z):
     return 0.5 * (1.0 + tl.erf(z * 0.7071067811865476)) + z * tl.exp(-0.5 * z * z) * 0.3989422804014327
 
 
-@triton.jit
-def _cast(x, dtype: tl.constexpr, UPCAST: tl.constexpr):
-    """``x.to(dtype)``, rounding to nearest even. The interpreter's fp32 -> bf16 truncates (UPCAST marks
-    bf16 in the interpreter), so there the rounding is done on the bits first, as the GPU does it."""
-    if UPCAST:
-        bits = x.to(tl.int32, bitcast=True)
-        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536
-        x = tl.where(x != x, x, bits.to(tl.float32, bitcast=True))  # NaN stays NaN
-    return x.to(dtype)
-
-
-@triton.jit
-def _tile_start(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """``(first row, first column)`` of this program's output tile, in grouped order: ``GROUP_M`` tile
-    rows walk the tile columns together, so their operand tiles stay in L2."""
-    pid = tl.program_id(0)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    group_width = GROUP_M * tiles_n
-    first_m = (pid // group_width) * GROUP_M
-    group_rows = tl.minimum(tl.cdiv(M, BLOCK_M) - first_m, GROUP_M)
-    pid_m = first_m + (pid % group_width) % group_rows
-    pid_n = (pid % group_width) // group_rows
-    return pid_m * BLOCK_M, pid_n * BLOCK_N
-
-
-@triton.jit
-def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """``(rows, cols)`` index vectors of this program's output tile (:func:`_tile_start`)."""
-    row0, col0 = _tile_start(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    return row0 + tl.arange(0, BLOCK_M), col0 + tl.arange(0, BLOCK_N)
-
-
-@triton.jit
-def _matmul(A, B, rows, cols, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
-            BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """fp32 ``A[rows, :] @ B[:, cols]``; rows are 64-bit offsets."""
-    ks = tl.arange(0, BLOCK_K)
-    a_ptrs = A + rows[:, None].to(tl.int64) * stride_am + ks[None, :] * stride_ak
-    b_ptrs = B + ks[:, None].to(tl.int64) * stride_bk + cols[None, :] * stride_bn
-    acc = tl.zeros([rows.shape[0], cols.shape[0]], tl.float32)
-    for k in range(0, K, BLOCK_K):
-        a = tl.load(a_ptrs, mask=(rows[:, None] < M) & (ks[None, :] < K - k), other=0.0)
-        b = tl.load(b_ptrs, mask=(ks[:, None] < K - k) & (cols[None, :] < N), other=0.0)
-        acc += dot(a, b, INPUT_PRECISION, UPCAST)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
-    return acc
-
-
 # The token count and its bucket (a tuning key only) are not specialized: one binary for any batch.
 @triton.jit(do_not_specialize=["M", "M_BUCKET"])
 def _ffn_fwd(
@@ -108,20 +60,20 @@ def _ffn_fwd(
 ):
     """``Z = X @ W^T + Bias``, ``Y = gelu(Z)`` for ``X (M, K)``, ``W (N, K)``; ``Z``/``Y`` ``(M, N)``
     contiguous. Grid ``(tiles,)``."""
-    rows, cols = _tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    z = _matmul(X, W, rows, cols, M, N, K, stride_xm, stride_xk, stride_wk, stride_wn, BLOCK_K, INPUT_PRECISION,
-                UPCAST)
+    rows, cols = tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    z = matmul(X, W, rows, cols, M, N, K, stride_xm, stride_xk, stride_wk, stride_wn, BLOCK_K, INPUT_PRECISION,
+               UPCAST)
     if HAS_BIAS:
         z += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
     mask = (rows[:, None] < M) & (cols[None, :] < N)
     if STORE_Z:
-        tl.store(Z + offsets, _cast(z, Z.dtype.element_ty, UPCAST), mask=mask)
-    tl.store(Y + offsets, _cast(_gelu(z), Y.dtype.element_ty, UPCAST), mask=mask)
+        tl.store(Z + offsets, cast_rne(z, Z.dtype.element_ty), mask=mask)
+    tl.store(Y + offsets, cast_rne(_gelu(z), Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _store_gelu(Z, G, row0, col0, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
+def _store_gelu(Z, G, row0, col0, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """``G = gelu(Z)`` on the ``(BLOCK_M, BLOCK_N)`` tile at ``(row0, col0)`` of ``(M, N)`` contiguous
     ``Z``/``G``. Addressed from the tile's corner (64-bit) and 32-bit offsets within it: nothing the
     epilogue's addressing shares, so no pointer tile stays live across the K loop that follows."""
@@ -131,7 +83,7 @@ def _store_gelu(Z, G, row0, col0, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.const
     inside = (r < M - row0) & (c < N - col0)
     within = r * N + c
     gelu = _gelu(tl.load(Z + corner + within, mask=inside, other=0.0).to(tl.float32))
-    tl.store(G + corner + within, _cast(gelu, G.dtype.element_ty, UPCAST), mask=inside)
+    tl.store(G + corner + within, cast_rne(gelu, G.dtype.element_ty), mask=inside)
 
 
 @triton.jit(do_not_specialize=["M", "M_BUCKET"])
@@ -145,16 +97,16 @@ def _ffn_bwd(
 
     ``G`` is written before the K loop, while the accumulator holds no registers: written after it,
     beside the accumulator and the fp32 ``gelu'`` tile, the 128-wide tiles spill on sm_80 and sm_90."""
-    row0, col0 = _tile_start(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    row0, col0 = tile_start(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     if STORE_GELU:
-        _store_gelu(Z, G, row0, col0, M, N, BLOCK_M, BLOCK_N, UPCAST)
+        _store_gelu(Z, G, row0, col0, M, N, BLOCK_M, BLOCK_N)
     rows, cols = row0 + tl.arange(0, BLOCK_M), col0 + tl.arange(0, BLOCK_N)
-    dy = _matmul(DOut, W2, rows, cols, M, N, K, stride_dm, stride_dk, stride_wk, stride_wn, BLOCK_K,
-                 INPUT_PRECISION, UPCAST)
+    dy = matmul(DOut, W2, rows, cols, M, N, K, stride_dm, stride_dk, stride_wk, stride_wn, BLOCK_K,
+                INPUT_PRECISION, UPCAST)
     offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
     mask = (rows[:, None] < M) & (cols[None, :] < N)
     z = tl.load(Z + offsets, mask=mask, other=0.0).to(tl.float32)
-    tl.store(DZ + offsets, _cast(dy * _gelu_grad(z), DZ.dtype.element_ty, UPCAST), mask=mask)
+    tl.store(DZ + offsets, cast_rne(dy * _gelu_grad(z), DZ.dtype.element_ty), mask=mask)
 
 
 # ============================================================================= tiles and autotuning
@@ -173,31 +125,12 @@ _TILES = {
 _SPILLS = {("bwd", "tf32"): {(128, 128, 32, 8, 3): None},  # 24 B of spills on sm_90
            ("bwd", "16bit"): {(64, 128, 32, 4, 4): (80,)},  # 12 B in bf16 under triton 3.6 once G is written
            ("fwd", "ieee"): {(64, 64, 32, 8, 2): (120,)}}
-GROUP_M = 8
-
-
-def _operands(dtype: torch.dtype, precision: str) -> str:
-    return precision if dtype == torch.float32 else "16bit"
-
-
-def _config(tile) -> triton.Config:
-    block_m, block_n, block_k, warps, stages = tile
-    return triton.Config(dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k), num_warps=warps,
-                         num_stages=stages)
-
-
-def smem_bytes(config: triton.Config, dtype: torch.dtype) -> int:
-    """Shared memory of one block: the pipeline's A and B tiles, one pair per stage."""
-    kw = config.kwargs
-    return dtype.itemsize * kw["BLOCK_K"] * (kw["BLOCK_M"] + kw["BLOCK_N"]) * max(config.num_stages, 1)
-
-
 def tile_configs(kind: str, dtype: torch.dtype, precision: str, limit: Optional[int] = None,
                  arch: Optional[int] = None) -> tuple:
     """The launch configs of kernel ``kind`` ("fwd", "bwd") for a dtype and ``tl.dot``'s input
     precision (which only matters for fp32), default first, less those that spill on ``arch`` (on any,
     when None); with ``limit`` (bytes of shared memory) only those that fit it."""
-    operands = _operands(dtype, precision)
+    operands = operand_kind(dtype, precision)
     spilling = frozenset(tile for tile, archs in _SPILLS.get((kind, operands), {}).items()
                          if archs is None or arch is None or arch in archs)
     return _tile_configs(kind, dtype, tuple(_TILES[operands]), spilling, limit)
@@ -205,15 +138,8 @@ def tile_configs(kind: str, dtype: torch.dtype, precision: str, limit: Optional[
 
 @functools.lru_cache(maxsize=1024)  # called on every launch
 def _tile_configs(kind, dtype, table, excluded, limit) -> tuple:
-    configs = [_config(t) for t in table if t not in excluded]
+    configs = [config(t) for t in table if t not in excluded]
     return tuple(fitting(configs, lambda c: smem_bytes(c, dtype), limit))
-
-
-def fits_shape(config: triton.Config, m: int, n: int) -> bool:
-    """Whether a tile is worth timing for an ``m x n`` output: no tile dimension more than twice the
-    (power-of-two rounded) output's, so few tokens do not time 128-row tiles that are mostly padding."""
-    return (config.kwargs["BLOCK_M"] <= max(32, 2 * triton.next_power_of_2(m))
-            and config.kwargs["BLOCK_N"] <= max(32, 2 * triton.next_power_of_2(n)))
 
 
 def _allowed(kind: str):
@@ -226,7 +152,7 @@ def _allowed(kind: str):
     return allowed
 
 
-_ALL_CONFIGS = [_config(t) for t in sorted({t for table in _TILES.values() for t in table})]
+_ALL_CONFIGS = [config(t) for t in sorted({t for table in _TILES.values() for t in table})]
 # M_BUCKET (next power of two of the token count M) keys the tuning instead of the token count itself,
 # so a new batch shape reuses it.
 _KERNELS = {"fwd": _ffn_fwd, "bwd": _ffn_bwd}

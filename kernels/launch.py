@@ -240,3 +240,18 @@ def _has_tf32(device: Optional[torch.device]) -> bool:
 @functools.lru_cache(maxsize=None)
 def _capability(index: int) -> tuple:
     return torch.cuda.get_device_capability(index)
+
+
+INTERPRET = tl.constexpr(interpreting())  # Triton's interpreter runs no PTX
+
+
+@triton.jit
+def cast_rne(x, dtype: tl.constexpr):
+    """fp32 ``x.to(dtype)``, rounding to nearest even as the GPU does. The interpreter's fp32 -> bf16
+    truncates, so there the rounding is done on the bits first (NaN stays NaN)."""
+    if INTERPRET:
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.int32, bitcast=True)
+            bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536
+            x = tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
+    return x.to(dtype)

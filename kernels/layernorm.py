@@ -26,7 +26,7 @@ from torch import Tensor
 from fastbert.ops import interpreting, torch_fallback
 
 from . import dropout
-from .launch import on_input_device
+from .launch import cast_rne, on_input_device
 
 # Hidden sizes the kernels take (BERT-base 768, MiniLM 384, BERT-large 1024, up to 8192); wider rows
 # run the PyTorch implementation.
@@ -217,11 +217,11 @@ def _residual_layernorm_bwd_sum(Parts, Out0, Out1, Out2, programs, hidden, BLOCK
                        other=0.0)
     total = tl.sum(acc, 0)
     if group == 0:
-        tl.store(Out0 + cols, total.to(Out0.dtype.element_ty), mask=cols < hidden)
+        tl.store(Out0 + cols, cast_rne(total, Out0.dtype.element_ty), mask=cols < hidden)
     elif group == 1:
-        tl.store(Out1 + cols, total.to(Out1.dtype.element_ty), mask=cols < hidden)
+        tl.store(Out1 + cols, cast_rne(total, Out1.dtype.element_ty), mask=cols < hidden)
     else:
-        tl.store(Out2 + cols, total.to(Out2.dtype.element_ty), mask=cols < hidden)
+        tl.store(Out2 + cols, cast_rne(total, Out2.dtype.element_ty), mask=cols < hidden)
 
 
 @triton.jit

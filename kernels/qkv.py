@@ -30,8 +30,8 @@ from torch import Tensor
 
 from fastbert.routing import TENSOR_CORE_CAPABILITY
 
-from .ffn import _cast, _config, _matmul, _operands, _tile_start, fits_shape, smem_bytes
-from .launch import TunedKernel, device_arch, device_smem_limit, fitting, input_precision, on_input_device, \
+from .gemm import GROUP_M, config, fits_shape, matmul, operand_kind, smem_bytes, tile_start
+from .launch import TunedKernel, cast_rne, device_arch, device_smem_limit, fitting, input_precision, on_input_device, \
     smem_limit, upcast
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -48,19 +48,19 @@ def _qkv_fwd(
     (H, K)`` (one pair of strides for the three), ``B_p (H,)``, ``Out (M, 3H)`` contiguous.
     Grid ``(cdiv(M, BLOCK_M) * 3 * cdiv(H, BLOCK_N),)``."""
     part_width = tl.cdiv(H, BLOCK_N) * BLOCK_N  # the padded width of one part in tile columns
-    row0, col0 = _tile_start(M, 3 * part_width, BLOCK_M, BLOCK_N, GROUP_M)
+    row0, col0 = tile_start(M, 3 * part_width, BLOCK_M, BLOCK_N, GROUP_M)
     part = col0 // part_width  # 0: q, 1: k, 2: v; the same for the whole tile
     W = tl.where(part == 0, Wq, tl.where(part == 1, Wk, Wv))
     rows = row0 + tl.arange(0, BLOCK_M)
     cols = (col0 - part * part_width) + tl.arange(0, BLOCK_N)  # within the part
-    acc = _matmul(X, W, rows, cols, M, H, K, stride_xm, stride_xk, stride_wk, stride_wn, BLOCK_K,
+    acc = matmul(X, W, rows, cols, M, H, K, stride_xm, stride_xk, stride_wk, stride_wn, BLOCK_K,
                   INPUT_PRECISION, UPCAST)
     if HAS_BIAS:
         Bias = tl.where(part == 0, Bq, tl.where(part == 1, Bk, Bv))
         acc += tl.load(Bias + cols, mask=cols < H, other=0.0).to(tl.float32)[None, :]
     offsets = rows[:, None].to(tl.int64) * (3 * H) + (part * H + cols)[None, :]
     mask = (rows[:, None] < M) & (cols[None, :] < H)
-    tl.store(Out + offsets, _cast(acc, Out.dtype.element_ty, UPCAST), mask=mask)
+    tl.store(Out + offsets, cast_rne(acc, Out.dtype.element_ty), mask=mask)
 
 
 # ============================================================================= tiles and autotuning
@@ -77,7 +77,6 @@ _TILES = {
 }
 # operands -> {tile: the archs it spills on (None: all)}.
 _SPILLS: dict = {}
-GROUP_M = 8
 
 
 def tile_configs(dtype: torch.dtype, precision: str, limit: Optional[int] = None,
@@ -85,10 +84,10 @@ def tile_configs(dtype: torch.dtype, precision: str, limit: Optional[int] = None
     """The launch configs of ``_qkv_fwd`` for a dtype and ``tl.dot``'s input precision (which only
     matters for fp32), default first, less those that spill on ``arch`` (on any, when None); with
     ``limit`` (bytes of shared memory) only those that fit it."""
-    operands = _operands(dtype, precision)
+    operands = operand_kind(dtype, precision)
     spilling = {tile for tile, archs in _SPILLS.get(operands, {}).items()
                 if archs is None or arch is None or arch in archs}
-    configs = [_config(t) for t in _TILES[operands] if t not in spilling]
+    configs = [config(t) for t in _TILES[operands] if t not in spilling]
     return tuple(fitting(configs, lambda c: smem_bytes(c, dtype), limit))
 
 
@@ -100,7 +99,7 @@ def _allowed(named_args, meta):
     return [c for c in proven if fits_shape(c, named_args["M_BUCKET"], named_args["H"])] or proven[:1]
 
 
-_ALL_CONFIGS = [_config(t) for t in sorted({t for table in _TILES.values() for t in table})]
+_ALL_CONFIGS = [config(t) for t in sorted({t for table in _TILES.values() for t in table})]
 # M_BUCKET (next power of two of the token count M) keys the tuning instead of the token count itself.
 _TUNED = TunedKernel(_qkv_fwd, _ALL_CONFIGS, ("M_BUCKET", "H", "K", "INPUT_PRECISION"), _allowed)
 
