@@ -136,10 +136,9 @@ class BertSelfAttention(hf.BertSelfAttention):
         linears = (self.query, self.key, self.value)
         biases = [m.bias for m in linears]
         if all(_is_plain_linear(m) for m in linears) and len({b is None for b in biases}) == 1:
-            # Stacked per call: a cache keyed on the weights' version counters would go stale under fused
-            # optimizers, whose in-place steps leave the counters as they were.
-            weight, bias = _stack([m.weight for m in linears] + [b for b in biases if b is not None])
-            return F.linear(hidden, weight, bias)
+            # The op reads the three weights where they are: no concatenation per call (a cached one would
+            # go stale under fused optimizers, whose in-place steps leave the version counters as they were).
+            return ops.qkv(hidden, *(m.weight for m in linears), *biases)
         return torch.cat([m(hidden) for m in linears], dim=-1)
 
     def forward(self, hidden: Tensor, attn) -> tuple[Tensor, Optional[Tensor]]:
@@ -152,14 +151,6 @@ class BertSelfAttention(hf.BertSelfAttention):
             context = ops.attention(qkv, attn.cu_seqlens, attn.max_seqlen, p, seed, check_values=False)
             return context.reshape(rows, heads * dim), None
         return _eager_attention(qkv, attn, self.dropout)
-
-
-def _stack(tensors: list) -> tuple[Tensor, Optional[Tensor]]:
-    """``(W (3 * out, in), b (3 * out,) or None)`` from ``[Wq, Wk, Wv]`` and optionally ``[bq, bk, bv]``.
-
-    Two concatenations: one over weights and biases together saves a launch forward but costs one in
-    backward (its split's gradient is a concatenation, where these give views)."""
-    return torch.cat(tensors[:3]), torch.cat(tensors[3:]) if len(tensors) > 3 else None
 
 
 def _eager_attention(qkv: Tensor, attn: PaddedAttention, dropout: nn.Dropout):

@@ -153,13 +153,14 @@ def _eager() -> bool:
 def _eager_function(op: str, setup: Callable, grad: Callable) -> type:
     """An autograd.Function running ``op``'s forward implementation (chosen by its first tensor input's
     device and dtype) with ``setup(ctx, inputs, outputs)`` and ``grad(ctx, *grads)`` as its backward;
-    every output but the first is non-differentiable (statistics, saved pre-activations)."""
+    every output but the first (of a tuple) is non-differentiable (statistics, saved pre-activations)."""
 
     def forward(ctx, *inputs):
         outputs = _call_impl(op, "fwd", inputs)
         setup(ctx, inputs, outputs)
         ctx.direct = True  # its backward calls the implementation directly too
-        ctx.mark_non_differentiable(*outputs[1:])
+        if isinstance(outputs, tuple):
+            ctx.mark_non_differentiable(*outputs[1:])
         # The statistics' gradients arrive as None, not as zeros filled by autograd (a launch each).
         ctx.set_materialize_grads(False)
         return outputs
@@ -280,6 +281,85 @@ def attention(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float
     if export:
         return torch_ops.attention_fwd(qkv, cu_seqlens, max_seqlen, dropout_p, seed)[0]
     return _run("attention", _attention, _EagerAttention, qkv, cu_seqlens, max_seqlen, dropout_p, seed)[0]
+
+
+# ============================================================================= the q, k, v projection
+@torch.library.custom_op("fastbert::qkv", mutates_args=())
+def _qkv(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Optional[Tensor], bk: Optional[Tensor],
+         bv: Optional[Tensor]) -> Tensor:
+    return _impl("qkv", "fwd", x.device, x.dtype)(x, wq, wk, wv, bq, bk, bv)
+
+
+@_qkv.register_fake
+def _(x, wq, wk, wv, bq, bk, bv):
+    return x.new_empty(x.shape[0], 3 * wq.shape[0])
+
+
+@torch.library.custom_op("fastbert::qkv_backward", mutates_args=())
+def _qkv_backward(dout: Tensor, x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, has_bias: bool,
+                  weight_grads: bool) -> tuple[Tensor, Tensor, Tensor]:
+    return _impl("qkv", "bwd", x.device, x.dtype)(dout, x, wq, wk, wv, has_bias, weight_grads)
+
+
+@_qkv_backward.register_fake
+def _(dout, x, wq, wk, wv, has_bias, weight_grads):
+    if not weight_grads:
+        return _dense_like(x), wq.new_empty(0), wq.new_empty(0)
+    rows = 3 * wq.shape[0]
+    return _dense_like(x), wq.new_empty(rows, wq.shape[1]), wq.new_empty(rows if has_bias else 0)
+
+
+def _qkv_setup(ctx, inputs, output):
+    x, wq, wk, wv, bq, bk, bv = inputs
+    ctx.save_for_backward(x, wq, wk, wv)
+    ctx.has_bias = bq is not None
+
+
+def _qkv_grad(ctx, dout):
+    x, wq, wk, wv = ctx.saved_tensors
+    weight_grads = any(ctx.needs_input_grad[1:])
+    dx, dw, db = _backward(ctx, "qkv", _qkv_backward, dout.contiguous(), x, wq, wk, wv, ctx.has_bias, weight_grads)
+    if not weight_grads:
+        return dx, None, None, None, None, None, None
+    dwq, dwk, dwv = dw.chunk(3)  # views of one GEMM's rows
+    dbq, dbk, dbv = db.chunk(3) if ctx.has_bias else (None, None, None)
+    return dx, dwq, dwk, dwv, dbq, dbk, dbv
+
+
+_qkv.register_autograd(_qkv_grad, setup_context=_qkv_setup)
+_EagerQkv = _eager_function("qkv", _qkv_setup, _qkv_grad)
+
+
+def qkv(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Optional[Tensor] = None, bk: Optional[Tensor] = None,
+        bv: Optional[Tensor] = None) -> Tensor:
+    """The query, key and value projections in one GEMM, ``x @ [wq; wk; wv]^T + [bq; bk; bv]``, reading the
+    three weights where they are (the Triton kernel; PyTorch's backend concatenates them). Backward keeps
+    ``x`` and the weights themselves, no concatenated copy.
+
+    Args:
+        x: ``(..., hidden_in)``; wq, wk, wv: ``(hidden, hidden_in)``; bq, bk, bv: ``(hidden,)``, all or none.
+    Returns:
+        ``(..., 3 * hidden)`` in x's dtype: queries, then keys, then values.
+    """
+    weights = (wq, wk, wv)
+    if any(w.dim() != 2 or w.shape != wq.shape for w in weights) or x.shape[-1] != wq.shape[1]:
+        raise ValueError(f"qkv: wq, wk, wv must be three (hidden, {x.shape[-1]}) weights for x {tuple(x.shape)}, "
+                         f"got {[tuple(w.shape) for w in weights]}")
+    biases = (bq, bk, bv)
+    if any(b is None for b in biases) != all(b is None for b in biases):
+        raise ValueError("qkv: pass all three biases bq, bk, bv or none")
+    if bq is not None and any(tuple(b.shape) != (wq.shape[0],) for b in biases):
+        raise ValueError(f"qkv: bq, bk, bv must be ({wq.shape[0]},), got {[tuple(b.shape) for b in biases]}")
+    inputs = _autocast_inputs(x, wq, wk, wv, bq, bk, bv)
+    lead = x.shape[:-1]
+    inputs = (inputs[0].reshape(-1, x.shape[-1]), *inputs[1:])
+    if exporting():
+        out = torch_ops.qkv_fwd(*inputs)
+    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+        out = _run("qkv", _qkv, _EagerQkv, *inputs)
+    else:
+        out = _run_direct("qkv", "fwd", _qkv, *inputs)
+    return out.view(*lead, 3 * wq.shape[0])
 
 
 # ============================================================================= residual + dropout + LayerNorm
@@ -638,5 +718,5 @@ def encoder_inference(hidden: Tensor, cu_seqlens: Tensor, max_seqlen: int, weigh
     if attention_impl is torch_ops.attention_fwd:
         return torch_ops.encoder_inference_fwd(hidden, cu_seqlens, max_seqlen, weights, heads, eps)
     return torch_ops.layered_encoder_inference(
-        hidden, cu_seqlens, max_seqlen, weights, heads, eps, attention_impl,
+        hidden, cu_seqlens, max_seqlen, weights, heads, eps, _impl("qkv", "fwd", device, dtype), attention_impl,
         _impl("residual_layernorm", "fwd", device, dtype), _impl("ffn", "inference_fwd", device, dtype))

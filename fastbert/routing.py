@@ -22,8 +22,8 @@ from typing import Optional
 
 import torch
 
-OPS = ("attention", "residual_layernorm", "linear_gelu", "ffn", "embeddings")
-DOT_OPS = frozenset({"attention", "linear_gelu", "ffn"})
+OPS = ("attention", "qkv", "residual_layernorm", "linear_gelu", "ffn", "embeddings")
+DOT_OPS = frozenset({"attention", "qkv", "linear_gelu", "ffn"})
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TENSOR_CORE_CAPABILITY = (8, 0)  # tl.dot lowers to tensor-core instructions from here on
 BF16_CAPABILITY = (8, 0)

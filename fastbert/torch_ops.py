@@ -118,6 +118,30 @@ def ffn_bwd(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor, has_bias
     return dz @ w1, dz.t() @ x, db1, dw2
 
 
+# ----------------------------------------------------------------------------- the q, k, v projection
+def qkv_fwd(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Tensor | None, bk: Tensor | None,
+            bv: Tensor | None) -> Tensor:
+    """``x @ [wq; wk; wv]^T + [bq; bk; bv]``: ``x (tokens, hidden_in)``, each weight ``(hidden, hidden_in)``,
+    the biases all ``(hidden,)`` or all None; returns ``(tokens, 3 * hidden)``."""
+    bias = torch.cat((bq, bk, bv)) if bq is not None else None
+    return F.linear(x, torch.cat((wq, wk, wv)), bias)
+
+
+def qkv_bwd(dout: Tensor, x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, has_bias: bool,
+            weight_grads: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dx, dw, db)`` of :func:`qkv_fwd` from ``dout (tokens, 3 * hidden)``: ``dw`` is one
+    ``(3 * hidden, hidden_in)`` tensor and ``db`` one ``(3 * hidden,)`` (row blocks q, k, v), ``db`` empty
+    without biases and both empty without ``weight_grads``. The weights' concatenation lives only for the
+    ``dx`` GEMM: nothing of it is kept between forward and backward. Launches: the concatenation, one GEMM
+    for ``dx``, and with ``weight_grads`` one for ``dw`` and a column sum."""
+    dout = dout.reshape(x.shape[0], 3 * wq.shape[0])
+    dx = dout @ torch.cat((wq, wk, wv))
+    if not weight_grads:
+        return dx, _NO_GRAD(wq), _NO_GRAD(wq)
+    db = dout.sum(0, dtype=torch.float32).to(wq.dtype) if has_bias else _NO_GRAD(wq)
+    return dx, dout.t() @ x, db
+
+
 # ----------------------------------------------------------------------------- residual + dropout + LayerNorm
 def residual_layernorm_fwd(x, bias, residual, weight, beta, eps: float, p: float, seed):
     """``y = LayerNorm(dropout(x + bias) + residual)`` over the last dim of ``(rows, hidden)``.
@@ -345,17 +369,17 @@ ENCODER_LAYER_TENSORS = 16  # a layer's tensors in :func:`encoder_inference_fwd`
 
 
 def layered_encoder_inference(hidden: Tensor, cu_seqlens: Tensor, max_seqlen: int, weights: list, heads: int,
-                              eps: float, attention, layernorm, ffn) -> Tensor:
-    """The encoder stack, layer by layer, from one backend's op implementations (``attention``:
-    :func:`attention_fwd`'s signature, ``layernorm``: :func:`residual_layernorm_fwd`'s, ``ffn``:
-    :func:`ffn_inference_fwd`'s), without dropout or autograd; the same calls a module's forward makes.
-    Arguments as :func:`encoder_inference_fwd`'s."""
+                              eps: float, qkv, attention, layernorm, ffn) -> Tensor:
+    """The encoder stack, layer by layer, from one backend's op implementations (``qkv``: :func:`qkv_fwd`'s
+    signature, ``attention``: :func:`attention_fwd`'s, ``layernorm``: :func:`residual_layernorm_fwd`'s,
+    ``ffn``: :func:`ffn_inference_fwd`'s), without dropout or autograd; the same calls a module's forward
+    makes. Arguments as :func:`encoder_inference_fwd`'s."""
     rows, width = hidden.shape
     for i in range(0, len(weights), ENCODER_LAYER_TENSORS):
         wq, bq, wk, bk, wv, bv, wo, bo, ln1_w, ln1_b, w1, b1, w2, b2, ln2_w, ln2_b = \
             weights[i:i + ENCODER_LAYER_TENSORS]
-        qkv = F.linear(hidden, torch.cat((wq, wk, wv)), torch.cat((bq, bk, bv))).view(rows, 3, heads, -1)
-        context = attention(qkv, cu_seqlens, max_seqlen, 0.0, None)[0].reshape(rows, width)
+        projected = qkv(hidden, wq, wk, wv, bq, bk, bv).view(rows, 3, heads, -1)
+        context = attention(projected, cu_seqlens, max_seqlen, 0.0, None)[0].reshape(rows, width)
         attended = layernorm(F.linear(context, wo), bo, hidden, ln1_w, ln1_b, eps, 0.0, None)[0]
         hidden = layernorm(ffn(attended, w1, b1, w2), b2, attended, ln2_w, ln2_b, eps, 0.0, None)[0]
     return hidden
@@ -386,8 +410,8 @@ def encoder_inference_fwd(hidden: Tensor, cu_seqlens: Tensor, max_seqlen: int, w
         ``(tokens, hidden)`` in hidden's dtype.
     """
     if not _native_layer_takes(hidden):
-        return layered_encoder_inference(hidden, cu_seqlens, max_seqlen, weights, heads, eps, attention_fwd,
-                                         residual_layernorm_fwd, ffn_inference_fwd)
+        return layered_encoder_inference(hidden, cu_seqlens, max_seqlen, weights, heads, eps, qkv_fwd,
+                                         attention_fwd, residual_layernorm_fwd, ffn_inference_fwd)
     total, width = hidden.shape
     layout = _padded_layout(cu_seqlens, max_seqlen, total)
     grid = layout.to_grid(hidden[:, None])[:, 0]  # (batch, max_seqlen, hidden), zeros at padding

@@ -28,6 +28,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastbert import torch_ops
+from fastbert.ops import torch_fallback
 from fastbert.routing import TENSOR_CORE_CAPABILITY
 
 from .gemm import GROUP_M, config, fits_shape, matmul, operand_kind, smem_bytes, tile_start
@@ -190,22 +192,13 @@ def qkv_reference(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Optional[Te
 def qkv_backward(dout: Tensor, x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor,
                  has_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(dx, dwq, dwk, dwv, db)`` of :func:`qkv_forward` from ``dout (tokens, 3 * hidden)`` (or any view of
-    that many elements per token, e.g. ``(tokens, 3, heads, head_dim)``), in PyTorch:
-
-    - ``dx = dout @ cat([wq, wk, wv])``: the ``(3 * hidden, hidden_in)`` concatenation lives only for this
-      GEMM (nothing of it is saved between forward and backward);
-    - ``dw = dout^T @ x``, one ``(3 * hidden, hidden_in)`` GEMM; ``dwq, dwk, dwv`` are its three row blocks
-      (views);
-    - ``db = dout.sum(0)`` in fp32, then the bias dtype: one ``(3 * hidden,)`` tensor whose three
-      ``hidden``-long blocks (``db.view(3, hidden)``) are the gradients of bq, bk, bv; empty without a bias.
-
-    Launches: the cat, two GEMMs and the column sum (plus its cast to a 16-bit bias dtype).
+    that many elements per token, e.g. ``(tokens, 3, heads, head_dim)``), in PyTorch
+    (:func:`fastbert.torch_ops.qkv_bwd`: the concatenated weights live only for the ``dx`` GEMM; the
+    weight gradients are row blocks (views) of one GEMM; ``db`` is one ``(3 * hidden,)`` tensor, its
+    ``hidden``-long blocks the gradients of bq, bk, bv, and empty without a bias).
     """
-    tokens, H = x.shape[0], wq.shape[0]
-    dout = dout.reshape(tokens, 3 * H)
-    dx = dout @ torch.cat([wq, wk, wv])
-    dw = dout.t() @ x
-    db = dout.sum(0, dtype=torch.float32).to(wq.dtype) if has_bias else wq.new_empty(0)
+    dx, dw, db = torch_ops.qkv_bwd(dout, x, wq, wk, wv, has_bias)
+    H = wq.shape[0]
     return dx, dw[:H], dw[H:2 * H], dw[2 * H:], db
 
 
@@ -257,3 +250,21 @@ def aot_variants(arch: int):
                 label = "{} fwd M{BLOCK_M} N{BLOCK_N} K{BLOCK_K}".format(name, **config.kwargs)
                 yield AotVariant(_qkv_fwd, signature, constexprs, config.num_warps, config.num_stages, label,
                                  aligned, tensor_cores=precision != "ieee")
+
+
+# ============================================================================= op adapter
+@on_input_device
+def _op_forward(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Optional[Tensor], bk: Optional[Tensor],
+                bv: Optional[Tensor]) -> Tensor:
+    """``fastbert.ops`` adapter (shapes checked there): the kernel, or PyTorch's implementation for dtypes
+    it does not take (float64, mixed)."""
+    tensors = [t for t in (x, wq, wk, wv, bq, bk, bv) if t is not None]
+    if any(t.dtype not in KERNEL_DTYPES or t.dtype != x.dtype for t in tensors):
+        reason = f"dtypes {sorted({str(t.dtype) for t in tensors})}"
+        return torch_fallback("qkv", "fwd", reason)(x, wq, wk, wv, bq, bk, bv)
+    if x.stride(1) != 1 and x.shape[1] > 1:
+        x = x.contiguous()
+    wq, wk, wv = _weights(wq, wk, wv)
+    out = x.new_empty(x.shape[0], 3 * wq.shape[0])
+    _launch(x, wq, wk, wv, bq, bk, bv, out)
+    return out

@@ -424,6 +424,57 @@ def test_ffn_inference_path_matches_float64():
     _close(out.view(65, 96), _ref_ffn(x.double(), w1.double(), b1.double(), w2.double()), 1e-5, 1e-5, "out")
 
 
+# ============================================================================= the q, k, v projection
+def _qkv_inputs(hidden, with_bias=True):
+    weights = [torch.randn(hidden, hidden) / math.sqrt(hidden) for _ in range(3)]
+    biases = [0.1 * torch.randn(hidden) for _ in range(3)] if with_bias else [None] * 3
+    return weights + biases
+
+
+@pytest.mark.parametrize("rows, hidden", [(1, 96), (129, 40), (7, 384)])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_qkv_fp32_forward_backward(rows, hidden, with_bias):
+    torch.manual_seed(rows + hidden)
+    x = torch.randn(rows, hidden)
+    pairs = [_pair(t) if t is not None else (None, None) for t in (x, *_qkv_inputs(hidden, with_bias))]
+    out = ops.qkv(*[p[0] for p in pairs])
+    ours = [p[1] for p in pairs]
+    bias = torch.cat(ours[4:]) if with_bias else None
+    ref = F.linear(ours[0], torch.cat(ours[1:4]), bias)
+    _close(out, ref, 1e-5, 1e-5, "out")
+    dy = torch.randn(rows, 3 * hidden)
+    out.backward(dy)
+    ref.backward(dy.double())
+    for name, (op_in, exact) in zip(("dx", "dwq", "dwk", "dwv", "dbq", "dbk", "dbv"), pairs):
+        if op_in is not None:
+            _close(op_in.grad, exact.grad, 5e-5, 1e-5, name)
+
+
+def test_qkv_keeps_no_concatenated_weights_and_skips_frozen_weight_gradients():
+    torch.manual_seed(3)
+    x = torch.randn(2, 5, 24, requires_grad=True)
+    weights = _qkv_inputs(24)
+    out = ops.qkv(x, *weights)
+    assert out.shape == (2, 5, 72)
+    node = out.grad_fn.next_functions[0][0]  # under the reshape back to (2, 5, 72)
+    assert "qkv" in node.name().lower()
+    saved = {t.data_ptr() for t in node.saved_tensors}
+    assert saved == {t.data_ptr() for t in (x, *weights[:3])}
+    out.sum().backward()
+    assert x.grad is not None and all(w.grad is None for w in weights)
+
+
+def test_qkv_refuses_bad_arguments():
+    x = torch.randn(4, 24)
+    wq, wk, wv, bq, bk, bv = _qkv_inputs(24)
+    with pytest.raises(ValueError, match="three .hidden, 24. weights"):
+        ops.qkv(x, wq, wk[:, :20], wv)
+    with pytest.raises(ValueError, match="all three biases"):
+        ops.qkv(x, wq, wk, wv, bq, None, bv)
+    with pytest.raises(ValueError, match=r"must be \(24,\)"):
+        ops.qkv(x, wq, wk, wv, bq, bk, bv[:5])
+
+
 # ============================================================================= embeddings
 VOCAB, MAX_POS, TYPES = 50, 140, 2
 
@@ -619,6 +670,14 @@ def test_opcheck_linear_gelu_inference():
     torch.manual_seed(17)
     x, weight, bias = _lg_inputs(5, 24, 40, True)
     _opcheck(torch.ops.fastbert.linear_gelu_inference.default, (x, weight, bias))
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_opcheck_qkv(with_bias):
+    torch.manual_seed(19)
+    inputs = [torch.randn(5, 24, requires_grad=True)] + [None if t is None else t.requires_grad_()
+                                                        for t in _qkv_inputs(24, with_bias)]
+    _opcheck(torch.ops.fastbert.qkv.default, tuple(inputs))
 
 
 @pytest.mark.parametrize("with_bias", [True, False])

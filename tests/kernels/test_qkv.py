@@ -205,3 +205,35 @@ def test_aot_variants_cover_the_tile_tables():
     assert len(variants) == expected == len({(v.label, v.num_warps, v.num_stages) for v in variants})
     assert all(v.tensor_cores == ("ieee" not in v.label) for v in variants)
     assert all(v.constexprs["HAS_BIAS"] and "H" in v.divisible_by_16 for v in variants)
+
+
+# ============================================================================= the op (fastbert.ops.qkv)
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_op_triton_backend_matches_torch_backend(with_bias, monkeypatch):
+    from fastbert import ops
+
+    x, *weights = _inputs(65, 40, torch.float32, bias=with_bias)
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, *weights)]
+    dy = torch.randn(65, 120, device=DEVICE)
+    results = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv("FASTBERT_BACKEND", backend)
+        for t in leaves:
+            if t is not None:
+                t.grad = None
+        out = ops.qkv(*leaves)
+        out.backward(dy)
+        results[backend] = [out.detach()] + [t.grad.clone() for t in leaves if t is not None]
+    for ours, theirs in zip(results["triton"], results["torch"]):
+        torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-5)
+
+
+def test_the_op_runs_float64_in_pytorch_with_a_warning(monkeypatch):
+    from fastbert import ops
+
+    monkeypatch.setenv("FASTBERT_BACKEND", "triton")
+    x, *weights = _inputs(7, 32, torch.float32)
+    x, *weights = (t.double() for t in (x, *weights))
+    with pytest.warns(UserWarning, match="float64"):
+        out = ops.qkv(x, *weights)
+    torch.testing.assert_close(out, Q.qkv_reference(x, *weights))
