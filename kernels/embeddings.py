@@ -2,18 +2,19 @@
 
 Forward: one program per token gathers its three table rows (or its ``inputs_embeds`` row instead of the
 word row), sums them in fp32, normalises with fp32 statistics and applies dropout from the seed tensor
-(:func:`.dropout.keep_row` of ``(token, col)``, the same stream as :mod:`.layernorm`'s, so its debug
-mask serves both); it saves only the fp32 ``mean``/``rstd`` per token.
+(:func:`.dropout.keep_row` of ``(token, col)``, the same stream as :mod:`.layernorm`'s, so one debug
+mask, :func:`.rows.dropout_mask`, serves both); it saves only the fp32 ``mean``/``rstd`` per token.
 
 Backward: at most ``BWD_PROGRAMS`` programs recompute the sums of ``[TOKENS, BLOCK_H]`` tiles of tokens
 (the ids of a tile loaded as one vector, its row gathers independent), write the fp32 gradient ``ds`` of
 the sum (and a 16-bit ``inputs_embeds`` gradient directly) and keep per-program partial sums of
-dweight/dbeta, summed afterwards in a fixed order into the weight's dtype. Each table's gradient is
-then a segmented sum of ``ds`` over the tokens sorted by id (stable sort): each chunk of ``CHUNK``
-sorted tokens is one tile, whose segmented scan sums every run of one id, then one program per table
-row adds its runs' sums, a tile of chunks at a time. Everything accumulates in fp32, in an order fixed
-by the sizes; no atomics and no host syncs (the shapes depend on the sizes only, so backward can be
-captured in a CUDA graph); the gradients are bitwise deterministic.
+dweight/dbeta, summed afterwards in a fixed order into the weight's dtype (:func:`.rows.sum_partials_as`
+at the tile ``PARTS_TILE``). Each table's gradient is then a segmented sum of ``ds`` over the tokens
+sorted by id (stable sort): each chunk of ``CHUNK`` sorted tokens is one tile, whose segmented scan sums
+every run of one id, then one program per table row adds its runs' sums, a tile of chunks at a time.
+Everything accumulates in fp32, in an order fixed by the sizes; no atomics and no host syncs (the shapes
+depend on the sizes only, so backward can be captured in a CUDA graph); the gradients are bitwise
+deterministic.
 
 PyTorch's deterministic ``embedding_dense_backward`` is no faster a route for the tables: it sorts the
 ids as :func:`table_grad` does, then runs several segment kernels over a zeroed gradient of the
@@ -39,12 +40,16 @@ from fastbert.validation import check_embeddings_inputs
 from . import dropout
 from .dropout import INTERPRET
 from .launch import cast_rne, on_input_device
-
-from .layernorm import KERNEL_DTYPES, ONE_PASS_HIDDEN, SUM_BLOCK_N, SUM_BLOCK_P, _normalize_row, _num_warps, dropout_mask  # noqa: F401,E501
+# dropout_mask: the debug keep mask, the same stream as LayerNorm's (re-exported)
+from .rows import (KERNEL_DTYPES, ONE_PASS_HIDDEN, TRITON_TYPES, dropout_mask, normalize_row,  # noqa: F401
+                   row_block, row_num_warps, sum_partials_as, sum_variant)
 
 # The backward holds whole rows in registers (as the one-pass LayerNorm backward); wider rows run PyTorch.
 MAX_HIDDEN = ONE_PASS_HIDDEN
 BWD_PROGRAMS = 256  # at most; fixed, so the dweight/dbeta partial sums (and their bits) do not depend on the device
+# The tile (programs, columns) of the dweight/dbeta reduction (rows.sum_partials_as): 32 programs a step
+# (its first dimension fixes the order of the sum, and so its bits), 64 columns a program.
+PARTS_TILE = (32, 64)
 CHUNK = 128  # sorted tokens per program of the table gradients' first pass (a power of two: one tile)
 RUNS_BLOCK = 32  # its columns: a [CHUNK, 32] fp32 tile, one 128-byte line per row
 TABLE_BLOCK = 256  # columns per program of the table gradients' second pass
@@ -87,7 +92,7 @@ def _embeddings_fwd(
     mask = cols < hidden
     s, valid = _gather_sum(InputIds, Embeds, PositionIds, TypeIds, Word, Pos, Types, token, cols, mask, hidden,
                            word_rows, pos_rows, type_rows, HAS_EMBEDS)
-    xhat, mean, rstd = _normalize_row(s, mask, hidden, eps)
+    xhat, mean, rstd = normalize_row(s, mask, hidden, eps)
     w = tl.load(Weight + cols, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(Beta + cols, mask=mask, other=0.0).to(tl.float32)
     y = xhat * w + b
@@ -154,26 +159,6 @@ def _embeddings_bwd(
     part = pid.to(tl.int64) * hidden + cols
     tl.store(DWeightPart + part, tl.sum(dweight, 0)[None, :], mask=mask)
     tl.store(DBetaPart + part, tl.sum(dbeta, 0)[None, :], mask=mask)
-
-
-@triton.jit(do_not_specialize=["programs"])
-def _embeddings_bwd_params(Parts, DWeight, DBeta, programs, hidden, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    """``DWeight`` (``program_id(0) == 0``) or ``DBeta``, in their own dtype: the sum over ``p`` of
-    ``Parts (2, programs, hidden)`` fp32, in a fixed order (tiles of ``BLOCK_P`` programs in turn, a
-    fixed tree within a tile); zeros for ``programs == 0``. Grid ``(2, column blocks)``."""
-    group = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    acc = tl.zeros([BLOCK_P, BLOCK_N], tl.float32)
-    for first in range(0, programs, BLOCK_P):
-        p = first + tl.arange(0, BLOCK_P)
-        mask = (p[:, None] < programs) & (cols[None, :] < hidden)
-        acc += tl.load(Parts + (group * programs + p[:, None]).to(tl.int64) * hidden + cols[None, :], mask=mask,
-                       other=0.0)
-    total = tl.sum(acc, 0)
-    if group == 0:
-        tl.store(DWeight + cols, cast_rne(total, DWeight.dtype.element_ty), mask=cols < hidden)
-    else:
-        tl.store(DBeta + cols, cast_rne(total, DBeta.dtype.element_ty), mask=cols < hidden)
 
 
 @triton.jit
@@ -268,11 +253,6 @@ def check_inputs(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], p
 
 
 # ============================================================================= launchers
-def _block_h(hidden: int) -> int:
-    """The row block: a power of two, at least 16 (dropout draws four columns at a time)."""
-    return max(16, triton.next_power_of_2(hidden))
-
-
 def _pointer_or(t: Optional[Tensor], stand_in: Tensor) -> Tensor:
     return t if t is not None else stand_in
 
@@ -290,13 +270,13 @@ def embeddings_fwd(input_ids, inputs_embeds, position_ids, token_type_ids, word,
     rstd = torch.empty_like(mean)
     if tokens == 0:
         return y, mean, rstd
-    block_h = _block_h(hidden)
+    block_h = row_block(hidden)
     _embeddings_fwd[(tokens,)](
         _pointer_or(input_ids, position_ids).contiguous(), _pointer_or(inputs_embeds, word).contiguous(), position_ids.contiguous(),
         token_type_ids.contiguous(), word.contiguous(), pos.contiguous(), types.contiguous(), weight.contiguous(),
         beta.contiguous(), y, mean, rstd, _pointer_or(seed, mean), hidden, word.shape[0], pos.shape[0], types.shape[0], float(eps),
         float(dropout_p), BLOCK_H=block_h, HAS_EMBEDS=inputs_embeds is not None, HAS_DROPOUT=dropout_p > 0.0,
-        num_warps=_num_warps(block_h), num_stages=1)
+        num_warps=row_num_warps(block_h), num_stages=1)
     return y, mean, rstd
 
 
@@ -308,7 +288,7 @@ _BWD_CONFIG = {128: (4, 8), 512: (8, 4), 1024: (4, 2)}
 
 def _bwd_num_warps(block_h: int) -> int:
     """Warps of the backward."""
-    return _BWD_CONFIG.get(block_h, (_num_warps(block_h), 1))[0]
+    return _BWD_CONFIG.get(block_h, (row_num_warps(block_h), 1))[0]
 
 
 def _bwd_tokens(block_h: int) -> int:
@@ -323,7 +303,7 @@ def embeddings_bwd(dy, input_ids, inputs_embeds, position_ids, token_type_ids, w
     ``inputs_embeds``/``word`` not in use is empty, and row ``padding_idx`` of ``dword`` stays zero.
     The signature of :func:`fastbert.torch_ops.embeddings_bwd`."""
     tokens, hidden = position_ids.shape[0], word.shape[1]
-    block_h = _block_h(hidden)
+    block_h = row_block(hidden)
     step = _bwd_tokens(block_h)
     per_program = step * max(1, triton.cdiv(triton.cdiv(tokens, BWD_PROGRAMS), step))  # whole steps
     programs = triton.cdiv(tokens, per_program)
@@ -347,10 +327,7 @@ def embeddings_bwd(dy, input_ids, inputs_embeds, position_ids, token_type_ids, w
                                                                            padding_idx, part)
     dpos = table_grad(ds, position_ids, pos.shape[0], pos.dtype, part=part)
     dtypes = table_grad(ds, token_type_ids, types.shape[0], types.dtype, part=part)
-    dweight = torch.empty(hidden, dtype=weight.dtype, device=word.device)
-    dbeta = torch.empty_like(dweight)
-    _embeddings_bwd_params[(2, triton.cdiv(hidden, SUM_BLOCK_N))](
-        parts, dweight, dbeta, programs, hidden, BLOCK_P=SUM_BLOCK_P, BLOCK_N=SUM_BLOCK_N, num_warps=4, num_stages=1)
+    dweight, dbeta = sum_partials_as(parts, (weight.dtype, weight.dtype), PARTS_TILE)  # zeros without tokens
     return dembeds, dword, dpos, dtypes, dweight, dbeta
 
 
@@ -408,14 +385,10 @@ class FusedEmbeddings(torch.autograd.Function):
 
 
 # ============================================================================= ahead-of-time variants
-_TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-
-
 def _signature(kernel, constexprs: dict, t: str) -> dict:
     from fastbert.check_kernels import signature_of
 
-    return signature_of(kernel, constexprs, t, fp32_pointers=("Mean", "Rstd", "DS", "DWeightPart", "DBetaPart", "Part",
-                                                              "Parts"),
+    return signature_of(kernel, constexprs, t, fp32_pointers=("Mean", "Rstd", "DS", "DWeightPart", "DBetaPart", "Part"),
                         i64_pointers=("Seed", "InputIds", "PositionIds", "TypeIds", "Order", "Keys", "Starts", "Ends"))
 
 
@@ -432,7 +405,7 @@ def aot_variants(arch: int):
     """Forward and backward for each dtype (bf16 from sm_80), row block (384 -> 512, 768 -> 1024), word
     ids or ``inputs_embeds`` and dropout, the dweight/dbeta sum and the two table-gradient kernels, for
     ``fastbert check-kernels``."""
-    for dtype, t in _TRITON_TYPES.items():
+    for dtype, t in TRITON_TYPES.items():
         if dtype == torch.bfloat16 and arch < 80:
             continue
         for block_h in (128, 512, 1024):
@@ -440,14 +413,13 @@ def aot_variants(arch: int):
                 for dropout in (False, True):
                     constexprs = dict(BLOCK_H=block_h, HAS_EMBEDS=has_embeds, HAS_DROPOUT=dropout)
                     label = f"{t} H{block_h}{' embeds' if has_embeds else ''}{' dropout' if dropout else ''}"
-                    yield _variant(_embeddings_fwd, constexprs, t, _num_warps(block_h), label)
+                    yield _variant(_embeddings_fwd, constexprs, t, row_num_warps(block_h), label)
                     yield _variant(_embeddings_bwd, dict(constexprs, TOKENS=_bwd_tokens(block_h)), t,
                                    _bwd_num_warps(block_h), label)
     yield _variant(_embeddings_bwd_runs, dict(CHUNK=CHUNK, BLOCK_N=RUNS_BLOCK), "fp32", 4, "fp32 table runs")
-    for dtype, t in _TRITON_TYPES.items():
+    for dtype, t in TRITON_TYPES.items():
         if dtype != torch.bfloat16 or arch >= 80:
-            yield _variant(_embeddings_bwd_params, dict(BLOCK_P=SUM_BLOCK_P, BLOCK_N=SUM_BLOCK_N), t, 4,
-                           f"{t} dweight/dbeta")
+            yield sum_variant(t, PARTS_TILE, f"{t} dweight/dbeta")  # the tile embeddings_bwd launches
             yield _variant(_embeddings_bwd_rows, dict(CHUNK=CHUNK, SLOTS=SLOTS, BLOCK_N=TABLE_BLOCK), t, 4,
                            f"{t} table rows")
 

@@ -6,11 +6,12 @@ rows run the PyTorch implementation), with fp32 statistics. Dropout uses counter
 ``(row, col)``, so backward regenerates the mask and nothing is stored;
 forward saves only the fp32 ``mean``/``rstd`` per row (the op keeps ``x`` and ``residual``, which
 are alive anyway). Backward gives dx, dresidual and per-program fp32 partial sums of dweight,
-dbeta and dbias, summed afterwards in a fixed order straight into the parameters' dtype: bitwise
-deterministic on a device, no atomics. Its programs (a few per SM, :func:`bwd_programs`) step over
-their rows in tiles of several rows, with the parameters loaded once. Up to 1024 columns it holds whole
-rows in one pass; wider rows would spill its registers, so a first pass reduces the two per-row means
-LayerNorm's gradient needs and the second runs over column blocks.
+dbeta and dbias, summed afterwards in a fixed order straight into the parameters' dtype
+(:func:`.rows.sum_partials_as`): bitwise deterministic on a device, no atomics. Its programs (a few
+per SM, :func:`bwd_programs`) step over their rows in tiles of several rows, with the parameters
+loaded once. Up to 1024 columns it holds whole rows in one pass; wider rows would spill its registers,
+so a first pass reduces the two per-row means LayerNorm's gradient needs and the second runs over
+column blocks.
 """
 
 from __future__ import annotations
@@ -26,24 +27,21 @@ from torch import Tensor
 from fastbert.ops import interpreting, torch_fallback
 
 from . import dropout
-from .launch import cast_rne, on_input_device
+from .launch import on_input_device
+# dropout_mask: the debug keep mask, the same stream as the embeddings' (re-exported)
+from .rows import (KERNEL_DTYPES, ONE_PASS_HIDDEN, SUM_TILE, TRITON_TYPES, dropout_mask,  # noqa: F401
+                   normalize_row, row_block, row_num_warps, sum_partials_as, sum_variant)
 
 # Hidden sizes the kernels take (BERT-base 768, MiniLM 384, BERT-large 1024, up to 8192); wider rows
-# run the PyTorch implementation.
+# run the PyTorch implementation. Rows wider than ONE_PASS_HIDDEN (kernels/rows.py) take the two-pass
+# backward over column blocks of that width.
 MAX_HIDDEN = 8192
-# The widest row the backward holds in one pass; wider rows spill its registers (fastbert
-# check-kernels) and take the two-pass backward over column blocks of this width.
-ONE_PASS_HIDDEN = 1024
-KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Backward programs per SM, counted over the column blocks: rows in flight enough to cover the memory
-# latency, while each program adds one row of partial sums to reduce.
+# latency, while each program adds one row of partial sums to reduce. Those are summed by
+# rows.sum_partials_as at its default tile, rows.SUM_TILE (64 programs by 32 columns: an H100's 512
+# programs take 8 serial steps).
 BWD_PROGRAMS_PER_SM = 4
 REFERENCE_SMS = 132  # the SM count off a GPU (the interpreter): an H100's grid
-# The tile of the partial sums' reduction: 64 programs by 32 columns, so that an H100's 512 programs
-# take 8 serial steps and hidden 768 spreads over 24 column blocks a group. (The embeddings' reduction,
-# kernels/embeddings.py, keeps a tile of 32 by 64: SUM_BLOCK_P x SUM_BLOCK_N.)
-PARTS_BLOCK_P, PARTS_BLOCK_N = 64, 32
-SUM_BLOCK_P, SUM_BLOCK_N = 32, 64
 
 
 @triton.jit
@@ -64,15 +62,6 @@ def _row_sum(x, bias_ptr, residual_ptr, key, t_hi, row, col0, cols, mask, hidden
 
 
 @triton.jit
-def _normalize_row(s, mask, hidden, eps):
-    """``(xhat, mean, rstd)`` of an fp32 row ``s`` whose ``mask``-ed columns are zero (two-pass variance)."""
-    mean = tl.sum(s, 0) / hidden
-    centered = tl.where(mask, s - mean, 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, 0) / hidden + eps)
-    return centered * rstd, mean, rstd
-
-
-@triton.jit
 def _residual_layernorm_fwd(
     X, Bias, Residual, Weight, Beta, Y, Mean, Rstd, Seed, hidden, eps, dropout_p,
     BLOCK_H: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
@@ -86,7 +75,7 @@ def _residual_layernorm_fwd(
     key, t_hi = dropout.key_and_threshold(Seed, dropout_p, HAS_DROPOUT)
     s, _ = _row_sum(x, Bias, Residual, key, t_hi, row, 0, cols, mask, hidden, dropout_p, BLOCK_H, HAS_BIAS,
                     HAS_DROPOUT)
-    xhat, mean, rstd = _normalize_row(s, mask, hidden, eps)
+    xhat, mean, rstd = normalize_row(s, mask, hidden, eps)
     w = tl.load(Weight + cols, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(Beta + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(Y + base + cols, (xhat * w + b).to(Y.dtype.element_ty), mask=mask)
@@ -201,58 +190,14 @@ def _residual_layernorm_bwd(
         tl.store(DBiasPart + part, tl.sum(dbias, 0), mask=mask)
 
 
-@triton.jit(do_not_specialize=["programs"])
-def _residual_layernorm_bwd_sum(Parts, Out0, Out1, Out2, programs, hidden, BLOCK_P: tl.constexpr,
-                                BLOCK_N: tl.constexpr):
-    """``Out<g> = sum over p of Parts[g, p]`` for ``Parts (groups, programs, hidden)`` fp32 (``groups`` at
-    most 3), in a fixed order (tiles of ``BLOCK_P`` programs in turn, a fixed tree within a tile), stored
-    in each ``Out<g> (hidden,)``'s own dtype. Grid ``(groups, column blocks)``."""
-    group = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    acc = tl.zeros([BLOCK_P, BLOCK_N], tl.float32)
-    for first in range(0, programs, BLOCK_P):
-        p = first + tl.arange(0, BLOCK_P)
-        mask = (p[:, None] < programs) & (cols[None, :] < hidden)
-        acc += tl.load(Parts + (group.to(tl.int64) * programs + p[:, None]) * hidden + cols[None, :], mask=mask,
-                       other=0.0)
-    total = tl.sum(acc, 0)
-    if group == 0:
-        tl.store(Out0 + cols, cast_rne(total, Out0.dtype.element_ty), mask=cols < hidden)
-    elif group == 1:
-        tl.store(Out1 + cols, cast_rne(total, Out1.dtype.element_ty), mask=cols < hidden)
-    else:
-        tl.store(Out2 + cols, cast_rne(total, Out2.dtype.element_ty), mask=cols < hidden)
-
-
-@triton.jit
-def _layernorm_dropout_mask(Keep, Seed, hidden, dropout_p, BLOCK_H: tl.constexpr):
-    """Debug: the kernels' keep bits for one row per program into ``Keep (rows, hidden)``."""
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK_H)
-    keep = dropout.keep_row(dropout.seed_key(Seed), dropout.threshold(dropout_p), row, 0, BLOCK_H)
-    tl.store(Keep + row * hidden + cols, keep.to(tl.int8), mask=cols < hidden)
-
-
 # ============================================================================= launch configuration
-def _block_h(hidden: int) -> int:
-    """The row block: a power of two, at least 16 (dropout draws four columns at a time)."""
-    return max(16, triton.next_power_of_2(hidden))
-
-
-def _num_warps(block_h: int) -> int:
-    """4 warps, but 8 at 512 columns, where ptxas spills the dropout backward with 4 (and at 1024 it
-    is the other way round), and more for the forward's wider rows; ``fastbert check-kernels`` keeps
-    this honest."""
-    return {512: 8, 2048: 8, 4096: 16, 8192: 32}.get(block_h, 4)
-
-
 TERMS_NUM_WARPS = 8  # the wide backward's first pass (fp32 with a bias spills with 4 on sm_90)
 
 
 def _bwd_num_warps(block_h: int, dtype: torch.dtype) -> int:
-    """The one-pass backward's warps: :func:`_num_warps`, but 4 for fp32 rows of 512, which spill the
-    dropout backward with 8 under triton 3.6."""
-    return 4 if block_h == 512 and dtype == torch.float32 else _num_warps(block_h)
+    """The one-pass backward's warps: :func:`.rows.row_num_warps`, but 4 for fp32 rows of 512, which
+    spill the dropout backward with 8 under triton 3.6."""
+    return 4 if block_h == 512 and dtype == torch.float32 else row_num_warps(block_h)
 
 
 def _bwd_rows(block_h: int, num_warps: int) -> int:
@@ -277,8 +222,8 @@ def bwd_programs(rows: int, rows_per_step: int, column_blocks: int, sms: int) ->
 def _bwd_config(hidden: int, dtype: torch.dtype) -> tuple[bool, int, int, int]:
     """``(wide, block_h, num_warps, rows_per_step)`` of the backward's main kernel."""
     wide = hidden > ONE_PASS_HIDDEN
-    block_h = ONE_PASS_HIDDEN if wide else _block_h(hidden)
-    num_warps = _num_warps(block_h) if wide else _bwd_num_warps(block_h, dtype)
+    block_h = ONE_PASS_HIDDEN if wide else row_block(hidden)
+    num_warps = row_num_warps(block_h) if wide else _bwd_num_warps(block_h, dtype)
     return wide, block_h, num_warps, _bwd_rows(block_h, num_warps)
 
 
@@ -340,11 +285,11 @@ def residual_layernorm_fwd(x: Tensor, bias: Optional[Tensor], residual: Tensor, 
     rstd = torch.empty_like(mean)
     if rows == 0:
         return y, mean, rstd
-    block_h = _block_h(hidden)
+    block_h = row_block(hidden)
     _residual_layernorm_fwd[(rows,)](
         x, bias if bias is not None else x, residual, weight, beta, y, mean, rstd,
         seed if seed is not None else mean, hidden, float(eps), float(dropout_p),
-        BLOCK_H=block_h, HAS_BIAS=bias is not None, HAS_DROPOUT=dropout_p > 0.0, num_warps=_num_warps(block_h),
+        BLOCK_H=block_h, HAS_BIAS=bias is not None, HAS_DROPOUT=dropout_p > 0.0, num_warps=row_num_warps(block_h),
         num_stages=1)
     return y, mean, rstd
 
@@ -382,42 +327,6 @@ def residual_layernorm_bwd(dy: Tensor, x: Tensor, bias: Optional[Tensor], residu
     return dx, dbias[0] if bias is not None else x.new_empty(0), dres, dweight, dbeta
 
 
-def _launch_sum(parts: Tensor, outs) -> None:
-    groups, programs, hidden = parts.shape
-    assert 1 <= groups <= 3 and len(outs) == groups
-    outs = list(outs) + [outs[-1]] * (3 - groups)  # groups past the grid are never stored
-    _residual_layernorm_bwd_sum[(groups, triton.cdiv(hidden, PARTS_BLOCK_N))](
-        parts, *outs, programs, hidden, BLOCK_P=PARTS_BLOCK_P, BLOCK_N=PARTS_BLOCK_N, num_warps=4, num_stages=1)
-
-
-@on_input_device
-def sum_partials(parts: Tensor) -> Tensor:
-    """``(groups, hidden)`` fp32 sums over axis 1 of the programs' partial sums ``(groups, programs, hidden)``
-    (``groups`` at most 3), in an order fixed by the shapes alone (not by the device, unlike ``Tensor.sum``)."""
-    out = torch.empty(parts.shape[0], parts.shape[2], dtype=torch.float32, device=parts.device)
-    _launch_sum(parts, out.unbind(0))
-    return out
-
-
-@on_input_device
-def sum_partials_as(parts: Tensor, dtypes) -> tuple:
-    """:func:`sum_partials` as one ``(hidden,)`` tensor per group, group ``g`` in ``dtypes[g]``, rounded
-    once from the fp32 sum by the same launch (no fp32 result, no cast copies)."""
-    outs = tuple(torch.empty(parts.shape[2], dtype=dtype, device=parts.device) for dtype in dtypes)
-    _launch_sum(parts, outs)
-    return outs
-
-
-@on_input_device
-def dropout_mask(rows: int, hidden: int, dropout_p: float, seed: Tensor) -> Tensor:
-    """Debug: the kernels' keep mask, bool ``(rows, hidden)``."""
-    keep = torch.empty(rows, hidden, dtype=torch.int8, device=seed.device)
-    block_h = _block_h(hidden)
-    _layernorm_dropout_mask[(rows,)](keep, seed, hidden, float(dropout_p), BLOCK_H=block_h,
-                                     num_warps=_num_warps(block_h), num_stages=1)
-    return keep.bool()
-
-
 def residual_layernorm_reference(x, bias, residual, weight, beta, eps: float, keep: Optional[Tensor] = None,
                                  dropout_p: float = 0.0) -> Tensor:
     """The same math in PyTorch (in x's dtype, or the dtype the inputs promote to)."""
@@ -447,13 +356,10 @@ class FusedResidualLayerNorm(torch.autograd.Function):
 
 
 # ============================================================================= ahead-of-time variants
-_TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-
-
 def _signature(kernel, constexprs: dict, t: str) -> dict:
     from fastbert.check_kernels import signature_of
 
-    fp32 = ("Mean", "Rstd", "Terms", "DWeightPart", "DBetaPart", "DBiasPart", "Parts")
+    fp32 = ("Mean", "Rstd", "Terms", "DWeightPart", "DBetaPart", "DBiasPart")
     return signature_of(kernel, constexprs, t, fp32_pointers=fp32, i64_pointers=("Seed",))
 
 
@@ -470,7 +376,7 @@ def aot_variants(arch: int):
     """Every launch for each dtype (bf16 from sm_80), bias and dropout, for ``fastbert check-kernels``:
     the forward at row blocks 128 (hidden 96), 512 (384), 1024 and 2048..8192, the one-pass backward
     up to 1024, both passes of the wide backward, and the sum of the partial sums."""
-    for dtype, t in _TRITON_TYPES.items():
+    for dtype, t in TRITON_TYPES.items():
         if dtype == torch.bfloat16 and arch < 80:
             continue
         for has_bias in (False, True):
@@ -487,14 +393,13 @@ def aot_variants(arch: int):
                     constexprs = dict(blocks, **flags)
                     block = blocks.get("BLOCK_H", blocks.get("BLOCK_N"))
                     one_pass = kernel is _residual_layernorm_bwd and not blocks["WIDE"]
-                    warps = _bwd_num_warps(block, dtype) if one_pass else _num_warps(block)
+                    warps = _bwd_num_warps(block, dtype) if one_pass else row_num_warps(block)
                     if kernel is _residual_layernorm_bwd_terms:
                         warps = TERMS_NUM_WARPS
                     if kernel is _residual_layernorm_bwd:
                         constexprs["ROWS"] = _bwd_rows(block, warps)
                     yield _variant(kernel, constexprs, t, warps, f"{t} {width}{extra}")
-        yield _variant(_residual_layernorm_bwd_sum, dict(BLOCK_P=PARTS_BLOCK_P, BLOCK_N=PARTS_BLOCK_N), t, 4,
-                       f"{t} partial sums")
+        yield sum_variant(t, SUM_TILE, f"{t} partial sums")  # the tile residual_layernorm_bwd launches
 
 
 # ============================================================================= op adapters

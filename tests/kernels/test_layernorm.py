@@ -212,7 +212,7 @@ def test_backward_launches_and_allocations(hidden, bias, monkeypatch):
     with _Launches(monkeypatch) as launches:
         L.residual_layernorm_bwd(dy, x, b, residual, weight, mean, rstd, 0.1, seed)
     wide = ["_residual_layernorm_bwd_terms"] if hidden > L.ONE_PASS_HIDDEN else []
-    assert [name for name, _ in launches.kernels] == wide + ["_residual_layernorm_bwd", "_residual_layernorm_bwd_sum"]
+    assert [name for name, _ in launches.kernels] == wide + ["_residual_layernorm_bwd", "sum_partials_kernel"]
     assert set(launches.aten) <= ALLOCATIONS | VIEWS, launches.aten
     assert sum(name in ALLOCATIONS for name in launches.aten) == 6 + len(wide)
 
