@@ -127,6 +127,19 @@ def keep_row(key, t_hi, row, col0, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def keep_rows(key, t_hi, rows, col0, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """:func:`keep_row` for a tile of rows: keep bits ``[ROWS, BLOCK]`` of columns ``col0 + arange(BLOCK)``
+    of the rows ``rows [ROWS, 1]``, bit for bit each row's, one Philox call per row and four columns."""
+    tl.static_assert(BLOCK % 4 == 0, "keep_rows: BLOCK must be a multiple of 4")
+    groups = col0 // 4 + tl.arange(0, BLOCK // 4)
+    w0, w1 = philox2x32(groups[None, :], rows, key)
+    r0, r1 = _halves(w0)
+    r2, r3 = _halves(w1)
+    # [rows, groups, word, half] -> (row, 4 * group + 2 * word + half), as keep_row lays out a row
+    return tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [ROWS, BLOCK]) >= t_hi
+
+
+@triton.jit
 def _tile_groups(first, BLOCK: tl.constexpr):
     """``g(x)`` of positions ``first + arange(BLOCK)`` as ``[BLOCK // 16, 8]`` (``first`` a multiple of 16)."""
     blocks = first // 16 + tl.arange(0, BLOCK // 16)

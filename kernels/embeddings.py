@@ -105,17 +105,6 @@ def _embeddings_fwd(
     tl.store(Rstd + token, rstd)
 
 
-@triton.jit
-def _keep_rows(key, t_hi, token, TOKENS: tl.constexpr, BLOCK_H: tl.constexpr):
-    """:func:`.dropout.keep_row` of a column of tokens ``[TOKENS, 1]``: keep bits ``[TOKENS, BLOCK_H]`` of
-    their columns ``0 .. BLOCK_H - 1``, bit for bit the forward's."""
-    w0, w1 = dropout.philox2x32(tl.arange(0, BLOCK_H // 4)[None, :], token, key)
-    r0, r1 = dropout._halves(w0)
-    r2, r3 = dropout._halves(w1)
-    # [token, group, word, half] -> (token, 4 * group + 2 * word + half), as keep_row lays out a row
-    return tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [TOKENS, BLOCK_H]) >= t_hi
-
-
 @triton.jit(do_not_specialize=["tokens", "word_rows", "pos_rows", "type_rows", "tokens_per_program"])
 def _embeddings_bwd(
     DY, InputIds, Embeds, PositionIds, TypeIds, Word, Pos, Types, Weight, Mean, Rstd, Seed, DS, DEmbeds,
@@ -145,7 +134,7 @@ def _embeddings_bwd(
         dln = tl.load(DY + token * hidden + cols, mask=mask, other=0.0).to(tl.float32)
         dln = tl.where(valid, dln, tl.full([TOKENS, BLOCK_H], float("nan"), tl.float32))  # bad id: NaN gradients
         if HAS_DROPOUT:
-            dln *= tl.where(_keep_rows(key, t_hi, token, TOKENS, BLOCK_H), 1.0 / (1.0 - dropout_p), 0.0)
+            dln *= tl.where(dropout.keep_rows(key, t_hi, token, 0, TOKENS, BLOCK_H), 1.0 / (1.0 - dropout_p), 0.0)
         dln = tl.where(live, dln, 0.0)
         wdy = tl.load(Weight + cols, mask=mask, other=0.0).to(tl.float32) * dln  # cached; fewer live registers
         # d LN / d s = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy * xhat)), per token

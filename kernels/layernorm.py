@@ -111,19 +111,6 @@ def _residual_layernorm_bwd_terms(
     tl.store(Terms + 2 * row + 1, tl.sum(sum_wdy, 0) / hidden)
 
 
-@triton.jit
-def _keep_rows(key, t_hi, rows, col0, ROWS: tl.constexpr, BLOCK: tl.constexpr):
-    """Keep bits ``[ROWS, BLOCK]`` of columns ``col0 + arange(BLOCK)`` of each row of ``rows [ROWS]``: the
-    bits of :func:`dropout.keep_row`, one Philox call per row and four columns, for a tile of rows."""
-    tl.static_assert(BLOCK % 4 == 0, "_keep_rows: BLOCK must be a multiple of 4")
-    groups = col0 // 4 + tl.arange(0, BLOCK // 4)
-    w0, w1 = dropout.philox2x32(groups[None, :], rows[:, None], key)
-    r0, r1 = dropout._halves(w0)
-    r2, r3 = dropout._halves(w1)
-    # [rows, groups, word, half] -> column 4 * group + 2 * word + half, as keep_row lays them out
-    return tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [ROWS, BLOCK]) >= t_hi
-
-
 @triton.jit(do_not_specialize=["rows", "rows_per_program"])  # one binary for any row count
 def _residual_layernorm_bwd(
     DY, X, Bias, Residual, Weight, Mean, Rstd, Seed, Terms, DX, DRes, DWeightPart, DBetaPart, DBiasPart,
@@ -162,7 +149,7 @@ def _residual_layernorm_bwd(
         if HAS_DROPOUT:
             # per step: hoisted, the key's ten round keys stay live and ptxas spills the wide pass on sm_100
             key, t_hi = dropout.key_and_threshold(Seed, dropout_p, HAS_DROPOUT)
-            scale = tl.where(_keep_rows(key, t_hi, row, col0, ROWS, BLOCK_H), 1.0 / (1.0 - dropout_p), 0.0)
+            scale = tl.where(dropout.keep_rows(key, t_hi, row[:, None], col0, ROWS, BLOCK_H), 1.0 / (1.0 - dropout_p), 0.0)
             h = h * scale
         s = h + tl.load(Residual + offsets, mask=tile_mask, other=0.0).to(tl.float32)
         rstd = tl.load(Rstd + row, mask=row_mask, other=0.0)[:, None]

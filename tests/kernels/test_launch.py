@@ -15,7 +15,7 @@ import triton
 from triton.runtime.jit import KernelInterface
 
 from conftest import DEVICE
-from fastbert.kernels import attention, embeddings, ffn, launch, layernorm
+from fastbert.kernels import attention, embeddings, ffn, launch, layernorm, qkv, rows
 
 
 # ============================================================================= device guard
@@ -59,7 +59,7 @@ def test_no_switch_when_the_inputs_device_is_current(monkeypatch):
     assert entered == []
 
 
-@pytest.mark.parametrize("module", [attention, embeddings, ffn, layernorm])
+@pytest.mark.parametrize("module", [attention, embeddings, ffn, layernorm, qkv, rows])
 def test_every_launcher_is_guarded(module):
     """Each public function of a kernel module that launches a kernel (``kernel[grid](...)`` or a tuned
     launch) goes through the device guard."""
