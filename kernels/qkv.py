@@ -159,6 +159,12 @@ def qkv_forward(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Optional[Tens
     dtype (view it as ``(tokens, 3, heads, head_dim)``), in one launch and without concatenating the
     weights. ``x`` may be strided (a unit inner stride is used as is, anything else is copied)."""
     check_inputs(x, wq, wk, wv, bq, bk, bv)
+    return _forward(x, wq, wk, wv, bq, bk, bv)
+
+
+def _forward(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Optional[Tensor], bk: Optional[Tensor],
+             bv: Optional[Tensor]) -> Tensor:
+    """:func:`qkv_forward` for checked inputs: unit inner strides, then one launch into a fresh output."""
     if x.stride(1) != 1 and x.shape[1] > 1:
         x = x.contiguous()
     wq, wk, wv = _weights(wq, wk, wv)
@@ -262,9 +268,4 @@ def _op_forward(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Optional[Tens
     if any(t.dtype not in KERNEL_DTYPES or t.dtype != x.dtype for t in tensors):
         reason = f"dtypes {sorted({str(t.dtype) for t in tensors})}"
         return torch_fallback("qkv", "fwd", reason)(x, wq, wk, wv, bq, bk, bv)
-    if x.stride(1) != 1 and x.shape[1] > 1:
-        x = x.contiguous()
-    wq, wk, wv = _weights(wq, wk, wv)
-    out = x.new_empty(x.shape[0], 3 * wq.shape[0])
-    _launch(x, wq, wk, wv, bq, bk, bv, out)
-    return out
+    return _forward(x, wq, wk, wv, bq, bk, bv)
