@@ -159,33 +159,28 @@ def qkv_forward(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Optional[Tens
     dtype (view it as ``(tokens, 3, heads, head_dim)``), in one launch and without concatenating the
     weights. ``x`` may be strided (a unit inner stride is used as is, anything else is copied)."""
     check_inputs(x, wq, wk, wv, bq, bk, bv)
-    return _forward(x, wq, wk, wv, bq, bk, bv)
-
-
-def _forward(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Optional[Tensor], bk: Optional[Tensor],
-             bv: Optional[Tensor]) -> Tensor:
-    """:func:`qkv_forward` for checked inputs: unit inner strides, then one launch into a fresh output."""
-    if x.stride(1) != 1 and x.shape[1] > 1:
-        x = x.contiguous()
-    wq, wk, wv = _weights(wq, wk, wv)
-    out = x.new_empty(x.shape[0], 3 * wq.shape[0])
-    _launch(x, wq, wk, wv, bq, bk, bv, out)
-    return out
+    return _launch(x, wq, wk, wv, bq, bk, bv)
 
 
 def _launch(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Optional[Tensor], bk: Optional[Tensor],
-            bv: Optional[Tensor], out: Tensor) -> None:
-    """``_qkv_fwd`` into ``out (tokens, 3 * hidden)`` contiguous, for checked inputs with unit inner strides
-    and one weight row stride (:func:`qkv_forward`)."""
+            bv: Optional[Tensor], out: Optional[Tensor] = None) -> Tensor:
+    """``_qkv_fwd`` for checked inputs into ``out (tokens, 3 * hidden)`` contiguous (a fresh one when None),
+    which it returns; ``x`` and the weights get unit inner strides and one weight row stride first."""
+    if x.stride(1) != 1 and x.shape[1] > 1:
+        x = x.contiguous()
+    wq, wk, wv = _weights(wq, wk, wv)
+    if out is None:
+        out = x.new_empty(x.shape[0], 3 * wq.shape[0])
     (M, K), H = x.shape, wq.shape[0]
     if not (M and H):
-        return
+        return out
     has_bias = bq is not None
     bq, bk, bv = (b.contiguous() for b in (bq, bk, bv)) if has_bias else (x, x, x)
     grid = lambda m: (triton.cdiv(M, m["BLOCK_M"]) * 3 * triton.cdiv(H, m["BLOCK_N"]),)  # noqa: E731
     _TUNED.launch(grid, x, wq, wk, wv, bq, bk, bv, out, M, H, K, x.stride(0), x.stride(1), wq.stride(0),
                   wq.stride(1), triton.next_power_of_2(M), device=x.device, HAS_BIAS=has_bias, GROUP_M=GROUP_M,
                   INPUT_PRECISION=input_precision(x.dtype, x.device), UPCAST=upcast(x.dtype))
+    return out
 
 
 def qkv_reference(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Optional[Tensor] = None,
@@ -268,4 +263,4 @@ def _op_forward(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Optional[Tens
     if any(t.dtype not in KERNEL_DTYPES or t.dtype != x.dtype for t in tensors):
         reason = f"dtypes {sorted({str(t.dtype) for t in tensors})}"
         return torch_fallback("qkv", "fwd", reason)(x, wq, wk, wv, bq, bk, bv)
-    return _forward(x, wq, wk, wv, bq, bk, bv)
+    return _launch(x, wq, wk, wv, bq, bk, bv)
