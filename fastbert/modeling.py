@@ -220,49 +220,85 @@ class BertLayer(hf.BertLayer):
         return self.output(self.intermediate(attention_output), attention_output), probs
 
 
-def _stack_inference_weights(encoder: nn.Module, hidden: Tensor) -> Optional[list]:
-    """The tensors :func:`fastbert.ops.encoder_inference` runs ``encoder``'s layers with, or None where the
-    stack must run module by module: under autograd, torch.compile, export or autocast, with dropout, and
-    wherever a module differs from fastbert's own (a subclass, a replaced or wrapped linear such as PEFT's
-    LoRA, a hook), so that whatever a user attached sees its call."""
-    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or ops.exporting()
-            or torch.is_autocast_enabled(hidden.device.type) or not _unhooked(encoder)):
+def _stack_weights(encoder: nn.Module, hidden: Tensor) -> Optional[list]:
+    """The tensors :func:`fastbert.ops.encoder_inference` (without autograd) or
+    :func:`fastbert.ops.encoder_training` (with it) runs ``encoder``'s layers with, or None where the stack
+    must run module by module: under torch.compile, export, autocast or gradient checkpointing, with
+    dropout in inference, and wherever a module differs from fastbert's own (a subclass, a replaced or
+    wrapped linear such as PEFT's LoRA, a hook), so that whatever a user attached sees its call.
+
+    Called on every forward: it reads the modules' own dicts (``_modules``, ``_parameters``) rather than
+    going through ``nn.Module.__getattr__``, a few microseconds a layer in all."""
+    if (torch.compiler.is_compiling() or ops.exporting() or torch.is_autocast_enabled(hidden.device.type)
+            or not _unhooked(encoder)):
         return None
-    weights = []
-    eps = encoder.layer[0].output.LayerNorm.eps if len(encoder.layer) else None
-    for layer in encoder.layer:
-        if not _layer_runs_as_its_tensors(layer, eps):
+    layers = encoder._modules["layer"]._modules.values()
+    if not layers:
+        return None
+    training = torch.is_grad_enabled()
+    weights, eps = [], None
+    for layer in layers:
+        parts = _layer_parts(layer, training)
+        if parts is None:
             return None
-        attention = layer.attention
-        for linear in (attention.self.query, attention.self.key, attention.self.value, attention.output.dense):
-            weights += [linear.weight, linear.bias]
-        weights += [attention.output.LayerNorm.weight, attention.output.LayerNorm.bias]
-        for linear in (layer.intermediate.dense, layer.output.dense):
-            weights += [linear.weight, linear.bias]
-        weights += [layer.output.LayerNorm.weight, layer.output.LayerNorm.bias]
-    if any(w is None or w.dtype != hidden.dtype or w.device != hidden.device for w in weights):
+        query, key, value, attention_dense, ln1, intermediate_dense, output_dense, ln2 = parts
+        if eps is None:
+            eps = ln1.eps
+        if ln1.eps != eps or ln2.eps != eps:
+            return None
+        for module in parts:
+            weights += (module._parameters["weight"], module._parameters["bias"])
+    dtype, device = hidden.dtype, hidden.device
+    if any(w is None or w.dtype != dtype or w.device != device for w in weights):
         return None
     return weights
 
 
-def _layer_runs_as_its_tensors(layer: nn.Module, eps: float) -> bool:
-    """Whether ``layer`` computes exactly what its tensors do in :func:`fastbert.ops.encoder_inference`:
-    fastbert's own unhooked modules with plain linears, no dropout, both LayerNorms at ``eps``."""
-    if type(layer) is not BertLayer or not _fusable_feed_forward(layer):
-        return False
-    attention = layer.attention
-    if (type(attention) is not BertAttention or type(attention.self) is not BertSelfAttention
-            or type(attention.output) is not BertSelfOutput):
-        return False
-    if not all(_unhooked(m) for m in (layer, attention, attention.self, attention.output)):
-        return False
-    if not all(_is_plain_linear(m) for m in (attention.self.query, attention.self.key, attention.self.value,
-                                              attention.output.dense)):
-        return False
-    dropouts = (attention.self.dropout, attention.output.dropout, layer.output.dropout)
-    if any(d.training and d.p > 0 for d in dropouts):
-        return False
-    return attention.output.LayerNorm.eps == eps and layer.output.LayerNorm.eps == eps
+def _layer_parts(layer: nn.Module, training: bool) -> Optional[tuple]:
+    """``layer``'s query, key, value, attention-output dense, LayerNorm 1, intermediate dense, output dense
+    and LayerNorm 2 where it computes exactly what these tensors do in the one-call stack: fastbert's own
+    unhooked modules with plain unhooked linears; in inference no dropout, in training no gradient
+    checkpointing (which must recompute the layer from its own call). None otherwise."""
+    if type(layer) is not BertLayer or _hooked(layer) or (training and layer.__dict__.get("gradient_checkpointing")):
+        return None
+    children = layer._modules
+    attention, intermediate, output = children["attention"], children["intermediate"], children["output"]
+    if type(attention) is not BertAttention or type(intermediate) is not BertIntermediate \
+            or type(output) is not BertOutput:
+        return None
+    self_attention, self_output = attention._modules["self"], attention._modules["output"]
+    if type(self_attention) is not BertSelfAttention or type(self_output) is not BertSelfOutput:
+        return None
+    a, so, i, o = self_attention._modules, self_output._modules, intermediate._modules, output._modules
+    linears = (a["query"], a["key"], a["value"], so["dense"], i["dense"], o["dense"])
+    if any(type(m) is not nn.Linear or _hooked(m) for m in linears) or any(
+            _hooked(m) for m in (attention, self_attention, self_output, intermediate, output)):
+        return None
+    if not training and any(d.training and d.p > 0 for d in (a["dropout"], so["dropout"], o["dropout"])):
+        return None
+    return (*linears[:4], so["LayerNorm"], linears[4], linears[5], o["LayerNorm"])
+
+
+def _hooked(module: nn.Module) -> bool:
+    """A hook on ``module`` itself (global hooks are checked once per call)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
+
+
+def _dropout_sites(layer: nn.Module) -> tuple:
+    """A layer's three dropout modules in the order its forward draws their seeds."""
+    return layer.attention.self.dropout, layer.attention.output.dropout, layer.output.dropout
+
+
+def _stack_dropout(encoder: nn.Module, device: torch.device) -> tuple[list, list]:
+    """Each layer's three dropout probabilities and seeds, drawn in the per-op path's order."""
+    dropout, seeds = [], []
+    for layer in encoder.layer:
+        for module in _dropout_sites(layer):
+            p, seed = _dropout_args(module, device)
+            dropout.append(p)
+            seeds.append(seed)
+    return dropout, seeds
 
 
 class BertEncoder(hf.BertEncoder):
@@ -273,11 +309,15 @@ class BertEncoder(hf.BertEncoder):
         runs on what it returns, so a hidden state it records is part of the graph.
         """
         if keep_input is None and not output_attentions and isinstance(attn, PackedAttention):
-            weights = _stack_inference_weights(self, hidden)
+            weights = _stack_weights(self, hidden)
             if weights is not None:
                 first = self.layer[0].attention
-                return ops.encoder_inference(hidden, attn.cu_seqlens, attn.max_seqlen, weights,
-                                             first.self.num_attention_heads, first.output.LayerNorm.eps), None
+                heads, eps = first.self.num_attention_heads, first.output.LayerNorm.eps
+                if not torch.is_grad_enabled():
+                    return ops.encoder_inference(hidden, attn.cu_seqlens, attn.max_seqlen, weights, heads, eps), None
+                dropout, seeds = _stack_dropout(self, hidden.device)
+                return ops.encoder_training(hidden, attn.cu_seqlens, attn.max_seqlen, weights, heads, eps, dropout,
+                                            seeds), None
         all_probs = [] if output_attentions else None
         for i, layer in enumerate(self.layer):
             if keep_input is not None:

@@ -30,7 +30,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from fastbert import routing, torch_ops
+from fastbert import encoder_stack, routing, torch_ops
 from fastbert.torch_ops import exporting
 from fastbert.validation import check_attention_inputs, check_embeddings_inputs
 
@@ -689,6 +689,14 @@ def embeddings(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], pos
 ENCODER_LAYER_TENSORS = torch_ops.ENCODER_LAYER_TENSORS
 
 
+def _check_stack_arguments(name: str, hidden: Tensor, weights: list, heads: int) -> None:
+    if len(weights) % ENCODER_LAYER_TENSORS:
+        raise ValueError(f"{name}: weights must hold {ENCODER_LAYER_TENSORS} tensors a layer, got {len(weights)}")
+    if hidden.dim() != 2 or hidden.shape[1] % heads:
+        raise ValueError(f"{name}: hidden must be (tokens, hidden) with hidden a multiple of heads={heads}, "
+                         f"got {tuple(hidden.shape)}")
+
+
 def encoder_inference(hidden: Tensor, cu_seqlens: Tensor, max_seqlen: int, weights: list, heads: int,
                       eps: float) -> Tensor:
     """Every layer of a post-LayerNorm BERT encoder on packed tokens, in eager inference: no dropout, no
@@ -707,12 +715,7 @@ def encoder_inference(hidden: Tensor, cu_seqlens: Tensor, max_seqlen: int, weigh
     Returns:
         ``(tokens, hidden)`` in hidden's dtype.
     """
-    if len(weights) % ENCODER_LAYER_TENSORS:
-        raise ValueError(f"encoder_inference: weights must hold {ENCODER_LAYER_TENSORS} tensors a layer, "
-                         f"got {len(weights)}")
-    if hidden.dim() != 2 or hidden.shape[1] % heads:
-        raise ValueError(f"encoder_inference: hidden must be (tokens, hidden) with hidden a multiple of heads={heads}, "
-                         f"got {tuple(hidden.shape)}")
+    _check_stack_arguments("encoder_inference", hidden, weights, heads)
     device, dtype = hidden.device, hidden.dtype
     attention_impl = _impl("attention", "fwd", device, dtype)
     if attention_impl is torch_ops.attention_fwd:
@@ -720,3 +723,64 @@ def encoder_inference(hidden: Tensor, cu_seqlens: Tensor, max_seqlen: int, weigh
     return torch_ops.layered_encoder_inference(
         hidden, cu_seqlens, max_seqlen, weights, heads, eps, _impl("qkv", "fwd", device, dtype), attention_impl,
         _impl("residual_layernorm", "fwd", device, dtype), _impl("ffn", "inference_fwd", device, dtype))
+
+
+# ============================================================================= the encoder stack in training
+def _implementations(device: torch.device, dtype: torch.dtype) -> encoder_stack.Implementations:
+    return encoder_stack.Implementations(
+        *(_impl(op, direction, device, dtype) for op in ("qkv", "attention", "residual_layernorm", "ffn")
+          for direction in ("fwd", "bwd")))
+
+
+_SAVED = len(encoder_stack.LayerSaved._fields)
+
+
+class _EncoderTraining(torch.autograd.Function):
+    """The whole stack as one autograd node: the per-op path's implementations and saved tensors, without a
+    node, a module call or a dispatcher pass per op."""
+
+    @staticmethod
+    def forward(ctx, hidden, cu_seqlens, max_seqlen, heads, eps, dropout, seeds, *weights):
+        impls = _implementations(hidden.device, hidden.dtype)
+        out, saved = encoder_stack.training_forward(impls, hidden, cu_seqlens, max_seqlen, weights, heads, eps,
+                                                    dropout, seeds)
+        ctx.save_for_backward(cu_seqlens, *weights, *(t for layer in saved for t in layer))
+        ctx.impls, ctx.layers, ctx.max_seqlen, ctx.dropout, ctx.seeds = impls, len(saved), max_seqlen, dropout, seeds
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        cu_seqlens, *tensors = ctx.saved_tensors
+        weights, rest = tensors[:len(tensors) - ctx.layers * _SAVED], tensors[len(tensors) - ctx.layers * _SAVED:]
+        saved = [encoder_stack.LayerSaved(*rest[i:i + _SAVED]) for i in range(0, len(rest), _SAVED)]
+        d_hidden, d_weights = encoder_stack.training_backward(
+            ctx.impls, grad.contiguous(), saved, cu_seqlens, ctx.max_seqlen, weights, ctx.dropout, ctx.seeds,
+            ctx.needs_input_grad[7:])
+        return (d_hidden, None, None, None, None, None, None, *d_weights)
+
+
+def encoder_training(hidden: Tensor, cu_seqlens: Tensor, max_seqlen: int, weights: list, heads: int, eps: float,
+                     dropout: list, seeds: list) -> Tensor:
+    """Every layer of a post-LayerNorm BERT encoder on packed tokens, in eager training: the calls and the
+    numbers of the per-op path (dropout included), with one autograd node for the stack instead of six a
+    layer, and one Python call instead of a dozen module and op calls a layer. Not for torch.compile or
+    export, which see the per-op path (the model does not call this there).
+
+    Args:
+        hidden: ``(tokens, hidden)``; cu_seqlens: int32 ``(batch + 1,)``; max_seqlen: the longest sequence.
+        weights: ``ENCODER_LAYER_TENSORS`` tensors a layer as :func:`encoder_inference`'s, in hidden's dtype.
+        heads: attention heads; eps: the LayerNorms' epsilon.
+        dropout: 3 probabilities a layer (attention probabilities, attention output, feed-forward output);
+        seeds: the matching int64 ``(1,)`` seed tensors, None where the probability is 0.
+    Returns:
+        ``(tokens, hidden)`` in hidden's dtype.
+    """
+    _check_stack_arguments("encoder_training", hidden, weights, heads)
+    layers = len(weights) // ENCODER_LAYER_TENSORS
+    sites = encoder_stack.SITES_PER_LAYER * layers
+    if len(dropout) != sites or len(seeds) != sites:
+        raise ValueError(f"encoder_training: dropout and seeds must hold {sites} entries ({layers} layers x "
+                         f"{encoder_stack.SITES_PER_LAYER} sites), got {len(dropout)} and {len(seeds)}")
+    if any(p > 0 and s is None for p, s in zip(dropout, seeds)):
+        raise ValueError("encoder_training: every site with a dropout probability above 0 needs a seed")
+    return _EncoderTraining.apply(hidden, cu_seqlens, max_seqlen, heads, eps, dropout, seeds, *weights)

@@ -19,9 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-_SQRT_HALF = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
 
 def _NO_GRAD(like: Tensor) -> Tensor:
     """Stand-in for "no gradient" in a custom op's tuple of outputs: an empty tensor."""
@@ -44,9 +41,21 @@ def dropout_keep_mask(shape, p: float, seed: Tensor, device: torch.device) -> Te
     """
     if exporting():
         return torch.rand(shape, device=device) >= p
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int(seed.reshape(-1)[0].item()))
+    generator = _generator(device)
+    generator.manual_seed(int(seed.item()))  # a (1,) tensor: one read, no view ops
     return torch.rand(shape, generator=generator, device=device) >= p
+
+
+_generators = threading.local()
+
+
+def _generator(device: torch.device) -> torch.Generator:
+    """This thread's generator for ``device``, reseeded by every mask (built once: a few microseconds)."""
+    cache = _generators.__dict__.setdefault("by_device", {})
+    generator = cache.get(device)
+    if generator is None:
+        generator = cache[device] = torch.Generator(device=device)
+    return generator
 
 
 def _apply_dropout(x: Tensor, p: float, seed: Tensor | None) -> Tensor:
@@ -62,12 +71,12 @@ def gelu(z: Tensor) -> Tensor:
     return F.gelu(z)
 
 
-def gelu_grad(z: Tensor) -> Tensor:
-    """d gelu(z) / dz = Phi(z) + z * phi(z), computed in fp32."""
-    z = z.float()
-    cdf = 0.5 * (1.0 + torch.erf(z * _SQRT_HALF))
-    pdf = torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
-    return cdf + z * pdf
+def gelu_backward(dy: Tensor, z: Tensor) -> Tensor:
+    """``dy * gelu'(z)`` with gelu'(z) = Phi(z) + z * phi(z), computed in fp32 (or float64), returned in
+    z's dtype: PyTorch's own GELU backward, one op."""
+    if z.dtype in (torch.float32, torch.float64) and dy.dtype == z.dtype:
+        return torch.ops.aten.gelu_backward(dy, z)
+    return torch.ops.aten.gelu_backward(dy.float(), z.float()).to(z.dtype)
 
 
 # ----------------------------------------------------------------------------- linear + GELU
@@ -87,7 +96,7 @@ def linear_gelu_bwd(dy: Tensor, x: Tensor, weight: Tensor, z: Tensor, has_bias: 
 
     Custom ops cannot return None: an absent gradient is an empty tensor (see :func:`_NO_GRAD`).
     """
-    dz = (dy.float() * gelu_grad(z)).to(x.dtype)
+    dz = gelu_backward(dy, z)
     dx = dz @ weight
     dweight = dz.t() @ x
     dbias = dz.sum(0, dtype=torch.float32).to(weight.dtype) if has_bias else _NO_GRAD(weight)
@@ -110,7 +119,7 @@ def ffn_inference_fwd(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor) -> T
 def ffn_bwd(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor, has_bias: bool, weight_grads: bool = True):
     """Gradients ``(dx, dw1, db1, dw2)`` of :func:`ffn_fwd` from the saved ``z``; ``db1`` is empty
     without a bias, and all three weight gradients are empty without ``weight_grads``."""
-    dz = ((dout @ w2).float() * gelu_grad(z)).to(x.dtype)
+    dz = gelu_backward(dout @ w2, z)
     if not weight_grads:
         return dz @ w1, _NO_GRAD(w1), _NO_GRAD(w1), _NO_GRAD(w2)
     dw2 = dout.t() @ gelu(z)
@@ -150,13 +159,18 @@ def residual_layernorm_fwd(x, bias, residual, weight, beta, eps: float, p: float
     """
     # Few fresh buffers: large allocations (page faults) cost as much as a pass over memory on the CPU.
     acc = _stats_dtype(x)
-    s = x.to(acc) + (bias.to(acc) if bias is not None else 0.0)
+    s = _as(x, acc) + _as(bias, acc) if bias is not None else x.to(acc, copy=True)
     if p > 0.0:
         s.mul_(dropout_keep_mask(s.shape, p, seed, s.device)).mul_(1.0 / (1.0 - p))
     s.add_(residual)
     # weight.shape, not s.shape: a jit trace (the TorchScript ONNX exporter) keeps a parameter's shape constant.
-    y, mean, rstd = torch.native_layer_norm(s, weight.shape, weight.to(acc), beta.to(acc), eps)
-    return y.to(x.dtype), mean.view(-1).float(), rstd.view(-1).float()
+    y, mean, rstd = torch.native_layer_norm(s, weight.shape, _as(weight, acc), _as(beta, acc), eps)
+    return _as(y, x.dtype), _as(mean.view(-1), torch.float32), _as(rstd.view(-1), torch.float32)
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype``: itself when it already is (no call at all: a no-op ``.to`` still costs a dispatch)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _stats_dtype(x: Tensor) -> torch.dtype:
@@ -168,20 +182,21 @@ def residual_layernorm_bwd(dy, x, bias, residual, weight, mean, rstd, p: float, 
     """Gradients ``(dx, dbias, dresidual, dweight, dbeta)``; the dropout mask is regenerated."""
     hidden = x.shape[-1]
     acc = _stats_dtype(x)
-    h = (x if bias is None else x + bias).to(acc)
+    h = _as(x if bias is None else x + bias, acc)
     keep_scale = None
     if p > 0.0:
         keep_scale = dropout_keep_mask(h.shape, p, seed, h.device) * (1.0 / (1.0 - p))
         h = h * keep_scale
-    s = h + residual.to(acc)
+    s = h + _as(residual, acc)
+    weight_acc = _as(weight, acc)
+    # The bias argument only lends dbeta its dtype: its values do not enter any gradient.
     ds, dweight, dbeta = torch.ops.aten.native_layer_norm_backward(
-        dy.to(acc), s, (hidden,), mean.view(-1, 1).to(acc), rstd.view(-1, 1).to(acc), weight.to(acc),
-        torch.zeros_like(weight, dtype=acc), [True, True, True],
+        _as(dy, acc), s, (hidden,), _as(mean.view(-1, 1), acc), _as(rstd.view(-1, 1), acc), weight_acc,
+        weight_acc, [True, True, True],
     )
     dh = ds.clone() if keep_scale is None else ds * keep_scale  # a custom op's outputs may not alias
-    dbias = dh.sum(0).to(bias.dtype) if bias is not None else _NO_GRAD(x)
-    return (dh.to(x.dtype), dbias, ds.to(residual.dtype), dweight.to(weight.dtype),
-            dbeta.to(weight.dtype))
+    dbias = _as(dh.sum(0), bias.dtype) if bias is not None else _NO_GRAD(x)
+    return (_as(dh, x.dtype), dbias, _as(ds, residual.dtype), _as(dweight, weight.dtype), _as(dbeta, weight.dtype))
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -263,7 +278,10 @@ class _PaddedLayout:
 
     def from_grid(self, x: Tensor) -> Tensor:
         """``(batch, heads, max_seqlen, ...)`` -> ``(total, heads, ...)``."""
-        rows = x.transpose(1, 2).reshape(self.batch * self.seqlen, *x.shape[1:2], *x.shape[3:])
+        return self.from_rows(x.transpose(1, 2).reshape(self.batch * self.seqlen, *x.shape[1:2], *x.shape[3:]))
+
+    def from_rows(self, rows: Tensor) -> Tensor:
+        """``(batch * max_seqlen, ...)`` grid rows -> the packed ``(total, ...)`` ones."""
         return rows if self.uniform else rows.index_select(0, self.slots)
 
     def additive_mask(self, dtype: torch.dtype) -> Tensor | None:
@@ -301,9 +319,9 @@ def _split_qkv(qkv: Tensor, layout: _PaddedLayout):
 
 
 def _scores(q: Tensor, k: Tensor, layout: _PaddedLayout, scale: float) -> Tensor:
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
-    mask = layout.additive_mask(torch.float32)
-    return scores if mask is None else scores + mask
+    scores = _as(torch.matmul(q, k.transpose(-1, -2)), _stats_dtype(q)).mul_(scale)
+    mask = layout.additive_mask(scores.dtype)
+    return scores if mask is None else scores.add_(mask)
 
 
 def attention_fwd(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, p: float, seed):
@@ -323,10 +341,10 @@ def attention_fwd(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, p: float, se
     else:
         scores = _scores(q, k, layout, scale)
         lse = torch.logsumexp(scores, dim=-1)
-        probs = torch.exp(scores - lse[..., None])
+        probs = scores.sub_(lse[..., None]).exp_()
         if p > 0.0:
-            probs = probs * dropout_keep_mask(probs.shape, p, seed, probs.device) * (1.0 / (1.0 - p))
-        out = torch.matmul(probs.to(v.dtype), v)
+            probs.mul_(dropout_keep_mask(probs.shape, p, seed, probs.device)).mul_(1.0 / (1.0 - p))
+        out = torch.matmul(_as(probs, v.dtype), v)
     # Rows that see no key (padding of an empty sequence) are never read; keep their lse finite.
     lse = torch.nan_to_num(lse.float(), neginf=0.0, posinf=0.0)
     return layout.from_grid(out), layout.from_grid(lse[..., None])[..., 0].t().contiguous()
@@ -341,25 +359,25 @@ def attention_bwd(dout, qkv, out, lse, cu_seqlens, max_seqlen: int, p: float, se
     scale = dim ** -0.5
     layout = _padded_layout(cu_seqlens, max_seqlen, total)
     q, k, v = _split_qkv(qkv, layout)
+    acc = _stats_dtype(qkv)
     do = layout.to_grid(dout)
-    delta = (do.float() * layout.to_grid(out).float()).sum(-1)
-    lse_grid = layout.to_grid(lse.t()[..., None])[..., 0]
-    # Padded query rows have dO = 0 and delta = 0, so zeroing their probabilities changes nothing real.
-    probs = torch.exp(_scores(q, k, layout, scale) - lse_grid[..., None])
-    if not layout.uniform:
-        probs = probs.masked_fill(~layout.key_valid[:, None, :, None], 0.0)
-    dprobs = torch.matmul(do, v.transpose(-1, -2)).float()
+    delta = (_as(dout, acc) * _as(out, acc)).sum(-1)  # (tokens, heads)
+    # Padded query rows have dO = 0 and delta = 0 (and finite scores): every gradient they feed is 0.
+    stats = layout.to_grid(torch.stack((_as(lse.t(), acc), delta), dim=-1))  # (batch, heads, seq, 2)
+    probs = _scores(q, k, layout, scale).sub_(stats[..., 0:1]).exp_()
+    dprobs = _as(torch.matmul(do, v.transpose(-1, -2)), acc)
     probs_dropped = probs
     if p > 0.0:
         keep_scale = dropout_keep_mask(probs.shape, p, seed, probs.device) * (1.0 / (1.0 - p))
         probs_dropped = probs * keep_scale
-        dprobs = dprobs * keep_scale
-    dscores = probs * (dprobs - delta[..., None])
-    dq = torch.matmul(dscores.to(q.dtype), k) * scale
-    dk = torch.matmul(dscores.transpose(-1, -2).to(q.dtype), q) * scale
-    dv = torch.matmul(probs_dropped.transpose(-1, -2).to(v.dtype), do)
-    dqkv = torch.stack([layout.from_grid(g) for g in (dq, dk, dv)], dim=1)
-    return dqkv.to(qkv.dtype)
+        dprobs.mul_(keep_scale)
+    dscores = _as(dprobs.sub_(stats[..., 1:2]).mul_(probs).mul_(scale), q.dtype)
+    dq = torch.matmul(dscores, k)
+    dk = torch.matmul(dscores.transpose(-1, -2), q)
+    dv = torch.matmul(_as(probs_dropped, v.dtype).transpose(-1, -2), do)
+    # (batch, 3, heads, seq, dim) -> packed (tokens, 3, heads, dim) in one copy and one gather.
+    grid = torch.stack((dq, dk, dv), dim=1).permute(0, 3, 1, 2, 4)
+    return _as(layout.from_rows(grid.reshape(layout.batch * layout.seqlen, 3, heads, dim)), qkv.dtype)
 
 
 # ----------------------------------------------------------------------------- the encoder stack in inference
