@@ -95,8 +95,9 @@ def training_backward(impls: Implementations, grad: Tensor, saved: list, cu_seql
         d_ffn, d_b2, d_attended, d_ln2_w, d_ln2_b = impls.layernorm_bwd(
             grad, s.ffn_out, b2, s.attended, ln2_w, s.mean2, s.rstd2, dropout[site + 2], seeds[site + 2])
         ffn_weight_grads = any(wanted[10:13])
-        d_from_ffn, d_w1, d_b1, d_w2 = impls.ffn_bwd(d_ffn, s.attended, w1, w2, s.z, True, ffn_weight_grads)
-        d_attended = d_attended.add_(d_from_ffn)
+        # The residual's gradient joins the FFN's input gradient inside its GEMM (one launch, not two).
+        d_attended, d_w1, d_b1, d_w2 = impls.ffn_bwd(d_ffn, s.attended, w1, w2, s.z, True, ffn_weight_grads,
+                                                     d_attended)
         d_projected, d_bo, d_hidden, d_ln1_w, d_ln1_b = impls.layernorm_bwd(
             d_attended, s.projected, bo, s.hidden, ln1_w, s.mean1, s.rstd1, dropout[site + 1], seeds[site + 1])
         d_context = d_projected @ wo
@@ -104,9 +105,8 @@ def training_backward(impls: Implementations, grad: Tensor, saved: list, cu_seql
         d_qkv = impls.attention_bwd(d_context.view(s.context.shape), s.qkv, s.context, s.lse, cu_seqlens,
                                     max_seqlen, dropout[site], seeds[site])
         qkv_weight_grads = any(wanted[0:6])
-        d_from_qkv, d_w, d_b = impls.qkv_bwd(d_qkv.reshape(rows, 3 * width), s.hidden, wq, wk, wv, True,
-                                             qkv_weight_grads)
-        grad = d_hidden.add_(d_from_qkv)
+        grad, d_w, d_b = impls.qkv_bwd(d_qkv.reshape(rows, 3 * width), s.hidden, wq, wk, wv, True,
+                                       qkv_weight_grads, d_hidden)
         d_wq, d_wk, d_wv = d_w.chunk(3) if qkv_weight_grads else (None, None, None)
         d_bq, d_bk, d_bv = d_b.chunk(3) if qkv_weight_grads else (None, None, None)
         if not ffn_weight_grads:

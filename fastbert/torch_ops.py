@@ -116,15 +116,23 @@ def ffn_inference_fwd(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor) -> T
     return F.linear(torch.ops.aten.gelu_(F.linear(x, w1, b1)), w2)
 
 
-def ffn_bwd(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor, has_bias: bool, weight_grads: bool = True):
+def ffn_bwd(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor, has_bias: bool, weight_grads: bool = True,
+            dx_into: Tensor | None = None):
     """Gradients ``(dx, dw1, db1, dw2)`` of :func:`ffn_fwd` from the saved ``z``; ``db1`` is empty
-    without a bias, and all three weight gradients are empty without ``weight_grads``."""
+    without a bias, and all three weight gradients are empty without ``weight_grads``. ``dx_into``
+    ``(tokens, hidden)``, when given, is added to ``dx`` by its GEMM (x's gradient from another op)."""
     dz = gelu_backward(dout @ w2, z)
+    dx = input_grad(dz, w1, dx_into)
     if not weight_grads:
-        return dz @ w1, _NO_GRAD(w1), _NO_GRAD(w1), _NO_GRAD(w2)
+        return dx, _NO_GRAD(w1), _NO_GRAD(w1), _NO_GRAD(w2)
     dw2 = dout.t() @ gelu(z)
     db1 = dz.sum(0, dtype=torch.float32).to(w1.dtype) if has_bias else _NO_GRAD(w1)
-    return dz @ w1, dz.t() @ x, db1, dw2
+    return dx, dz.t() @ x, db1, dw2
+
+
+def input_grad(dout: Tensor, weight: Tensor, dx_into: Tensor | None) -> Tensor:
+    """``dout @ weight``, plus ``dx_into`` in the same GEMM when given (one launch, not two)."""
+    return dout @ weight if dx_into is None else torch.addmm(dx_into, dout, weight)
 
 
 # ----------------------------------------------------------------------------- the q, k, v projection
@@ -137,18 +145,25 @@ def qkv_fwd(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Tensor | None, bk
 
 
 def qkv_bwd(dout: Tensor, x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, has_bias: bool,
-            weight_grads: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+            weight_grads: bool = True, dx_into: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``(dx, dw, db)`` of :func:`qkv_fwd` from ``dout (tokens, 3 * hidden)``: ``dw`` is one
     ``(3 * hidden, hidden_in)`` tensor and ``db`` one ``(3 * hidden,)`` (row blocks q, k, v), ``db`` empty
     without biases and both empty without ``weight_grads``. The weights' concatenation lives only for the
     ``dx`` GEMM: nothing of it is kept between forward and backward. Launches: the concatenation, one GEMM
-    for ``dx``, and with ``weight_grads`` one for ``dw`` and a column sum."""
+    for ``dx`` (adding ``dx_into``, x's gradient from another op, when given), and with ``weight_grads``
+    one for ``dw`` and a column sum."""
     dout = dout.reshape(x.shape[0], 3 * wq.shape[0])
-    dx = dout @ torch.cat((wq, wk, wv))
+    dx = input_grad(dout, torch.cat((wq, wk, wv)), dx_into)
     if not weight_grads:
         return dx, _NO_GRAD(wq), _NO_GRAD(wq)
-    db = dout.sum(0, dtype=torch.float32).to(wq.dtype) if has_bias else _NO_GRAD(wq)
-    return dx, dout.t() @ x, db
+    return (dx, *qkv_weight_grads(dout, x, has_bias))
+
+
+def qkv_weight_grads(dout: Tensor, x: Tensor, has_bias: bool) -> tuple[Tensor, Tensor]:
+    """``(dw (3 * hidden, hidden_in), db (3 * hidden,))`` from ``dout (tokens, 3 * hidden)``: one GEMM and a
+    column sum (``db`` empty without biases)."""
+    db = dout.sum(0, dtype=torch.float32).to(x.dtype) if has_bias else _NO_GRAD(x)
+    return dout.t() @ x, db
 
 
 # ----------------------------------------------------------------------------- residual + dropout + LayerNorm

@@ -28,6 +28,5 @@ if __name__ == "fastbert.kernels":
     register_triton("linear_gelu", fwd=ffn._linear_gelu_forward, inference_fwd=ffn._linear_gelu_inference_forward,
                     bwd=torch_ops.linear_gelu_bwd)
     register_aot("ffn", ffn.aot_variants)
-    # The q, k, v projection's backward is a concatenation, two plain GEMMs and a column sum: PyTorch's.
-    register_triton("qkv", fwd=qkv._op_forward, bwd=torch_ops.qkv_bwd)
+    register_triton("qkv", fwd=qkv._op_forward, bwd=qkv._op_backward)
     register_aot("qkv", qkv.aot_variants)

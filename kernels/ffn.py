@@ -28,6 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastbert.ops import torch_fallback
+from fastbert.torch_ops import input_grad
 from fastbert.routing import TENSOR_CORE_CAPABILITY
 
 from .gemm import GROUP_M, config, fits_shape, matmul, operand_kind, smem_bytes, tile, tile_start
@@ -229,10 +230,11 @@ def ffn_inference_fwd(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor) -
 
 
 @on_input_device
-def ffn_bwd(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor, has_bias: bool, weight_grads: bool = True):
+def ffn_bwd(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor, has_bias: bool, weight_grads: bool = True,
+            dx_into: Optional[Tensor] = None):
     """``(dx, dw1, db1, dw2)`` from the saved ``z``; ``db1`` is empty without a bias, the weight gradients
-    are empty (and not computed) without ``weight_grads``. The signature of
-    :func:`fastbert.torch_ops.ffn_bwd`.
+    are empty (and not computed) without ``weight_grads``; ``dx_into``, when given, is added to ``dx`` by
+    its GEMM. The signature of :func:`fastbert.torch_ops.ffn_bwd`.
 
     Besides ``dz`` the kernel writes ``gelu(z)`` (a ``tokens x intermediate`` temporary, freed after
     the ``dw2`` GEMM) only for the weight gradients."""
@@ -246,10 +248,10 @@ def ffn_bwd(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor, has_bias
                 w2.stride(0), w2.stride(1), _bucket(M), STORE_GELU=weight_grads,
                 INPUT_PRECISION=input_precision(x.dtype, x.device), dtype=x.dtype, device=x.device)
     if not weight_grads:
-        return dz @ w1, w1.new_empty(0), w1.new_empty(0), w2.new_empty(0)
+        return input_grad(dz, w1, dx_into), w1.new_empty(0), w1.new_empty(0), w2.new_empty(0)
     dw2 = dout.t() @ g
     del g  # before dx and dw1 are allocated
-    dx = dz @ w1
+    dx = input_grad(dz, w1, dx_into)
     dw1 = dz.t() @ x
     db1 = dz.sum(0, dtype=torch.float32).to(w1.dtype) if has_bias else w1.new_empty(0)
     return dx, dw1, db1, dw2
@@ -337,11 +339,11 @@ def _op_inference_forward(x, w1, b1, w2):
     return ffn_inference_fwd(x, w1, b1, w2)
 
 
-def _op_backward(dout, x, w1, w2, z, has_bias: bool, weight_grads: bool):
+def _op_backward(dout, x, w1, w2, z, has_bias: bool, weight_grads: bool, dx_into: Optional[Tensor] = None):
     reason = _unsupported(x, w1, w2)
     if reason:
-        return torch_fallback("ffn", "bwd", reason)(dout, x, w1, w2, z, has_bias, weight_grads)
-    return ffn_bwd(dout, x, w1, w2, z, has_bias, weight_grads)
+        return torch_fallback("ffn", "bwd", reason)(dout, x, w1, w2, z, has_bias, weight_grads, dx_into)
+    return ffn_bwd(dout, x, w1, w2, z, has_bias, weight_grads, dx_into)
 
 
 def _check_linear(x, weight, bias) -> None:

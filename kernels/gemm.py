@@ -36,10 +36,19 @@ def tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constex
 def matmul(A, B, rows, cols, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
             BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """fp32 ``A[rows, :] @ B[:, cols]``; rows are 64-bit offsets."""
+    acc = tl.zeros([rows.shape[0], cols.shape[0]], tl.float32)
+    return matmul_into(acc, A, B, rows, cols, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, BLOCK_K,
+                       INPUT_PRECISION, UPCAST)
+
+
+@triton.jit
+def matmul_into(acc, A, B, rows, cols, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+                BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """``acc + A[rows, :] @ B[:, cols]`` in fp32, accumulating in ``acc`` itself (one accumulator live, where
+    ``acc + matmul(...)`` would hold two)."""
     ks = tl.arange(0, BLOCK_K)
     a_ptrs = A + rows[:, None].to(tl.int64) * stride_am + ks[None, :] * stride_ak
     b_ptrs = B + ks[:, None].to(tl.int64) * stride_bk + cols[None, :] * stride_bn
-    acc = tl.zeros([rows.shape[0], cols.shape[0]], tl.float32)
     for k in range(0, K, BLOCK_K):
         a = tl.load(a_ptrs, mask=(rows[:, None] < M) & (ks[None, :] < K - k), other=0.0)
         b = tl.load(b_ptrs, mask=(ks[:, None] < K - k) & (cols[None, :] < N), other=0.0)

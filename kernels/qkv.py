@@ -15,8 +15,12 @@ launches two concatenations and a GEMM, and autograd keeps no ``(3 * hidden, hid
 weights for backward (the parameters themselves are saved). The stacked weight cannot be cached: fused
 AdamW updates the parameters in place without bumping their version counters.
 
-Backward (:func:`qkv_backward`) is PyTorch: a transient ``torch.cat`` of the weights for ``dx``, one
-``(3 * hidden, hidden_in)`` weight-gradient GEMM returned as three row-block views, and one column sum.
+- ``_qkv_bwd_dx``: ``dX = dOut[:, :H] @ Wq + dOut[:, H:2H] @ Wk + dOut[:, 2H:] @ Wv`` (plus, when given,
+  another op's gradient of x, added in the epilogue): one GEMM whose K loop walks the three weights where
+  they are, so backward concatenates no weights either.
+
+The weight gradients (:func:`qkv_bwd`) are PyTorch's: one ``(3 * hidden, hidden_in)`` GEMM returned as
+three row-block views, and one column sum.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from fastbert import torch_ops
 from fastbert.ops import torch_fallback
 from fastbert.routing import TENSOR_CORE_CAPABILITY
 
-from .gemm import GROUP_M, config, fits_shape, matmul, operand_kind, smem_bytes, tile_start
+from .gemm import GROUP_M, config, fits_shape, matmul, matmul_into, operand_kind, smem_bytes, tile, tile_start
 from .launch import TunedKernel, cast_rne, device_arch, device_smem_limit, fitting, input_precision, on_input_device, \
     smem_limit, upcast
 
@@ -63,6 +67,30 @@ def _qkv_fwd(
     offsets = rows[:, None].to(tl.int64) * (3 * H) + (part * H + cols)[None, :]
     mask = (rows[:, None] < M) & (cols[None, :] < H)
     tl.store(Out + offsets, cast_rne(acc, Out.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["M", "M_BUCKET"])
+def _qkv_bwd_dx(
+    DOut, Wq, Wk, Wv, Into, DX, M, H, K, stride_dm, stride_wn, stride_wk, M_BUCKET,
+    HAS_INTO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """``DX = sum_p DOut[:, p*H:(p+1)*H] @ W_p (+ Into)`` over the parts ``p`` = q, k, v: ``DOut (M, 3H)``
+    with a unit inner stride, each ``W_p (H, K)`` (one pair of strides for the three), ``Into`` and ``DX``
+    ``(M, K)`` contiguous. Grid ``(cdiv(M, BLOCK_M) * cdiv(K, BLOCK_N),)``."""
+    rows, cols = tile(M, K, BLOCK_M, BLOCK_N, GROUP_M)
+    # Each part is a GEMM over H with W_p as the (H, K) right operand: its rows are the reduction.
+    acc = matmul(DOut, Wq, rows, cols, M, K, H, stride_dm, 1, stride_wn, stride_wk, BLOCK_K, INPUT_PRECISION,
+                 UPCAST)
+    acc = matmul_into(acc, DOut + H, Wk, rows, cols, M, K, H, stride_dm, 1, stride_wn, stride_wk, BLOCK_K,
+                      INPUT_PRECISION, UPCAST)
+    acc = matmul_into(acc, DOut + 2 * H, Wv, rows, cols, M, K, H, stride_dm, 1, stride_wn, stride_wk, BLOCK_K,
+                      INPUT_PRECISION, UPCAST)
+    offsets = rows[:, None].to(tl.int64) * K + cols[None, :]
+    mask = (rows[:, None] < M) & (cols[None, :] < K)
+    if HAS_INTO:
+        acc += tl.load(Into + offsets, mask=mask, other=0.0).to(tl.float32)
+    tl.store(DX + offsets, cast_rne(acc, DX.dtype.element_ty), mask=mask)
 
 
 # ============================================================================= tiles and autotuning
@@ -101,9 +129,18 @@ def _allowed(named_args, meta):
     return [c for c in proven if fits_shape(c, named_args["M_BUCKET"], named_args["H"])] or proven[:1]
 
 
+def _allowed_dx(named_args, meta):
+    """As :func:`_allowed`, for dX's ``(tokens, hidden_in)`` output."""
+    dx = named_args["DX"]
+    proven = tile_configs(dx.dtype, meta["INPUT_PRECISION"], device_smem_limit(dx.device), device_arch(dx.device))
+    return [c for c in proven if fits_shape(c, named_args["M_BUCKET"], named_args["K"])] or proven[:1]
+
+
 _ALL_CONFIGS = [config(t) for t in sorted({t for table in _TILES.values() for t in table})]
 # M_BUCKET (next power of two of the token count M) keys the tuning instead of the token count itself.
 _TUNED = TunedKernel(_qkv_fwd, _ALL_CONFIGS, ("M_BUCKET", "H", "K", "INPUT_PRECISION"), _allowed)
+_TUNED_DX = TunedKernel(_qkv_bwd_dx, _ALL_CONFIGS, ("M_BUCKET", "H", "K", "INPUT_PRECISION", "HAS_INTO"),
+                        _allowed_dx)
 
 
 # ============================================================================= checks and launchers
@@ -190,15 +227,42 @@ def qkv_reference(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Optional[Te
     return torch.nn.functional.linear(x, torch.cat([wq, wk, wv]), bias)
 
 
+@on_input_device
+def qkv_bwd(dout: Tensor, x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, has_bias: bool, weight_grads: bool = True,
+            dx_into: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dx, dw, db)`` of :func:`qkv_forward` from ``dout (tokens, 3 * hidden)``, with the signature of
+    :func:`fastbert.torch_ops.qkv_bwd`: ``dx`` from ``_qkv_bwd_dx`` (the three weights read where they are,
+    ``dx_into`` added when given), ``dw (3 * hidden, hidden_in)`` and ``db (3 * hidden,)`` PyTorch's (both
+    empty without ``weight_grads``, ``db`` without a bias). Inputs as the forward's, checked."""
+    (M, K), H = x.shape, wq.shape[0]
+    dout = dout.reshape(M, 3 * H)
+    if dout.stride(1) != 1 and dout.shape[1] > 1:
+        dout = dout.contiguous()
+    wq, wk, wv = _weights(wq, wk, wv)
+    into = dx_into is not None and dx_into.dtype == x.dtype and dx_into.is_contiguous()
+    dx = x.new_empty(M, K)
+    if M and K:
+        grid = lambda m: (triton.cdiv(M, m["BLOCK_M"]) * triton.cdiv(K, m["BLOCK_N"]),)  # noqa: E731
+        _TUNED_DX.launch(grid, dout, wq, wk, wv, dx_into if into else dx, dx, M, H, K, dout.stride(0),
+                         wq.stride(0), wq.stride(1), triton.next_power_of_2(M), device=x.device, HAS_INTO=into,
+                         GROUP_M=GROUP_M, INPUT_PRECISION=input_precision(x.dtype, x.device),
+                         UPCAST=upcast(x.dtype))
+    if dx_into is not None and not into:
+        dx += dx_into
+    if not weight_grads:
+        return dx, wq.new_empty(0), wq.new_empty(0)
+    return (dx, *torch_ops.qkv_weight_grads(dout, x, has_bias))
+
+
 def qkv_backward(dout: Tensor, x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor,
                  has_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(dx, dwq, dwk, dwv, db)`` of :func:`qkv_forward` from ``dout (tokens, 3 * hidden)`` (or any view of
-    that many elements per token, e.g. ``(tokens, 3, heads, head_dim)``), in PyTorch
-    (:func:`fastbert.torch_ops.qkv_bwd`: the concatenated weights live only for the ``dx`` GEMM; the
-    weight gradients are row blocks (views) of one GEMM; ``db`` is one ``(3 * hidden,)`` tensor, its
-    ``hidden``-long blocks the gradients of bq, bk, bv, and empty without a bias).
+    that many elements per token, e.g. ``(tokens, 3, heads, head_dim)``): ``dx`` from ``_qkv_bwd_dx``, the
+    weight gradients row blocks (views) of one GEMM, ``db`` one ``(3 * hidden,)`` tensor whose
+    ``hidden``-long blocks are the gradients of bq, bk, bv (empty without a bias).
     """
-    dx, dw, db = torch_ops.qkv_bwd(dout, x, wq, wk, wv, has_bias)
+    check_inputs(x, wq, wk, wv, None, None, None)
+    dx, dw, db = qkv_bwd(dout, x, wq, wk, wv, has_bias)
     H = wq.shape[0]
     return dx, dw[:H], dw[H:2 * H], dw[2 * H:], db
 
@@ -229,6 +293,7 @@ _TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "
 _UNIT_STRIDES = ("stride_xk", "stride_wk")
 _INTS = ("M", "H", "K", "M_BUCKET")
 _ALIGNED_INTS = ("H", "K", "stride_xm", "stride_wn")
+_ALIGNED_INTS_DX = ("H", "K", "stride_dm", "stride_wn")
 
 
 def aot_variants(arch: int):
@@ -251,6 +316,14 @@ def aot_variants(arch: int):
                 label = "{} fwd M{BLOCK_M} N{BLOCK_N} K{BLOCK_K}".format(name, **config.kwargs)
                 yield AotVariant(_qkv_fwd, signature, constexprs, config.num_warps, config.num_stages, label,
                                  aligned, tensor_cores=precision != "ieee")
+                constexprs = dict(config.kwargs, GROUP_M=GROUP_M, INPUT_PRECISION=precision, UPCAST=False,
+                                  HAS_INTO=True, stride_wk=1)
+                signature = signature_of(_qkv_bwd_dx, constexprs, t, ints=_INTS)
+                aligned = tuple(n for n in _qkv_bwd_dx.arg_names
+                                if signature[n].startswith("*") or n in _ALIGNED_INTS_DX)
+                label = "{} bwd-dx M{BLOCK_M} N{BLOCK_N} K{BLOCK_K}".format(name, **config.kwargs)
+                yield AotVariant(_qkv_bwd_dx, signature, constexprs, config.num_warps, config.num_stages, label,
+                                 aligned, tensor_cores=precision != "ieee")
 
 
 # ============================================================================= op adapter
@@ -264,3 +337,15 @@ def _op_forward(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Optional[Tens
         reason = f"dtypes {sorted({str(t.dtype) for t in tensors})}"
         return torch_fallback("qkv", "fwd", reason)(x, wq, wk, wv, bq, bk, bv)
     return _launch(x, wq, wk, wv, bq, bk, bv)
+
+
+@on_input_device
+def _op_backward(dout: Tensor, x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, has_bias: bool, weight_grads: bool,
+                 dx_into: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``fastbert.ops`` adapter of :func:`qkv_bwd`, or PyTorch's implementation for dtypes the kernel does
+    not take."""
+    tensors = (dout, x, wq, wk, wv)
+    if any(t.dtype not in KERNEL_DTYPES or t.dtype != x.dtype for t in tensors):
+        reason = f"dtypes {sorted({str(t.dtype) for t in tensors})}"
+        return torch_fallback("qkv", "bwd", reason)(dout, x, wq, wk, wv, has_bias, weight_grads, dx_into)
+    return qkv_bwd(dout, x, wq, wk, wv, has_bias, weight_grads, dx_into)

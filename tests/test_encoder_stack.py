@@ -67,9 +67,12 @@ def test_with_dropout_the_one_call_path_gives_the_per_op_paths_numbers(backend, 
     handle.remove()
     assert len(calls) == 1
     assert torch.equal(one_call, per_op)
+    # The residual gradients join in other orders (inside the input-gradient GEMMs): rounding apart, on the
+    # model's gradient scale (the key bias's gradient is zero in exact arithmetic, rounding noise on both).
     tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    scale = max(float(g.abs().max()) for g in per_op_grads)
     for got, want in zip(one_call_grads, per_op_grads):
-        torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance)
+        torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance * scale)
     # Dropout did act: another seed gives other outputs.
     assert not torch.equal(one_call, _seeded_run(model, ids, types, mask, upstream, seed=8)[0])
 

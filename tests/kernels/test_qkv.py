@@ -161,6 +161,39 @@ def test_backward_returns_views_of_one_weight_gradient():
     assert Q.qkv_backward(dout, x, wq, wk, wv, False)[4].numel() == 0
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("tokens, hidden, hidden_in", [(1, 32, 32), (7, 40, 24), (65, 96, 96), (129, 32, 72)])
+def test_dx_kernel_matches_float64_and_adds_another_gradient(tokens, hidden, hidden_in, dtype):
+    """``_qkv_bwd_dx`` reads the three weights where they are (no concatenation), with and without the
+    gradient it is asked to add (``dx_into``), into NaN-poisoned memory."""
+    x, wq, wk, wv, *_ = _inputs(tokens, hidden, dtype, seed=tokens + hidden_in, hidden_in=hidden_in)
+    gen = torch.Generator().manual_seed(tokens)
+    dout = torch.randn(tokens, 3 * hidden, generator=gen).to(DEVICE, dtype)
+    into = torch.randn(tokens, hidden_in, generator=gen).to(DEVICE, dtype)
+    w = torch.cat((wq, wk, wv))
+    for extra in (None, into):
+        torch.empty(4 * tokens * max(hidden, hidden_in), device=DEVICE, dtype=dtype).fill_(float("nan"))
+        dx, dw, db = Q.qkv_bwd(dout, x, wq, wk, wv, True, dx_into=extra)
+        exact = dout.double() @ w.double() + (0 if extra is None else extra.double())
+        theirs = dout @ w if extra is None else torch.addmm(extra, dout, w)
+        assert dx.shape == (tokens, hidden_in) and dx.dtype == dtype
+        what = f"dx {dtype} {tokens}x{hidden}->{hidden_in} into={extra is not None}"
+        if dtype == torch.float32:
+            assert max_err(dx, exact) <= 2e-5 * max(1.0, exact.abs().max().item()), what
+        else:
+            assert_lowp_error(dx, theirs, exact, what)
+    assert torch.equal(dw, dout.t() @ x) and db.shape == (3 * hidden,)
+
+
+def test_dx_kernel_adds_a_gradient_it_cannot_read_in_place_afterwards():
+    """A ``dx_into`` of another dtype or layout is added after the kernel: the same sum."""
+    x, wq, wk, wv, *_ = _inputs(7, 40, torch.float32)
+    dout = torch.randn(7, 120, device=DEVICE)
+    into = torch.randn(40, 7, device=DEVICE).t()  # not contiguous
+    dx = Q.qkv_bwd(dout, x, wq, wk, wv, False, weight_grads=False, dx_into=into)[0]
+    torch.testing.assert_close(dx, dout @ torch.cat((wq, wk, wv)) + into, rtol=1e-5, atol=1e-5)
+
+
 def test_autograd_saves_no_stacked_weight():
     """What autograd keeps between forward and backward: x and the three parameters themselves."""
     x, wq, wk, wv, bq, bk, bv = (t.requires_grad_() for t in _inputs(7, 40, torch.float32))
@@ -202,9 +235,14 @@ def test_aot_variants_cover_the_tile_tables():
     expected = sum(len(Q.tile_configs(dtype, precision, SMEM_LIMITS[80], 80))
                    for dtype, precision in ((torch.float16, "tf32"), (torch.bfloat16, "tf32"),
                                             (torch.float32, "ieee"), (torch.float32, "tf32")))
-    assert len(variants) == expected == len({(v.label, v.num_warps, v.num_stages) for v in variants})
+    # Each tile twice: the forward and the backward's dX GEMM.
+    assert len(variants) == 2 * expected == len({(v.label, v.num_warps, v.num_stages) for v in variants})
     assert all(v.tensor_cores == ("ieee" not in v.label) for v in variants)
-    assert all(v.constexprs["HAS_BIAS"] and "H" in v.divisible_by_16 for v in variants)
+    forward = [v for v in variants if " fwd " in v.label]
+    dx = [v for v in variants if " bwd-dx " in v.label]
+    assert len(forward) == len(dx) == expected
+    assert all(v.constexprs["HAS_BIAS"] and "H" in v.divisible_by_16 for v in forward)
+    assert all(v.constexprs["HAS_INTO"] and "K" in v.divisible_by_16 for v in dx)
 
 
 # ============================================================================= the op (fastbert.ops.qkv)
