@@ -156,14 +156,8 @@ def qkv_bwd(dout: Tensor, x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, has_bia
     dx = input_grad(dout, torch.cat((wq, wk, wv)), dx_into)
     if not weight_grads:
         return dx, _NO_GRAD(wq), _NO_GRAD(wq)
-    return (dx, *qkv_weight_grads(dout, x, has_bias))
-
-
-def qkv_weight_grads(dout: Tensor, x: Tensor, has_bias: bool) -> tuple[Tensor, Tensor]:
-    """``(dw (3 * hidden, hidden_in), db (3 * hidden,))`` from ``dout (tokens, 3 * hidden)``: one GEMM and a
-    column sum (``db`` empty without biases)."""
-    db = dout.sum(0, dtype=torch.float32).to(x.dtype) if has_bias else _NO_GRAD(x)
-    return dout.t() @ x, db
+    db = dout.sum(0, dtype=torch.float32).to(wq.dtype) if has_bias else _NO_GRAD(wq)
+    return dx, dout.t() @ x, db
 
 
 # ----------------------------------------------------------------------------- residual + dropout + LayerNorm

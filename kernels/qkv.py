@@ -19,8 +19,10 @@ AdamW updates the parameters in place without bumping their version counters.
   another op's gradient of x, added in the epilogue): one GEMM whose K loop walks the three weights where
   they are, so backward concatenates no weights either.
 
-The weight gradients (:func:`qkv_bwd`) are PyTorch's: one ``(3 * hidden, hidden_in)`` GEMM returned as
-three row-block views, and one column sum.
+  The same launch sums dOut's columns for the biases' gradient, in programs past the GEMM's tiles.
+
+The weights' gradient (:func:`qkv_bwd`) is one PyTorch ``(3 * hidden, hidden_in)`` GEMM, returned as three
+row-block views.
 """
 
 from __future__ import annotations
@@ -71,13 +73,29 @@ def _qkv_fwd(
 
 @triton.jit(do_not_specialize=["M", "M_BUCKET"])
 def _qkv_bwd_dx(
-    DOut, Wq, Wk, Wv, Into, DX, M, H, K, stride_dm, stride_wn, stride_wk, M_BUCKET,
-    HAS_INTO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    DOut, Wq, Wk, Wv, Into, DX, DB, M, H, K, stride_dm, stride_wn, stride_wk, M_BUCKET,
+    HAS_INTO: tl.constexpr, HAS_DB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """``DX = sum_p DOut[:, p*H:(p+1)*H] @ W_p (+ Into)`` over the parts ``p`` = q, k, v: ``DOut (M, 3H)``
     with a unit inner stride, each ``W_p (H, K)`` (one pair of strides for the three), ``Into`` and ``DX``
-    ``(M, K)`` contiguous. Grid ``(cdiv(M, BLOCK_M) * cdiv(K, BLOCK_N),)``."""
+    ``(M, K)`` contiguous; with ``HAS_DB`` also the biases' gradient ``DB (3H,)``, the column sums of DOut.
+    Grid ``(cdiv(M, BLOCK_M) * cdiv(K, BLOCK_N) + (cdiv(3H, BLOCK_N) if HAS_DB else 0),)``: the programs
+    past the GEMM's tiles each sum one block of DOut's columns over every row, in a fixed order (no
+    atomics: deterministic), in the same launch."""
+    gemm_programs = tl.cdiv(M, BLOCK_M) * tl.cdiv(K, BLOCK_N)
+    if HAS_DB and tl.program_id(0) >= gemm_programs:
+        _column_sums(DOut, DB, tl.program_id(0) - gemm_programs, M, 3 * H, stride_dm, BLOCK_N)
+    else:
+        _dx_tile(DOut, Wq, Wk, Wv, Into, DX, M, H, K, stride_dm, stride_wn, stride_wk, HAS_INTO, BLOCK_M, BLOCK_N,
+                 BLOCK_K, GROUP_M, INPUT_PRECISION, UPCAST)
+
+
+@triton.jit
+def _dx_tile(DOut, Wq, Wk, Wv, Into, DX, M, H, K, stride_dm, stride_wn, stride_wk, HAS_INTO: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+             INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """One ``(BLOCK_M, BLOCK_N)`` tile of :func:`_qkv_bwd_dx`'s DX."""
     rows, cols = tile(M, K, BLOCK_M, BLOCK_N, GROUP_M)
     # Each part is a GEMM over H with W_p as the (H, K) right operand: its rows are the reduction.
     acc = matmul(DOut, Wq, rows, cols, M, K, H, stride_dm, 1, stride_wn, stride_wk, BLOCK_K, INPUT_PRECISION,
@@ -93,11 +111,26 @@ def _qkv_bwd_dx(
     tl.store(DX + offsets, cast_rne(acc, DX.dtype.element_ty), mask=mask)
 
 
+_SUM_ROWS = 16  # rows a column-sum program adds per step: a small tile, so the branch adds no registers
+
+
+@triton.jit
+def _column_sums(A, Out, block, M, N, stride_am, BLOCK_N: tl.constexpr, ROWS: tl.constexpr = _SUM_ROWS):
+    """``Out[cols] = sum over rows of A[:, cols]`` (fp32) for column block ``block`` of ``A (M, N)``."""
+    cols = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.arange(0, ROWS)
+    acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
+    for m in range(0, M, ROWS):
+        ptrs = A + (m + rows)[:, None].to(tl.int64) * stride_am + cols[None, :]
+        acc += tl.load(ptrs, mask=((m + rows)[:, None] < M) & (cols[None, :] < N), other=0.0).to(tl.float32)
+    tl.store(Out + cols, cast_rne(tl.sum(acc, axis=0), Out.dtype.element_ty), mask=cols < N)
+
+
 # ============================================================================= tiles and autotuning
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) per operand kind; the first is the default (interpreter,
 # deterministic mode). The tiles of kernels/ffn.py's forward (this kernel is its K loop with a bias
-# epilogue and no GELU); every entry compiles without spills on sm_80 and sm_90 (fastbert check-kernels)
-# except those listed in _SPILLS.
+# epilogue and no GELU), for the forward and the backward's dX alike; every entry compiles without spills
+# on sm_80 and sm_90 (fastbert check-kernels) except those listed in _SPILLS.
 _TILES = {
     "16bit": [(128, 128, 64, 8, 3), (128, 128, 32, 8, 4), (128, 64, 64, 8, 3), (64, 128, 64, 4, 3),
               (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4), (32, 64, 32, 4, 4)],
@@ -105,17 +138,18 @@ _TILES = {
              (64, 64, 32, 8, 3)],
     "ieee": [(64, 64, 32, 8, 2), (32, 64, 32, 4, 2), (64, 32, 32, 4, 2), (32, 32, 32, 4, 2)],
 }
-# operands -> {tile: the archs it spills on (None: all)}.
-_SPILLS: dict = {}
+# kernel -> operands -> {tile: the archs it spills on (None: all)}; measured with triton 3.9 (a few bytes
+# each: dX's three K loops and its column-sum branch).
+_SPILLS: dict = {"fwd": {}, "dx": {"ieee": {(64, 64, 32, 8, 2): (80,)}, "tf32": {(128, 128, 32, 8, 3): (80,)}}}
 
 
 def tile_configs(dtype: torch.dtype, precision: str, limit: Optional[int] = None,
-                 arch: Optional[int] = None) -> tuple:
-    """The launch configs of ``_qkv_fwd`` for a dtype and ``tl.dot``'s input precision (which only
-    matters for fp32), default first, less those that spill on ``arch`` (on any, when None); with
-    ``limit`` (bytes of shared memory) only those that fit it."""
+                 arch: Optional[int] = None, kernel: str = "fwd") -> tuple:
+    """The launch configs of ``_qkv_fwd`` (``kernel="fwd"``) or ``_qkv_bwd_dx`` (``"dx"``) for a dtype and
+    ``tl.dot``'s input precision (which only matters for fp32), default first, less those that spill on
+    ``arch`` (on any, when None); with ``limit`` (bytes of shared memory) only those that fit it."""
     operands = operand_kind(dtype, precision)
-    spilling = {tile for tile, archs in _SPILLS.get(operands, {}).items()
+    spilling = {tile for tile, archs in _SPILLS[kernel].get(operands, {}).items()
                 if archs is None or arch is None or arch in archs}
     configs = [config(t) for t in _TILES[operands] if t not in spilling]
     return tuple(fitting(configs, lambda c: smem_bytes(c, dtype), limit))
@@ -132,15 +166,16 @@ def _allowed(named_args, meta):
 def _allowed_dx(named_args, meta):
     """As :func:`_allowed`, for dX's ``(tokens, hidden_in)`` output."""
     dx = named_args["DX"]
-    proven = tile_configs(dx.dtype, meta["INPUT_PRECISION"], device_smem_limit(dx.device), device_arch(dx.device))
+    proven = tile_configs(dx.dtype, meta["INPUT_PRECISION"], device_smem_limit(dx.device), device_arch(dx.device),
+                          kernel="dx")
     return [c for c in proven if fits_shape(c, named_args["M_BUCKET"], named_args["K"])] or proven[:1]
 
 
 _ALL_CONFIGS = [config(t) for t in sorted({t for table in _TILES.values() for t in table})]
 # M_BUCKET (next power of two of the token count M) keys the tuning instead of the token count itself.
 _TUNED = TunedKernel(_qkv_fwd, _ALL_CONFIGS, ("M_BUCKET", "H", "K", "INPUT_PRECISION"), _allowed)
-_TUNED_DX = TunedKernel(_qkv_bwd_dx, _ALL_CONFIGS, ("M_BUCKET", "H", "K", "INPUT_PRECISION", "HAS_INTO"),
-                        _allowed_dx)
+_TUNED_DX = TunedKernel(_qkv_bwd_dx, _ALL_CONFIGS,
+                        ("M_BUCKET", "H", "K", "INPUT_PRECISION", "HAS_INTO", "HAS_DB"), _allowed_dx)
 
 
 # ============================================================================= checks and launchers
@@ -240,18 +275,24 @@ def qkv_bwd(dout: Tensor, x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, has_bia
         dout = dout.contiguous()
     wq, wk, wv = _weights(wq, wk, wv)
     into = dx_into is not None and dx_into.dtype == x.dtype and dx_into.is_contiguous()
+    with_db = has_bias and weight_grads
     dx = x.new_empty(M, K)
+    db = x.new_empty(3 * H if with_db else 0)
     if M and K:
-        grid = lambda m: (triton.cdiv(M, m["BLOCK_M"]) * triton.cdiv(K, m["BLOCK_N"]),)  # noqa: E731
-        _TUNED_DX.launch(grid, dout, wq, wk, wv, dx_into if into else dx, dx, M, H, K, dout.stride(0),
-                         wq.stride(0), wq.stride(1), triton.next_power_of_2(M), device=x.device, HAS_INTO=into,
-                         GROUP_M=GROUP_M, INPUT_PRECISION=input_precision(x.dtype, x.device),
-                         UPCAST=upcast(x.dtype))
+        def grid(meta):
+            tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(K, meta["BLOCK_N"])
+            return (tiles + (triton.cdiv(3 * H, meta["BLOCK_N"]) if with_db else 0),)
+        _TUNED_DX.launch(grid, dout, wq, wk, wv, dx_into if into else dx, dx, db if with_db else dx, M, H, K,
+                         dout.stride(0), wq.stride(0), wq.stride(1), triton.next_power_of_2(M), device=x.device,
+                         HAS_INTO=into, HAS_DB=with_db, GROUP_M=GROUP_M,
+                         INPUT_PRECISION=input_precision(x.dtype, x.device), UPCAST=upcast(x.dtype))
+    elif with_db:
+        db = dout.sum(0, dtype=torch.float32).to(x.dtype)  # no rows (or no columns of x): zeros
     if dx_into is not None and not into:
         dx += dx_into
     if not weight_grads:
         return dx, wq.new_empty(0), wq.new_empty(0)
-    return (dx, *torch_ops.qkv_weight_grads(dout, x, has_bias))
+    return dx, dout.t() @ x, db
 
 
 def qkv_backward(dout: Tensor, x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor,
@@ -316,8 +357,9 @@ def aot_variants(arch: int):
                 label = "{} fwd M{BLOCK_M} N{BLOCK_N} K{BLOCK_K}".format(name, **config.kwargs)
                 yield AotVariant(_qkv_fwd, signature, constexprs, config.num_warps, config.num_stages, label,
                                  aligned, tensor_cores=precision != "ieee")
+            for config in tile_configs(dtype, precision, smem_limit(arch), arch, kernel="dx"):
                 constexprs = dict(config.kwargs, GROUP_M=GROUP_M, INPUT_PRECISION=precision, UPCAST=False,
-                                  HAS_INTO=True, stride_wk=1)
+                                  HAS_INTO=True, HAS_DB=True, stride_wk=1)
                 signature = signature_of(_qkv_bwd_dx, constexprs, t, ints=_INTS)
                 aligned = tuple(n for n in _qkv_bwd_dx.arg_names
                                 if signature[n].startswith("*") or n in _ALIGNED_INTS_DX)

@@ -182,7 +182,15 @@ def test_dx_kernel_matches_float64_and_adds_another_gradient(tokens, hidden, hid
             assert max_err(dx, exact) <= 2e-5 * max(1.0, exact.abs().max().item()), what
         else:
             assert_lowp_error(dx, theirs, exact, what)
-    assert torch.equal(dw, dout.t() @ x) and db.shape == (3 * hidden,)
+    assert torch.equal(dw, dout.t() @ x)
+    # The biases' gradient, summed by the same launch's programs past the GEMM's tiles.
+    exact_db, theirs_db = dout.double().sum(0), dout.sum(0, dtype=torch.float32).to(dtype)
+    assert db.shape == (3 * hidden,) and db.dtype == dtype
+    if dtype == torch.float32:
+        assert max_err(db, exact_db) <= 2e-5 * max(1.0, exact_db.abs().max().item()), f"db {dtype} {tokens}"
+    else:
+        assert_lowp_error(db, theirs_db, exact_db, f"db {dtype} {tokens}x{hidden}")
+    assert Q.qkv_bwd(dout, x, wq, wk, wv, False)[2].numel() == 0
 
 
 def test_dx_kernel_adds_a_gradient_it_cannot_read_in_place_afterwards():
@@ -232,15 +240,15 @@ def test_aot_variants_cover_the_tile_tables():
 
     assert list(Q.aot_variants(75)) == []
     variants = list(Q.aot_variants(80))
-    expected = sum(len(Q.tile_configs(dtype, precision, SMEM_LIMITS[80], 80))
-                   for dtype, precision in ((torch.float16, "tf32"), (torch.bfloat16, "tf32"),
-                                            (torch.float32, "ieee"), (torch.float32, "tf32")))
-    # Each tile twice: the forward and the backward's dX GEMM.
-    assert len(variants) == 2 * expected == len({(v.label, v.num_warps, v.num_stages) for v in variants})
+    expected = {kernel: sum(len(Q.tile_configs(dtype, precision, SMEM_LIMITS[80], 80, kernel))
+                            for dtype, precision in ((torch.float16, "tf32"), (torch.bfloat16, "tf32"),
+                                                     (torch.float32, "ieee"), (torch.float32, "tf32")))
+                for kernel in ("fwd", "dx")}
+    assert len(variants) == sum(expected.values()) == len({(v.label, v.num_warps, v.num_stages) for v in variants})
     assert all(v.tensor_cores == ("ieee" not in v.label) for v in variants)
     forward = [v for v in variants if " fwd " in v.label]
     dx = [v for v in variants if " bwd-dx " in v.label]
-    assert len(forward) == len(dx) == expected
+    assert (len(forward), len(dx)) == (expected["fwd"], expected["dx"])
     assert all(v.constexprs["HAS_BIAS"] and "H" in v.divisible_by_16 for v in forward)
     assert all(v.constexprs["HAS_INTO"] and "K" in v.divisible_by_16 for v in dx)
 
