@@ -732,38 +732,34 @@ def _implementations(device: torch.device, dtype: torch.dtype) -> encoder_stack.
           for direction in ("fwd", "bwd")))
 
 
-_SAVED = len(encoder_stack.LayerSaved._fields)
-
-
-class _EncoderTraining(torch.autograd.Function):
-    """The whole stack as one autograd node: the per-op path's implementations and saved tensors, without a
-    node, a module call or a dispatcher pass per op."""
+class _EncoderLayerTraining(torch.autograd.Function):
+    """One layer as one autograd node: the per-op path's implementations and saved tensors, without a node,
+    a module call or a dispatcher pass per op."""
 
     @staticmethod
-    def forward(ctx, hidden, cu_seqlens, max_seqlen, heads, eps, dropout, seeds, *weights):
-        impls = _implementations(hidden.device, hidden.dtype)
-        out, saved = encoder_stack.training_forward(impls, hidden, cu_seqlens, max_seqlen, weights, heads, eps,
-                                                    dropout, seeds)
-        ctx.save_for_backward(cu_seqlens, *weights, *(t for layer in saved for t in layer))
-        ctx.impls, ctx.layers, ctx.max_seqlen, ctx.dropout, ctx.seeds = impls, len(saved), max_seqlen, dropout, seeds
+    def forward(ctx, hidden, cu_seqlens, max_seqlen, heads, eps, impls, dropout, seeds, *weights):
+        out, saved = encoder_stack.layer_forward(impls, hidden, cu_seqlens, max_seqlen, weights, heads, eps,
+                                                 dropout, seeds)
+        ctx.save_for_backward(cu_seqlens, *weights, *saved)
+        ctx.impls, ctx.max_seqlen, ctx.dropout, ctx.seeds = impls, max_seqlen, dropout, seeds
         return out
 
     @staticmethod
     def backward(ctx, grad):
         cu_seqlens, *tensors = ctx.saved_tensors
-        weights, rest = tensors[:len(tensors) - ctx.layers * _SAVED], tensors[len(tensors) - ctx.layers * _SAVED:]
-        saved = [encoder_stack.LayerSaved(*rest[i:i + _SAVED]) for i in range(0, len(rest), _SAVED)]
-        d_hidden, d_weights = encoder_stack.training_backward(
-            ctx.impls, grad.contiguous(), saved, cu_seqlens, ctx.max_seqlen, weights, ctx.dropout, ctx.seeds,
-            ctx.needs_input_grad[7:])
-        return (d_hidden, None, None, None, None, None, None, *d_weights)
+        weights, saved = tensors[:ENCODER_LAYER_TENSORS], encoder_stack.LayerSaved(*tensors[ENCODER_LAYER_TENSORS:])
+        d_hidden, d_weights = encoder_stack.layer_backward(ctx.impls, grad.contiguous(), saved, cu_seqlens,
+                                                           ctx.max_seqlen, weights, ctx.dropout, ctx.seeds,
+                                                           ctx.needs_input_grad[8:])
+        return (d_hidden, None, None, None, None, None, None, None, *d_weights)
 
 
 def encoder_training(hidden: Tensor, cu_seqlens: Tensor, max_seqlen: int, weights: list, heads: int, eps: float,
                      dropout: list, seeds: list) -> Tensor:
     """Every layer of a post-LayerNorm BERT encoder on packed tokens, in eager training: the calls and the
-    numbers of the per-op path (dropout included), with one autograd node for the stack instead of six a
-    layer, and one Python call instead of a dozen module and op calls a layer. Not for torch.compile or
+    numbers of the per-op path (dropout included), with one autograd node a layer instead of six, and one
+    Python call for the stack instead of a dozen module and op calls a layer. A layer's saved tensors are
+    freed, and its weights' gradients are ready, as soon as its backward is done, as on the per-op path. Not for torch.compile or
     export, which see the per-op path (the model does not call this there).
 
     Args:
@@ -783,4 +779,11 @@ def encoder_training(hidden: Tensor, cu_seqlens: Tensor, max_seqlen: int, weight
                          f"{encoder_stack.SITES_PER_LAYER} sites), got {len(dropout)} and {len(seeds)}")
     if any(p > 0 and s is None for p, s in zip(dropout, seeds)):
         raise ValueError("encoder_training: every site with a dropout probability above 0 needs a seed")
-    return _EncoderTraining.apply(hidden, cu_seqlens, max_seqlen, heads, eps, dropout, seeds, *weights)
+    impls = _implementations(hidden.device, hidden.dtype)
+    sites_per_layer = encoder_stack.SITES_PER_LAYER
+    for i in range(layers):
+        sites = slice(i * sites_per_layer, (i + 1) * sites_per_layer)
+        hidden = _EncoderLayerTraining.apply(
+            hidden, cu_seqlens, max_seqlen, heads, eps, impls, dropout[sites], seeds[sites],
+            *weights[i * ENCODER_LAYER_TENSORS:(i + 1) * ENCODER_LAYER_TENSORS])
+    return hidden

@@ -10,7 +10,7 @@ from test_modeling import ATOL, assert_close_on, assert_grads_close, pair
 from test_modeling_host import MODULE_PATH_CASES, _masks, _pair_without_pooler
 
 import fastbert
-from fastbert import ops
+from fastbert import encoder_stack, ops
 
 
 def _stack_calls(monkeypatch) -> list:
@@ -145,6 +145,22 @@ def test_a_retained_graph_runs_backward_twice():
     loss.backward()
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, 2 * first[n], rtol=1e-6, atol=1e-7)
+
+
+def test_each_layers_gradients_are_ready_before_the_layer_below_runs_its_backward(monkeypatch):
+    """One autograd node a layer, not one for the stack: DDP's bucketed all-reduce of the top layers' gradients
+    overlaps the lower layers' backward, and each layer's saved tensors are freed as its backward ends."""
+    config = tiny_config(num_hidden_layers=3)
+    model = fastbert.BertModel(config).train()
+    ids, types, mask = random_batch(config)
+    calls = _stack_calls(monkeypatch)
+    backwards, real = [], encoder_stack.layer_backward
+    monkeypatch.setattr(encoder_stack, "layer_backward", lambda *a: backwards.append(1) or real(*a))
+    seen = []  # how many layers had run their backward when the top layer's gradient was accumulated
+    model.encoder.layer[-1].output.dense.weight.register_post_accumulate_grad_hook(
+        lambda p: seen.append(len(backwards)))
+    model(ids, attention_mask=mask).pooler_output.sum().backward()
+    assert len(calls) == 1 and seen == [1] and len(backwards) == config.num_hidden_layers
 
 
 def _bytes_kept_for_backward(model, ids, mask) -> int:
