@@ -249,8 +249,9 @@ def _stack_weights(encoder: nn.Module, hidden: Tensor) -> Optional[list]:
         for module in parts:
             weights += (module._parameters["weight"], module._parameters["bias"])
     dtype, device = hidden.dtype, hidden.device
-    if any(w is None or w.dtype != dtype or w.device != device for w in weights):
-        return None
+    for w in weights:
+        if w is None or w.dtype != dtype or w.device != device:
+            return None
     return weights
 
 
@@ -259,30 +260,25 @@ def _layer_parts(layer: nn.Module, training: bool) -> Optional[tuple]:
     and LayerNorm 2 where it computes exactly what these tensors do in the one-call stack: fastbert's own
     unhooked modules with plain unhooked linears; in inference no dropout, in training no gradient
     checkpointing (which must recompute the layer from its own call). None otherwise."""
-    if type(layer) is not BertLayer or _hooked(layer) or (training and layer.__dict__.get("gradient_checkpointing")):
+    if type(layer) is not BertLayer or (training and layer.__dict__.get("gradient_checkpointing")):
         return None
     children = layer._modules
     attention, intermediate, output = children["attention"], children["intermediate"], children["output"]
-    if type(attention) is not BertAttention or type(intermediate) is not BertIntermediate \
-            or type(output) is not BertOutput:
-        return None
     self_attention, self_output = attention._modules["self"], attention._modules["output"]
-    if type(self_attention) is not BertSelfAttention or type(self_output) is not BertSelfOutput:
+    a, so = self_attention._modules, self_output._modules
+    modules = (attention, intermediate, output, self_attention, self_output, a["query"], a["key"], a["value"],
+               so["dense"], intermediate._modules["dense"], output._modules["dense"])
+    if tuple(map(type, modules)) != _LAYER_TYPES:
         return None
-    a, so, i, o = self_attention._modules, self_output._modules, intermediate._modules, output._modules
-    linears = (a["query"], a["key"], a["value"], so["dense"], i["dense"], o["dense"])
-    if any(type(m) is not nn.Linear or _hooked(m) for m in linears) or any(
-            _hooked(m) for m in (attention, self_attention, self_output, intermediate, output)):
-        return None
-    if not training and any(d.training and d.p > 0 for d in (a["dropout"], so["dropout"], o["dropout"])):
-        return None
-    return (*linears[:4], so["LayerNorm"], linears[4], linears[5], o["LayerNorm"])
-
-
-def _hooked(module: nn.Module) -> bool:
-    """A hook on ``module`` itself (global hooks are checked once per call)."""
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks)
+    for module in (layer, *modules):
+        if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks \
+                or module._backward_pre_hooks:
+            return None
+    if not training:
+        for dropout in (a["dropout"], so["dropout"], output._modules["dropout"]):
+            if dropout.training and dropout.p > 0:
+                return None
+    return (*modules[5:9], so["LayerNorm"], modules[9], modules[10], output._modules["LayerNorm"])
 
 
 def _dropout_sites(layer: nn.Module) -> tuple:
@@ -299,6 +295,10 @@ def _stack_dropout(encoder: nn.Module, device: torch.device) -> tuple[list, list
             dropout.append(p)
             seeds.append(seed)
     return dropout, seeds
+
+
+# The types _layer_parts requires, in its order: exactly fastbert's modules and plain linears.
+_LAYER_TYPES = (BertAttention, BertIntermediate, BertOutput, BertSelfAttention, BertSelfOutput) + (nn.Linear,) * 6
 
 
 class BertEncoder(hf.BertEncoder):
@@ -498,8 +498,8 @@ class BertModel(BertPreTrainedModel, hf.BertModel):
         from the restored RNG state."""
         config = self.config
         dropout = config.hidden_dropout_prob > 0 or config.attention_probs_dropout_prob > 0
-        checkpointing = any(getattr(layer, "gradient_checkpointing", False) for layer in self.encoder.layer)
-        if not (self.training and dropout) or compiling or checkpointing:
+        if not (self.training and dropout) or compiling or any(
+                getattr(layer, "gradient_checkpointing", False) for layer in self.encoder.layer):
             return contextlib.nullcontext()
         return _seed_pool.drawn(1 + 3 * config.num_hidden_layers, device)
 
