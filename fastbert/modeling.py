@@ -92,9 +92,10 @@ def _dropout_args(module: nn.Dropout, device: torch.device):
 
 
 def _unhooked(module: nn.Module) -> bool:
-    """No hook, on ``module`` or global, expects to see ``module`` called."""
+    """No hook, on ``module`` or global, and no forward replaced on the instance (accelerate's hooks, a
+    monkeypatch) expects to see ``module`` called."""
     return not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks or _torch_module._global_forward_hooks
+                or module._backward_pre_hooks or "forward" in module.__dict__ or _torch_module._global_forward_hooks
                 or _torch_module._global_forward_pre_hooks or _torch_module._global_backward_hooks
                 or _torch_module._global_backward_pre_hooks)
 
@@ -247,7 +248,8 @@ def _stack_weights(encoder: nn.Module, hidden: Tensor) -> Optional[list]:
         if ln1.eps != eps or ln2.eps != eps:
             return None
         for module in parts:
-            weights += (module._parameters["weight"], module._parameters["bias"])
+            # .get: a parametrized or pruned module keeps its weight elsewhere (the module path reads it).
+            weights += (module._parameters.get("weight"), module._parameters.get("bias"))
     dtype, device = hidden.dtype, hidden.device
     for w in weights:
         if w is None or w.dtype != dtype or w.device != device:
@@ -271,8 +273,9 @@ def _layer_parts(layer: nn.Module, training: bool) -> Optional[tuple]:
     if tuple(map(type, modules)) != _LAYER_TYPES:
         return None
     for module in (layer, *modules):
+        # A hook, or a forward replaced on the instance (accelerate's hooks, a monkeypatch), must see its call.
         if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks \
-                or module._backward_pre_hooks:
+                or module._backward_pre_hooks or "forward" in module.__dict__:
             return None
     if not training:
         for dropout in (a["dropout"], so["dropout"], output._modules["dropout"]):

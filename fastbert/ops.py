@@ -29,6 +29,7 @@ from typing import Callable, Optional
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from fastbert import encoder_stack, routing, torch_ops
 from fastbert.torch_ops import exporting
@@ -745,6 +746,7 @@ class _EncoderLayerTraining(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # a hand-written backward: a second derivative raises instead of coming out wrong
     def backward(ctx, grad):
         cu_seqlens, *tensors = ctx.saved_tensors
         weights, saved = tensors[:ENCODER_LAYER_TENSORS], encoder_stack.LayerSaved(*tensors[ENCODER_LAYER_TENSORS:])

@@ -191,7 +191,7 @@ def residual_layernorm_bwd(dy, x, bias, residual, weight, mean, rstd, p: float, 
     """Gradients ``(dx, dbias, dresidual, dweight, dbeta)``; the dropout mask is regenerated."""
     hidden = x.shape[-1]
     acc = _stats_dtype(x)
-    h = _as(x if bias is None else x + bias, acc)
+    h = _as(x, acc) if bias is None else _as(x, acc) + _as(bias, acc)  # the forward's sum, in its dtype
     keep_scale = None
     if p > 0.0:
         keep_scale = dropout_keep_mask(h.shape, p, seed, h.device) * (1.0 / (1.0 - p))
@@ -328,7 +328,7 @@ def _split_qkv(qkv: Tensor, layout: _PaddedLayout):
 
 
 def _scores(q: Tensor, k: Tensor, layout: _PaddedLayout, scale: float) -> Tensor:
-    scores = _as(torch.matmul(q, k.transpose(-1, -2)), _stats_dtype(q)).mul_(scale)
+    scores = _as(torch.matmul(q, k.transpose(-1, -2)), _stats_dtype(q)) * scale
     mask = layout.additive_mask(scores.dtype)
     return scores if mask is None else scores.add_(mask)
 
@@ -350,9 +350,12 @@ def attention_fwd(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, p: float, se
     else:
         scores = _scores(q, k, layout, scale)
         lse = torch.logsumexp(scores, dim=-1)
-        probs = scores.sub_(lse[..., None]).exp_()
+        # Out of place where autograd records this (an exported graph): logsumexp keeps scores for backward.
+        recorded = torch.is_grad_enabled() and qkv.requires_grad
+        probs = torch.exp(scores - lse[..., None]) if recorded else scores.sub_(lse[..., None]).exp_()
         if p > 0.0:
-            probs.mul_(dropout_keep_mask(probs.shape, p, seed, probs.device)).mul_(1.0 / (1.0 - p))
+            keep = dropout_keep_mask(probs.shape, p, seed, probs.device)
+            probs = probs * keep * (1.0 / (1.0 - p)) if recorded else probs.mul_(keep).mul_(1.0 / (1.0 - p))
         out = torch.matmul(_as(probs, v.dtype), v)
     # Rows that see no key (padding of an empty sequence) are never read; keep their lse finite.
     lse = torch.nan_to_num(lse.float(), neginf=0.0, posinf=0.0)

@@ -139,7 +139,7 @@ _TILES = {
     "ieee": [(64, 64, 32, 8, 2), (32, 64, 32, 4, 2), (64, 32, 32, 4, 2), (32, 32, 32, 4, 2)],
 }
 # kernel -> operands -> {tile: the archs it spills on (None: all)}, a few bytes each (dX's three K loops and
-# its column-sum branch): with triton 3.9 the first two, with 3.6 the third; each is left out under both.
+# its column-sum branch): the ieee M64 N32 tile with triton 3.6, the other two with 3.9; all left out under both.
 _SPILLS: dict = {"fwd": {}, "dx": {"ieee": {(64, 64, 32, 8, 2): (80,), (64, 32, 32, 4, 2): (90,)},
                                    "tf32": {(128, 128, 32, 8, 3): (80,)}}}
 
@@ -275,6 +275,8 @@ def qkv_bwd(dout: Tensor, x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, has_bia
     if dout.stride(1) != 1 and dout.shape[1] > 1:
         dout = dout.contiguous()
     wq, wk, wv = _weights(wq, wk, wv)
+    if dx_into is not None and tuple(dx_into.shape) != (M, K):
+        raise ValueError(f"qkv backward: dx_into must be ({M}, {K}) like x, got {tuple(dx_into.shape)}")
     into = dx_into is not None and dx_into.dtype == x.dtype and dx_into.is_contiguous()
     with_db = has_bias and weight_grads
     dx = x.new_empty(M, K)

@@ -194,3 +194,42 @@ def test_encoder_training_refuses_bad_arguments():
         ops.encoder_training(hidden, cu, 5, weights, 3, 1e-12, [0.0] * 2, [None] * 2)
     with pytest.raises(ValueError, match="needs a seed"):
         ops.encoder_training(hidden, cu, 5, weights, 3, 1e-12, [0.1, 0.0, 0.0], [None] * 3)
+
+
+def test_a_parametrized_layernorm_runs_module_by_module(monkeypatch):
+    """A parametrization keeps the weight out of ``_parameters``: the stack steps aside, the module path reads
+    the parametrized weight."""
+    from torch.nn.utils import parametrize
+
+    config = tiny_config(num_hidden_layers=2)
+    reference, model = pair(transformers.BertModel, fastbert.BertModel, config)
+    for m in (reference, model):
+        parametrize.register_parametrization(m.encoder.layer[1].output.LayerNorm, "weight", _Halved())
+    ids, types, mask = random_batch(config)
+    calls, inference_calls = _stack_calls(monkeypatch), []
+    monkeypatch.setattr(ops, "encoder_inference", lambda *a: inference_calls.append(1))
+    for train in (False, True):
+        reference.train(train), model.train(train)
+        with torch.set_grad_enabled(train):
+            want = reference(ids, token_type_ids=types, attention_mask=mask).last_hidden_state
+            got = model(ids, token_type_ids=types, attention_mask=mask).last_hidden_state
+        assert_close_on(mask, want, got)
+    assert calls == [] and inference_calls == []
+
+
+class _Halved(torch.nn.Module):
+    def forward(self, weight):
+        return weight * 0.5
+
+
+def test_a_forward_replaced_on_an_instance_is_called():
+    config = tiny_config(num_hidden_layers=2)
+    model = fastbert.BertModel(config)
+    linear = model.encoder.layer[0].intermediate.dense
+    seen, original = [], linear.forward
+    linear.forward = lambda x: seen.append(1) or original(x)
+    ids, types, mask = random_batch(config)
+    model(ids, attention_mask=mask).pooler_output.sum().backward()
+    with torch.no_grad():
+        model.eval()(ids, attention_mask=mask)
+    assert seen == [1, 1]

@@ -725,3 +725,17 @@ def test_auto_backend_on_cpu(monkeypatch):
     assert ops.resolve_backend(CPU) == "torch"
     monkeypatch.setenv("FASTBERT_BACKEND", "auto")
     assert ops.resolve_backend(CPU) == "torch"
+
+
+@pytest.mark.parametrize("p", [0.0, 0.2])
+def test_attention_composite_differentiates_under_autograd_as_its_backward(p):
+    """An exported graph differentiates ``torch_ops.attention_fwd`` itself (no in-place op on what autograd
+    keeps): its gradients equal ``attention_bwd``'s with the same seed."""
+    gen = torch.Generator().manual_seed(4)
+    qkv = torch.randn(9, 3, 2, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    cu, seed = torch.tensor([0, 4, 9], dtype=torch.int32), torch.tensor([21])
+    out, lse = torch_ops.attention_fwd(qkv, cu, 5, p, seed)
+    dout = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    (got,) = torch.autograd.grad(out, qkv, dout)
+    want = torch_ops.attention_bwd(dout, qkv.detach(), out.detach(), lse, cu, 5, p, seed)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
