@@ -278,15 +278,18 @@ def _layer_parts(layer: nn.Module, training: bool) -> Optional[tuple]:
                 or module._backward_pre_hooks or "forward" in module.__dict__:
             return None
     if not training:
-        for dropout in (a["dropout"], so["dropout"], output._modules["dropout"]):
+        for dropout in _dropout_sites(layer):
             if dropout.training and dropout.p > 0:
                 return None
     return (*modules[5:9], so["LayerNorm"], modules[9], modules[10], output._modules["LayerNorm"])
 
 
 def _dropout_sites(layer: nn.Module) -> tuple:
-    """A layer's three dropout modules in the order its forward draws their seeds."""
-    return layer.attention.self.dropout, layer.attention.output.dropout, layer.output.dropout
+    """A layer's three dropout modules in the order its forward draws their seeds (read from the modules'
+    dicts, as :func:`_layer_parts` reads the rest: this runs on every training forward)."""
+    attention = layer._modules["attention"]._modules
+    return (attention["self"]._modules["dropout"], attention["output"]._modules["dropout"],
+            layer._modules["output"]._modules["dropout"])
 
 
 def _stack_dropout(encoder: nn.Module, device: torch.device) -> tuple[list, list]:
