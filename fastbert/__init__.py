@@ -1,7 +1,8 @@
 """fastbert: BERT-family encoders on fused Triton kernels, HF-exact and padding-free.
 
-Swap one import (``from fastbert import BertForSequenceClassification``) or call
-``fastbert.optimize(model)`` on a transformers/sentence-transformers model you already have.
+Swap one import (``from fastbert import BertForSequenceClassification``, ``RobertaModel``,
+``AutoModelForTokenClassification``, ...) or call ``fastbert.optimize(model)`` on a
+transformers/sentence-transformers model you already have (BERT, RoBERTa, XLM-RoBERTa, ELECTRA, DistilBERT).
 
 The names below load on first use (``import fastbert`` alone imports neither torch nor transformers,
 so the ``fastbert`` command answers ``--help`` at once).
@@ -17,6 +18,19 @@ _EXPORTS = {
     **dict.fromkeys(("BertForMaskedLM", "BertForMultipleChoice", "BertForNextSentencePrediction",
                      "BertForPreTraining", "BertForQuestionAnswering", "BertForSequenceClassification",
                      "BertForTokenClassification", "BertModel", "BertPreTrainedModel"), "fastbert.modeling"),
+    **{f"{prefix}{suffix}": module
+       for prefix, module in (("Roberta", "fastbert.families.roberta"), ("XLMRoberta", "fastbert.families.xlm_roberta"))
+       for suffix in ("Model", "PreTrainedModel", "ForSequenceClassification", "ForTokenClassification",
+                      "ForQuestionAnswering", "ForMaskedLM", "ForMultipleChoice")},
+    **dict.fromkeys(("ElectraModel", "ElectraPreTrainedModel", "ElectraForSequenceClassification",
+                     "ElectraForTokenClassification", "ElectraForQuestionAnswering", "ElectraForPreTraining",
+                     "ElectraForMaskedLM", "ElectraForMultipleChoice"), "fastbert.families.electra"),
+    **dict.fromkeys(("DistilBertModel", "DistilBertPreTrainedModel", "DistilBertForSequenceClassification",
+                     "DistilBertForTokenClassification", "DistilBertForQuestionAnswering", "DistilBertForMaskedLM",
+                     "DistilBertForMultipleChoice"), "fastbert.families.distilbert"),
+    **dict.fromkeys(("AutoModel", "AutoModelForSequenceClassification", "AutoModelForTokenClassification",
+                     "AutoModelForQuestionAnswering", "AutoModelForMaskedLM", "AutoModelForMultipleChoice",
+                     "AutoModelForPreTraining", "AutoModelForNextSentencePrediction"), "fastbert.auto"),
     "optimize": "fastbert.patch",
     "warmup": "fastbert.tuning",
 }

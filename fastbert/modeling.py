@@ -22,15 +22,17 @@ may not depend on the mask's values), so exported graphs give transformers' valu
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _torch_module
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
+from transformers.modeling_utils import PreTrainedModel
 from transformers.models.bert import modeling_bert as hf
 
 from fastbert import cuda_graphs, ops
@@ -113,45 +115,81 @@ def _linear_without_bias(dense: nn.Module, x: Tensor):
     return dense(x), None
 
 
-# ============================================================================= modules
-class BertEmbeddings(hf.BertEmbeddings):
+# ============================================================================= the core modules
+# transformers class -> fastbert class, for every class whose forward fastbert replaces (every family's).
+FASTBERT_CLASSES: dict[type, type] = {}
+# role ("layer", "intermediate", ...) -> the fastbert classes that play it, in every family.
+ROLE_TYPES: dict[str, set] = {}
+
+
+def converts(hf_class: type, role: Optional[str] = None):
+    """Class decorator: registers a fastbert class as the conversion of transformers' ``hf_class`` (and,
+    for the encoder's own modules, as one that plays ``role``)."""
+    def register(cls: type) -> type:
+        FASTBERT_CLASSES[hf_class] = cls
+        if role is not None:
+            ROLE_TYPES.setdefault(role, set()).add(cls)
+        return cls
+    return register
+
+
+class EmbeddingsCore(nn.Module):
+    """Any family's embeddings module: ``word_embeddings``, ``position_embeddings``, an optional
+    ``token_type_embeddings``, ``LayerNorm`` and ``dropout`` (the names BERT, RoBERTa, ELECTRA and DistilBERT
+    share)."""
+
     def forward(self, input_ids: Optional[Tensor], token_type_ids: Tensor, position_ids: Tensor,
                 inputs_embeds: Optional[Tensor]) -> Tensor:
         """Fused lookup + sum + LayerNorm + dropout of ``(tokens,)`` index vectors -> ``(tokens, hidden)``."""
-        if inputs_embeds is None and type(self.word_embeddings) is not nn.Embedding:
-            inputs_embeds, input_ids = self.word_embeddings(input_ids), None
+        modules = self._modules
+        word, ln = modules["word_embeddings"], modules["LayerNorm"]
+        if inputs_embeds is None and type(word) is not nn.Embedding:
+            inputs_embeds, input_ids = word(input_ids), None
         device = position_ids.device
-        p, seed = _dropout_args(self.dropout, device)
-        padding_idx = self.word_embeddings.padding_idx if input_ids is not None else None
+        p, seed = _dropout_args(modules["dropout"], device)
+        padding_idx = word.padding_idx if input_ids is not None else None
+        positions = modules["position_embeddings"]
+        types = modules.get("token_type_embeddings")
+        # A family without token types (DistilBERT) adds a zero row: one table gather, no second kernel.
+        types = ln.weight.new_zeros(1, ln.weight.shape[0]) if types is None else types.weight
         return ops.embeddings(
-            input_ids, inputs_embeds, position_ids, token_type_ids, self.word_embeddings.weight,
-            self.position_embeddings.weight, self.token_type_embeddings.weight, self.LayerNorm.weight,
-            self.LayerNorm.bias, self.LayerNorm.eps, p, seed, -1 if padding_idx is None else padding_idx,
+            input_ids, inputs_embeds, position_ids, token_type_ids, word.weight, positions.weight, types,
+            ln.weight, ln.bias, ln.eps, p, seed, -1 if padding_idx is None else padding_idx,
+            -1 if positions.padding_idx is None else positions.padding_idx,
             check_values=False,  # the model validated the ids against its config
         )
 
 
-class BertSelfAttention(hf.BertSelfAttention):
-    def _qkv(self, hidden: Tensor) -> Tensor:
-        """One GEMM for q, k and v: ``(rows, hidden)`` -> ``(rows, 3 * hidden)``."""
-        linears = (self.query, self.key, self.value)
-        biases = [m.bias for m in linears]
-        if all(_is_plain_linear(m) for m in linears) and len({b is None for b in biases}) == 1:
-            # The op reads the three weights where they are: no concatenation per call (a cached one would
-            # go stale under fused optimizers, whose in-place steps leave the version counters as they were).
-            return ops.qkv(hidden, *(m.weight for m in linears), *biases)
-        return torch.cat([m(hidden) for m in linears], dim=-1)
+def self_attention(hidden: Tensor, attn, linears: tuple, heads: int, head_size: int,
+                   dropout: nn.Dropout) -> tuple[Tensor, Optional[Tensor]]:
+    """Multi-head self-attention of ``(rows, hidden)`` with the q, k, v ``linears``: ``(context (rows,
+    heads * head_size), probs or None)``."""
+    rows = hidden.shape[0]
+    qkv = _qkv(hidden, linears).view(rows, 3, heads, head_size)
+    p, seed = _dropout_args(dropout, hidden.device)
+    if isinstance(attn, PackedAttention):
+        context = ops.attention(qkv, attn.cu_seqlens, attn.max_seqlen, p, seed, check_values=False)
+        return context.reshape(rows, heads * head_size), None
+    return _eager_attention(qkv, attn, dropout)
+
+
+def _qkv(hidden: Tensor, linears: tuple) -> Tensor:
+    """One GEMM for q, k and v: ``(rows, hidden)`` -> ``(rows, 3 * hidden)``."""
+    biases = [m.bias for m in linears]
+    if all(_is_plain_linear(m) for m in linears) and len({b is None for b in biases}) == 1:
+        # The op reads the three weights where they are: no concatenation per call (a cached one would
+        # go stale under fused optimizers, whose in-place steps leave the version counters as they were).
+        return ops.qkv(hidden, *(m.weight for m in linears), *biases)
+    return torch.cat([m(hidden) for m in linears], dim=-1)
+
+
+class SelfAttentionCore(nn.Module):
+    """BERT's self-attention names: ``query``, ``key``, ``value``, ``dropout``."""
 
     def forward(self, hidden: Tensor, attn) -> tuple[Tensor, Optional[Tensor]]:
         """``(rows, hidden)`` -> ``(context (rows, hidden), probs or None)``."""
-        rows = hidden.shape[0]
-        heads, dim = self.num_attention_heads, self.attention_head_size
-        qkv = self._qkv(hidden).view(rows, 3, heads, dim)
-        p, seed = _dropout_args(self.dropout, hidden.device)
-        if isinstance(attn, PackedAttention):
-            context = ops.attention(qkv, attn.cu_seqlens, attn.max_seqlen, p, seed, check_values=False)
-            return context.reshape(rows, heads * dim), None
-        return _eager_attention(qkv, attn, self.dropout)
+        return self_attention(hidden, attn, (self.query, self.key, self.value), self.num_attention_heads,
+                              self.attention_head_size, self.dropout)
 
 
 def _eager_attention(qkv: Tensor, attn: PaddedAttention, dropout: nn.Dropout):
@@ -165,34 +203,48 @@ def _eager_attention(qkv: Tensor, attn: PaddedAttention, dropout: nn.Dropout):
     return context, probs
 
 
-def _dense_dropout_residual_layernorm(module: nn.Module, hidden: Tensor, input_tensor: Tensor) -> Tensor:
-    """``LayerNorm(dropout(dense(hidden)) + input_tensor)``, bias and dropout fused into the LayerNorm."""
-    x, bias = _linear_without_bias(module.dense, hidden)
-    p, seed = _dropout_args(module.dropout, hidden.device)
-    ln = module.LayerNorm
+def residual_layernorm(dense: nn.Module, hidden: Tensor, input_tensor: Tensor, dropout: Optional[nn.Dropout],
+                       ln: nn.LayerNorm) -> Tensor:
+    """``ln(dropout(dense(hidden)) + input_tensor)``, dense's bias and the dropout fused into the LayerNorm
+    (``dropout`` None: none)."""
+    x, bias = _linear_without_bias(dense, hidden)
+    p, seed = _dropout_args(dropout, hidden.device) if dropout is not None else (0.0, None)
     return ops.residual_layernorm(x, bias, input_tensor, ln.weight, ln.bias, ln.eps, p, seed)
 
 
-class BertSelfOutput(hf.BertSelfOutput):
-    forward = _dense_dropout_residual_layernorm
+class DenseResidualLayerNormCore(nn.Module):
+    """BERT's self-output and output modules: ``LayerNorm(dropout(dense(hidden)) + input_tensor)``."""
+
+    def forward(self, hidden: Tensor, input_tensor: Tensor) -> Tensor:
+        return residual_layernorm(self.dense, hidden, input_tensor, self.dropout, self.LayerNorm)
 
 
-class BertOutput(hf.BertOutput):
-    forward = _dense_dropout_residual_layernorm
-
-
-class BertAttention(hf.BertAttention):
+class AttentionCore(nn.Module):
     def forward(self, hidden: Tensor, attn) -> tuple[Tensor, Optional[Tensor]]:
         context, probs = self.self(hidden, attn)
         return self.output(context, hidden), probs
 
 
-class BertIntermediate(hf.BertIntermediate):
+class IntermediateCore(nn.Module):
     def forward(self, hidden: Tensor) -> Tensor:
         """``gelu(dense(hidden))`` with the bias and exact GELU fused into the GEMM."""
-        if _is_plain_linear(self.dense):
-            return ops.linear_gelu(hidden, self.dense.weight, self.dense.bias)
-        return F.gelu(self.dense(hidden))
+        return linear_gelu(self.dense, hidden)
+
+
+def linear_gelu(dense: nn.Module, hidden: Tensor) -> Tensor:
+    """``gelu(dense(hidden))``, fused when ``dense`` is a plain linear."""
+    if _is_plain_linear(dense):
+        return ops.linear_gelu(hidden, dense.weight, dense.bias)
+    return F.gelu(dense(hidden))
+
+
+def feed_forward(hidden: Tensor, up: nn.Module, down: nn.Module, dropout: nn.Dropout, ln: nn.LayerNorm) -> Tensor:
+    """``ln(dropout(down(gelu(up(hidden)))) + hidden)`` as one feed-forward op that keeps only the
+    pre-activation for backward; the second bias joins dropout, residual and LayerNorm. ``up`` and
+    ``down`` are plain linears."""
+    ffn = ops.ffn(hidden, up.weight, up.bias, down.weight)
+    p, seed = _dropout_args(dropout, hidden.device)
+    return ops.residual_layernorm(ffn, down.bias, hidden, ln.weight, ln.bias, ln.eps, p, seed)
 
 
 def _fusable_feed_forward(layer: nn.Module) -> bool:
@@ -200,28 +252,62 @@ def _fusable_feed_forward(layer: nn.Module) -> bool:
     own intermediate/output modules, unhooked, with plain linears (a hook, a subclass or a replaced module
     must see its call)."""
     intermediate, output = layer.intermediate, layer.output
-    return (type(intermediate) is BertIntermediate and type(output) is BertOutput
+    return (type(intermediate) in ROLE_TYPES["intermediate"] and type(output) in ROLE_TYPES["output"]
             and _unhooked(intermediate) and _unhooked(output)
             and _is_plain_linear(intermediate.dense) and _is_plain_linear(output.dense))
 
 
-class BertLayer(hf.BertLayer):
+class LayerCore(nn.Module):
+    """BERT's layer names: ``attention`` (``self``, ``output``), ``intermediate``, ``output``."""
+
     def forward(self, hidden: Tensor, attn) -> tuple[Tensor, Optional[Tensor]]:
         """One encoder layer on ``(rows, hidden)``; returns ``(rows, hidden)`` and the probs (or None)."""
         attention_output, probs = self.attention(hidden, attn)
         if _fusable_feed_forward(self):
-            intermediate, output = self.intermediate.dense, self.output.dense
-            # The whole feed-forward block in one op that keeps only the pre-activation for backward;
-            # the second bias joins dropout, residual and LayerNorm.
-            ffn = ops.ffn(attention_output, intermediate.weight, intermediate.bias, output.weight)
-            p, seed = _dropout_args(self.output.dropout, hidden.device)
-            ln = self.output.LayerNorm
-            return ops.residual_layernorm(ffn, output.bias, attention_output, ln.weight, ln.bias, ln.eps, p,
-                                          seed), probs
+            output = self.output
+            return feed_forward(attention_output, self.intermediate.dense, output.dense, output.dropout,
+                                output.LayerNorm), probs
         return self.output(self.intermediate(attention_output), attention_output), probs
 
 
-def _stack_weights(encoder: nn.Module, hidden: Tensor) -> Optional[list]:
+# ----------------------------------------------------------------------------- the encoder stack in one call
+@dataclass
+class LayerStack:
+    """What :func:`fastbert.ops.encoder_inference`/``encoder_training`` run a stack of layers with."""
+
+    weights: list  # ENCODER_LAYER_TENSORS a layer, in the op's order
+    heads: int
+    eps: float
+    dropout_sites: list  # three a layer (attention probabilities, attention output, output), None: none
+
+
+# fastbert layer class -> reader(layer) -> (modules that must be unhooked, the 8 modules whose weight and
+# bias the op takes, the 3 dropout sites, heads), or None where a module's type is not the family's own.
+STACK_READERS: dict[type, Callable] = {}
+
+
+def bert_layer_reader(attention: type, intermediate: type, output: type, self_attention: type,
+                      self_output: type) -> Callable:
+    """The :data:`STACK_READERS` entry of a layer with BERT's module names and these fastbert types."""
+    types = (attention, intermediate, output, self_attention, self_output) + (nn.Linear,) * 6
+
+    def read(layer: nn.Module) -> Optional[tuple]:
+        children = layer._modules
+        attention, intermediate, output = children["attention"], children["intermediate"], children["output"]
+        self_attention, self_output = attention._modules["self"], attention._modules["output"]
+        a, so = self_attention._modules, self_output._modules
+        modules = (attention, intermediate, output, self_attention, self_output, a["query"], a["key"], a["value"],
+                   so["dense"], intermediate._modules["dense"], output._modules["dense"])
+        if tuple(map(type, modules)) != types:
+            return None
+        parts = (*modules[5:9], so["LayerNorm"], modules[9], modules[10], output._modules["LayerNorm"])
+        sites = (a["dropout"], so["dropout"], output._modules["dropout"])
+        return modules, parts, sites, self_attention.num_attention_heads
+
+    return read
+
+
+def _stack_weights(encoder: nn.Module, hidden: Tensor) -> Optional[LayerStack]:
     """The tensors :func:`fastbert.ops.encoder_inference` (without autograd) or
     :func:`fastbert.ops.encoder_training` (with it) runs ``encoder``'s layers with, or None where the stack
     must run module by module: under torch.compile, export, autocast or gradient checkpointing, with
@@ -237,77 +323,66 @@ def _stack_weights(encoder: nn.Module, hidden: Tensor) -> Optional[list]:
     if not layers:
         return None
     training = torch.is_grad_enabled()
-    weights, eps = [], None
+    weights, sites, eps, heads = [], [], None, None
     for layer in layers:
-        parts = _layer_parts(layer, training)
-        if parts is None:
+        found = _layer_parts(layer, training)
+        if found is None:
             return None
-        query, key, value, attention_dense, ln1, intermediate_dense, output_dense, ln2 = parts
+        parts, layer_sites, layer_heads = found
+        ln1, ln2 = parts[4], parts[7]
         if eps is None:
-            eps = ln1.eps
-        if ln1.eps != eps or ln2.eps != eps:
+            eps, heads = ln1.eps, layer_heads
+        if ln1.eps != eps or ln2.eps != eps or layer_heads != heads:
             return None
         for module in parts:
             # .get: a parametrized or pruned module keeps its weight elsewhere (the module path reads it).
             weights += (module._parameters.get("weight"), module._parameters.get("bias"))
+        sites += layer_sites
     dtype, device = hidden.dtype, hidden.device
     for w in weights:
         if w is None or w.dtype != dtype or w.device != device:
             return None
-    return weights
+    return LayerStack(weights, heads, eps, sites)
 
 
 def _layer_parts(layer: nn.Module, training: bool) -> Optional[tuple]:
-    """``layer``'s query, key, value, attention-output dense, LayerNorm 1, intermediate dense, output dense
-    and LayerNorm 2 where it computes exactly what these tensors do in the one-call stack: fastbert's own
-    unhooked modules with plain unhooked linears; in inference no dropout, in training no gradient
-    checkpointing (which must recompute the layer from its own call). None otherwise."""
-    if type(layer) is not BertLayer or (training and layer.__dict__.get("gradient_checkpointing")):
+    """``(parts, dropout sites, heads)`` of ``layer`` (see :data:`STACK_READERS`) where it computes exactly
+    what these tensors do in the one-call stack: fastbert's own unhooked modules with plain unhooked
+    linears; in inference no dropout, in training no gradient checkpointing (which must recompute the
+    layer from its own call). None otherwise."""
+    read = STACK_READERS.get(type(layer))
+    if read is None or (training and layer.__dict__.get("gradient_checkpointing")):
         return None
-    children = layer._modules
-    attention, intermediate, output = children["attention"], children["intermediate"], children["output"]
-    self_attention, self_output = attention._modules["self"], attention._modules["output"]
-    a, so = self_attention._modules, self_output._modules
-    modules = (attention, intermediate, output, self_attention, self_output, a["query"], a["key"], a["value"],
-               so["dense"], intermediate._modules["dense"], output._modules["dense"])
-    if tuple(map(type, modules)) != _LAYER_TYPES:
+    found = read(layer)
+    if found is None:
         return None
+    modules, parts, sites, heads = found
     for module in (layer, *modules):
         # A hook, or a forward replaced on the instance (accelerate's hooks, a monkeypatch), must see its call.
         if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks \
                 or module._backward_pre_hooks or "forward" in module.__dict__:
             return None
     if not training:
-        for dropout in _dropout_sites(layer):
-            if dropout.training and dropout.p > 0:
+        for dropout in sites:
+            if dropout is not None and dropout.training and dropout.p > 0:
                 return None
-    return (*modules[5:9], so["LayerNorm"], modules[9], modules[10], output._modules["LayerNorm"])
+    return parts, sites, heads
 
 
-def _dropout_sites(layer: nn.Module) -> tuple:
-    """A layer's three dropout modules in the order its forward draws their seeds (read from the modules'
-    dicts, as :func:`_layer_parts` reads the rest: this runs on every training forward)."""
-    attention = layer._modules["attention"]._modules
-    return (attention["self"]._modules["dropout"], attention["output"]._modules["dropout"],
-            layer._modules["output"]._modules["dropout"])
-
-
-def _stack_dropout(encoder: nn.Module, device: torch.device) -> tuple[list, list]:
-    """Each layer's three dropout probabilities and seeds, drawn in the per-op path's order."""
+def _stack_dropout(sites: list, device: torch.device) -> tuple[list, list]:
+    """Each dropout site's probability and seed, drawn in the per-op path's order (no draw for a site
+    a family does not have)."""
     dropout, seeds = [], []
-    for layer in encoder.layer:
-        for module in _dropout_sites(layer):
-            p, seed = _dropout_args(module, device)
-            dropout.append(p)
-            seeds.append(seed)
+    for module in sites:
+        p, seed = _dropout_args(module, device) if module is not None else (0.0, None)
+        dropout.append(p)
+        seeds.append(seed)
     return dropout, seeds
 
 
-# The types _layer_parts requires, in its order: exactly fastbert's modules and plain linears.
-_LAYER_TYPES = (BertAttention, BertIntermediate, BertOutput, BertSelfAttention, BertSelfOutput) + (nn.Linear,) * 6
+class EncoderCore(nn.Module):
+    """Any family's encoder: a ``layer`` list of layers called as ``layer(hidden, attn)``."""
 
-
-class BertEncoder(hf.BertEncoder):
     def forward(self, hidden: Tensor, attn, keep_input=None, output_attentions: bool = False):
         """Runs every layer on ``(rows, hidden)``; returns ``(rows, hidden)`` and the probs (or None).
 
@@ -315,15 +390,14 @@ class BertEncoder(hf.BertEncoder):
         runs on what it returns, so a hidden state it records is part of the graph.
         """
         if keep_input is None and not output_attentions and isinstance(attn, PackedAttention):
-            weights = _stack_weights(self, hidden)
-            if weights is not None:
-                first = self.layer[0].attention
-                heads, eps = first.self.num_attention_heads, first.output.LayerNorm.eps
+            stack = _stack_weights(self, hidden)
+            if stack is not None:
                 if not torch.is_grad_enabled():
-                    return ops.encoder_inference(hidden, attn.cu_seqlens, attn.max_seqlen, weights, heads, eps), None
-                dropout, seeds = _stack_dropout(self, hidden.device)
-                return ops.encoder_training(hidden, attn.cu_seqlens, attn.max_seqlen, weights, heads, eps, dropout,
-                                            seeds), None
+                    return ops.encoder_inference(hidden, attn.cu_seqlens, attn.max_seqlen, stack.weights,
+                                                 stack.heads, stack.eps), None
+                dropout, seeds = _stack_dropout(stack.dropout_sites, hidden.device)
+                return ops.encoder_training(hidden, attn.cu_seqlens, attn.max_seqlen, stack.weights, stack.heads,
+                                            stack.eps, dropout, seeds), None
         all_probs = [] if output_attentions else None
         for i, layer in enumerate(self.layer):
             if keep_input is not None:
@@ -334,8 +408,53 @@ class BertEncoder(hf.BertEncoder):
         return hidden, all_probs
 
 
-class BertPreTrainedModel(hf.BertPreTrainedModel):
-    """transformers' ``BertPreTrainedModel`` whose encoder runs on fastbert's fused ops."""
+# ============================================================================= BERT's modules
+@converts(hf.BertEmbeddings, "embeddings")
+class BertEmbeddings(EmbeddingsCore, hf.BertEmbeddings):
+    pass
+
+
+@converts(hf.BertSelfAttention, "self_attention")
+class BertSelfAttention(SelfAttentionCore, hf.BertSelfAttention):
+    pass
+
+
+@converts(hf.BertSelfOutput, "self_output")
+class BertSelfOutput(DenseResidualLayerNormCore, hf.BertSelfOutput):
+    pass
+
+
+@converts(hf.BertOutput, "output")
+class BertOutput(DenseResidualLayerNormCore, hf.BertOutput):
+    pass
+
+
+@converts(hf.BertAttention, "attention")
+class BertAttention(AttentionCore, hf.BertAttention):
+    pass
+
+
+@converts(hf.BertIntermediate, "intermediate")
+class BertIntermediate(IntermediateCore, hf.BertIntermediate):
+    pass
+
+
+@converts(hf.BertLayer, "layer")
+class BertLayer(LayerCore, hf.BertLayer):
+    pass
+
+
+@converts(hf.BertEncoder, "encoder")
+class BertEncoder(EncoderCore, hf.BertEncoder):
+    pass
+
+
+STACK_READERS[BertLayer] = bert_layer_reader(BertAttention, BertIntermediate, BertOutput, BertSelfAttention,
+                                             BertSelfOutput)
+
+
+class PreTrainedCore:
+    """Mixed into every family's ``*PreTrainedModel``: the encoder runs on fastbert's fused ops."""
 
     # fastbert records hidden states and attentions itself (transformers does it with hooks).
     _can_record_outputs = {}
@@ -353,6 +472,10 @@ class BertPreTrainedModel(hf.BertPreTrainedModel):
         return super().from_pretrained(*args, **kwargs)
 
 
+class BertPreTrainedModel(PreTrainedCore, hf.BertPreTrainedModel):
+    """transformers' ``BertPreTrainedModel`` whose encoder runs on fastbert's fused ops."""
+
+
 def _check_model_type(cls, path, kwargs) -> None:
     """A checkpoint of another architecture (RoBERTa, ELECTRA, ...) would load into BERT's modules with
     a warning and wrong numbers: refuse it, naming both types."""
@@ -364,10 +487,160 @@ def _check_model_type(cls, path, kwargs) -> None:
     model_type = config_dict.get("model_type")
     if model_type is not None and model_type != cls.config_class.model_type:
         raise ValueError(f"{cls.__name__}.from_pretrained: {path} holds a {model_type!r} checkpoint; fastbert's "
-                         f"{cls.__name__} takes {cls.config_class.model_type!r} checkpoints only")
+                         f"{cls.__name__} takes {cls.config_class.model_type!r} checkpoints only (fastbert.AutoModel* "
+                         f"picks the class from the checkpoint)")
 
 
-class BertModel(BertPreTrainedModel, hf.BertModel):
+class EncoderModelCore(nn.Module):
+    """Any family's base model (``BertModel``, ``RobertaModel``, ...): validation, the padding-free layout,
+    embeddings, the encoder and the outputs. A family changes the hooks below, not the forward."""
+
+    _encoder_name = "encoder"  # the attribute holding the layers (DistilBERT: "transformer")
+
+    def _default_position_ids(self, input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], batch: int,
+                              seqlen: int, device) -> Tensor:
+        """Position ids when none are given: ``0 .. seqlen-1`` (RoBERTa counts from its padding index)."""
+        return torch.arange(seqlen, device=device)
+
+    def _position_offset(self) -> int:
+        """How far past ``seqlen`` the default position ids reach (RoBERTa: its padding index + 1)."""
+        return 0
+
+    def _embed(self, input_ids, token_type_ids, position_ids, inputs_embeds) -> Tensor:
+        """``(tokens,)`` packed ids -> the encoder's input ``(tokens, hidden)``."""
+        return self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+
+    def _dropout_active(self) -> bool:
+        config = self.config
+        return config.hidden_dropout_prob > 0 or config.attention_probs_dropout_prob > 0
+
+    def _output(self, sequence_output: Tensor, pooled_output: Optional[Tensor], hidden_states, attentions):
+        return BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=sequence_output, pooler_output=pooled_output, hidden_states=hidden_states,
+            attentions=attentions)
+
+    def _encode(self, input_ids: Optional[Tensor], attention_mask: Optional[Tensor],
+                token_type_ids: Optional[Tensor], position_ids: Optional[Tensor], inputs_embeds: Optional[Tensor],
+                kwargs: dict):
+        """The forward shared by every family (see ``BertModel.forward``); ``kwargs`` holds
+        ``output_attentions``, ``output_hidden_states``, ``return_dict``, ``padding_free``, ``token_labels``
+        and ``reads_first_token`` (a head that reads position 0, as the pooler does)."""
+        config = self.config
+        output_attentions = kwargs.pop("output_attentions", None)
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = kwargs.pop("output_hidden_states", None)
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = kwargs.pop("return_dict", None)
+        return_dict = config.return_dict if return_dict is None else return_dict
+        padding_free = kwargs.pop("padding_free", None)
+        token_labels = kwargs.pop("token_labels", None)
+        pooler = self._modules.get("pooler")
+        reads_first = kwargs.pop("reads_first_token", False) or pooler is not None
+        compiling = torch.compiler.is_compiling() or ops.exporting()
+        batch, seqlen = validate_inputs(config, input_ids, inputs_embeds, attention_mask, token_type_ids,
+                                        position_ids, check_values=not compiling,
+                                        embedding_size=self.embeddings.LayerNorm.weight.shape[0],
+                                        position_offset=self._position_offset())
+        device = (input_ids if input_ids is not None else inputs_embeds).device
+        if position_ids is None:
+            position_ids = self._default_position_ids(input_ids, inputs_embeds, batch, seqlen, device)
+        position_ids = position_ids.expand(batch, seqlen)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(batch, seqlen, dtype=torch.long, device=device)
+
+        # An exported graph takes the exact padded path: its shapes may not depend on the mask's values.
+        packed = padding_free is not False and not output_attentions and not ops.exporting() and (
+            attention_mask is None or (attention_mask.dim() == 2 and not attention_mask.is_floating_point()))
+        layout = None
+        if packed:
+            # padding_free=True: the caller vouches that nothing it uses reads a padded position.
+            reads = None if padding_free else _padded_reads(attention_mask, token_labels, reads_first)
+            layout = _packed_layout(attention_mask, batch, seqlen, device, compiling, reads)
+        if layout is not None:
+            attn = PackedAttention(layout.cu_seqlens, layout.max_seqlen)
+        else:
+            layout = full_layout(batch, seqlen, device)
+            attn = PaddedAttention(batch, seqlen, _additive_mask(attention_mask, self.dtype))
+
+        num_layers = len(self._modules[self._encoder_name].layer)
+        selected = _selected_hidden_states(output_hidden_states, num_layers)
+        kept = {}
+
+        def keep_input(i: int, h: Tensor) -> Tensor:
+            if i not in selected:
+                return h
+            kept[i] = scatter(h, layout)
+            return gather(kept[i], layout)  # the next layer runs on the returned state: it stays in the graph
+
+        if isinstance(attn, PackedAttention) and self._graph_eligible(input_ids, selected, compiling):
+            hidden = cuda_graphs.graphed_encoder(self, EncoderModelCore._encode_static)(
+                gather(input_ids, layout), gather(token_type_ids, layout), gather(position_ids, layout),
+                layout.cu_seqlens, layout.max_seqlen)
+            if layout.indices is None:
+                hidden = hidden.clone()  # scatter would return a view of the graph's buffer
+            all_probs = None
+        else:
+            with self._dropout_seeds(device, compiling):
+                hidden = self._embed(
+                    gather(input_ids, layout) if input_ids is not None else None,
+                    gather(token_type_ids, layout), gather(position_ids, layout),
+                    gather(inputs_embeds, layout) if inputs_embeds is not None else None,
+                )
+                hidden, all_probs = self._modules[self._encoder_name](
+                    hidden, attn, keep_input if selected else None, output_attentions)
+
+        sequence_output = scatter(hidden, layout)
+        pooled_output = pooler(sequence_output) if pooler is not None else None
+        hidden_states = None
+        if selected is not None:
+            hidden_states = tuple(kept.get(i) for i in range(num_layers)) + (
+                sequence_output if num_layers in selected else None,)
+        result = self._output(sequence_output, pooled_output, hidden_states,
+                              tuple(all_probs) if all_probs else None)
+        return result if return_dict else result.to_tuple()
+
+    def use_cuda_graphs(self, enabled: bool = True) -> None:
+        """Replays inference calls through CUDA graphs, one per bucket of batch shapes
+        (:mod:`fastbert.cuda_graphs`); ``fastbert.optimize(model, cuda_graphs=True)`` calls it."""
+        self._cuda_graphs_enabled = enabled
+
+    def _graph_eligible(self, input_ids: Optional[Tensor], selected, compiling: bool) -> bool:
+        """A call the graphs can take: inference on ids, nothing recorded, not traced or captured."""
+        if not getattr(self, "_cuda_graphs_enabled", False) or input_ids is None or selected is not None:
+            return False
+        if self.training or torch.is_grad_enabled() or compiling or torch.is_autocast_enabled(input_ids.device.type):
+            return False
+        return not (input_ids.is_cuda and torch.cuda.is_current_stream_capturing())
+
+    def _encode_static(self, static: "cuda_graphs.StaticBatch") -> Tensor:
+        """Embeddings and every layer on a bucket's static buffers: ``(tokens, hidden)``."""
+        hidden = self._embed(static.ids, static.types, static.positions, None)
+        return self._modules[self._encoder_name](hidden, PackedAttention(static.cu_seqlens, static.key.max_seqlen))[0]
+
+    def _dropout_seeds(self, device: torch.device, compiling: bool):
+        """One seed draw for every dropout site of a training forward (embeddings, then three per layer).
+        Not while compiling, nor with gradient checkpointing, whose recomputation draws its seeds again
+        from the restored RNG state."""
+        layers = self._modules[self._encoder_name].layer
+        if not (self.training and self._dropout_active()) or compiling or any(
+                getattr(layer, "gradient_checkpointing", False) for layer in layers):
+            return contextlib.nullcontext()
+        return _seed_pool.drawn(1 + 3 * len(layers), device)
+
+
+def check_encoder_only(encoder_hidden_states, encoder_attention_mask, cache, kwargs) -> None:
+    """Raises ``ValueError`` for the decoder inputs an encoder-only fastbert model does not take."""
+    if encoder_hidden_states is not None or encoder_attention_mask is not None:
+        raise ValueError("fastbert runs BERT-family models as encoders only: encoder_hidden_states "
+                         "(cross-attention) is not supported")
+    if cache is not None or kwargs.get("past_key_values") is not None:
+        raise ValueError("fastbert runs BERT-family models as encoders only: cache (incremental decoding) is "
+                         "not supported")
+
+
+class BertModelCore(EncoderModelCore):
+    """The forward of the families whose base model takes BERT's arguments (BERT, RoBERTa, XLM-R, ELECTRA)."""
+
     def forward(
         self,
         input_ids: Optional[Tensor] = None,
@@ -401,113 +674,13 @@ class BertModel(BertPreTrainedModel, hf.BertModel):
         an assertion instead, naming ``padding_free=False``. Returns ``last_hidden_state (batch, seqlen, hidden)`` (zeros at
         padded positions when packed) and ``pooler_output (batch, hidden)``.
         """
-        config = self.config
-        output_attentions = kwargs.pop("output_attentions", None)
-        output_attentions = config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = kwargs.pop("output_hidden_states", None)
-        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return_dict = kwargs.pop("return_dict", None)
-        return_dict = config.return_dict if return_dict is None else return_dict
-        padding_free = kwargs.pop("padding_free", None)
-        token_labels = kwargs.pop("token_labels", None)
-        if encoder_hidden_states is not None or encoder_attention_mask is not None:
-            raise ValueError("fastbert runs BERT as an encoder only: encoder_hidden_states (cross-attention) "
-                             "is not supported")
-        if cache is not None or kwargs.get("past_key_values") is not None:
-            raise ValueError("fastbert runs BERT as an encoder only: cache (incremental decoding) is not supported")
-        compiling = torch.compiler.is_compiling() or ops.exporting()
-        batch, seqlen = validate_inputs(config, input_ids, inputs_embeds, attention_mask, token_type_ids,
-                                        position_ids, check_values=not compiling)
-        device = (input_ids if input_ids is not None else inputs_embeds).device
-        if position_ids is None:
-            position_ids = torch.arange(seqlen, device=device)
-        position_ids = position_ids.expand(batch, seqlen)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros(batch, seqlen, dtype=torch.long, device=device)
-
-        # An exported graph takes the exact padded path: its shapes may not depend on the mask's values.
-        packed = padding_free is not False and not output_attentions and not ops.exporting() and (
-            attention_mask is None or (attention_mask.dim() == 2 and not attention_mask.is_floating_point()))
-        layout = None
-        if packed:
-            # padding_free=True: the caller vouches that nothing it uses reads a padded position.
-            reads = None if padding_free else _padded_reads(attention_mask, token_labels, self.pooler is not None)
-            layout = _packed_layout(attention_mask, batch, seqlen, device, compiling, reads)
-        if layout is not None:
-            attn = PackedAttention(layout.cu_seqlens, layout.max_seqlen)
-        else:
-            layout = full_layout(batch, seqlen, device)
-            attn = PaddedAttention(batch, seqlen, _additive_mask(attention_mask, self.dtype))
-
-        selected = _selected_hidden_states(output_hidden_states, config.num_hidden_layers)
-        kept = {}
-
-        def keep_input(i: int, h: Tensor) -> Tensor:
-            if i not in selected:
-                return h
-            kept[i] = scatter(h, layout)
-            return gather(kept[i], layout)  # the next layer runs on the returned state: it stays in the graph
-
-        if isinstance(attn, PackedAttention) and self._graph_eligible(input_ids, selected, compiling):
-            hidden = cuda_graphs.graphed_encoder(self, BertModel._encode_static)(
-                gather(input_ids, layout), gather(token_type_ids, layout), gather(position_ids, layout),
-                layout.cu_seqlens, layout.max_seqlen)
-            if layout.indices is None:
-                hidden = hidden.clone()  # scatter would return a view of the graph's buffer
-            all_probs = None
-        else:
-            with self._dropout_seeds(device, compiling):
-                hidden = self.embeddings(
-                    gather(input_ids, layout) if input_ids is not None else None,
-                    gather(token_type_ids, layout), gather(position_ids, layout),
-                    gather(inputs_embeds, layout) if inputs_embeds is not None else None,
-                )
-                hidden, all_probs = self.encoder(hidden, attn, keep_input if selected else None, output_attentions)
-
-        sequence_output = scatter(hidden, layout)
-        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
-        hidden_states = None
-        if selected is not None:
-            last = config.num_hidden_layers
-            hidden_states = tuple(kept.get(i) for i in range(last)) + (
-                sequence_output if last in selected else None,)
-        result = BaseModelOutputWithPoolingAndCrossAttentions(
-            last_hidden_state=sequence_output,
-            pooler_output=pooled_output,
-            hidden_states=hidden_states,
-            attentions=tuple(all_probs) if all_probs else None,
-        )
-        return result if return_dict else result.to_tuple()
+        check_encoder_only(encoder_hidden_states, encoder_attention_mask, cache, kwargs)
+        return self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
 
 
-    def use_cuda_graphs(self, enabled: bool = True) -> None:
-        """Replays inference calls through CUDA graphs, one per bucket of batch shapes
-        (:mod:`fastbert.cuda_graphs`); ``fastbert.optimize(model, cuda_graphs=True)`` calls it."""
-        self._cuda_graphs_enabled = enabled
-
-    def _graph_eligible(self, input_ids: Optional[Tensor], selected, compiling: bool) -> bool:
-        """A call the graphs can take: inference on ids, nothing recorded, not traced or captured."""
-        if not getattr(self, "_cuda_graphs_enabled", False) or input_ids is None or selected is not None:
-            return False
-        if self.training or torch.is_grad_enabled() or compiling or torch.is_autocast_enabled(input_ids.device.type):
-            return False
-        return not (input_ids.is_cuda and torch.cuda.is_current_stream_capturing())
-
-    def _encode_static(self, static: "cuda_graphs.StaticBatch") -> Tensor:
-        """Embeddings and every layer on a bucket's static buffers: ``(tokens, hidden)``."""
-        hidden = self.embeddings(static.ids, static.types, static.positions, None)
-        return self.encoder(hidden, PackedAttention(static.cu_seqlens, static.key.max_seqlen))[0]
-
-    def _dropout_seeds(self, device: torch.device, compiling: bool):
-        """One seed draw for every dropout site of a training forward (embeddings, then three per layer).
-        Not while compiling, nor with gradient checkpointing, whose recomputation draws its seeds again
-        from the restored RNG state."""
-        config = self.config
-        dropout = config.hidden_dropout_prob > 0 or config.attention_probs_dropout_prob > 0
-        if not (self.training and dropout) or compiling or any(
-                getattr(layer, "gradient_checkpointing", False) for layer in self.encoder.layer):
-            return contextlib.nullcontext()
-        return _seed_pool.drawn(1 + 3 * config.num_hidden_layers, device)
+@converts(hf.BertModel)
+class BertModel(BertModelCore, BertPreTrainedModel, hf.BertModel):
+    pass
 
 
 def _selected_hidden_states(output_hidden_states, num_layers: int) -> Optional[frozenset]:
@@ -571,107 +744,98 @@ def _additive_mask(mask: Optional[Tensor], dtype: torch.dtype) -> Optional[Tenso
 
 
 # ============================================================================= task heads
+def head_forward(hf_class: type, token_labels: Optional[str] = None, reads_first_token: bool = False,
+                 span_labels: tuple = (), summary: bool = False) -> Callable:
+    """transformers' ``hf_class.forward`` (its signature kept: ``Trainer`` picks dataset columns from it)
+    telling the base model what the head reads, so that padded positions it reads are computed exactly:
+
+    token_labels: the argument holding per-token labels (a label at a padded position makes the call exact);
+    reads_first_token: the head reads position 0 (a pad token under left padding);
+    span_labels: arguments whose presence makes the call exact (a span loss takes a softmax over every
+    position, padded ones included);
+    summary: the head pools as ``config.summary_type`` says: ``"first"`` reads position 0, any other
+    type (last, mean, cls_index) reads padded positions, so the call is exact."""
+    forward = hf_class.forward
+    signature = inspect.signature(forward)
+    names = [n for n, p in signature.parameters.items()
+             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][1:]
+
+    def head(self, *args, **kwargs):
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__}.forward takes {len(names)} positional arguments, got {len(args)}")
+        kwargs.update(zip(names, args))
+        if token_labels is not None:
+            kwargs["token_labels"] = kwargs.get(token_labels)
+        if reads_first_token:
+            kwargs["reads_first_token"] = True
+        if summary:
+            if self.config.summary_type == "first":
+                kwargs["reads_first_token"] = True
+            else:
+                kwargs.setdefault("padding_free", False)
+        if span_labels and all(kwargs.get(name) is not None for name in span_labels):
+            kwargs.setdefault("padding_free", False)
+        return forward(self, **kwargs)
+
+    head.__signature__ = signature
+    head.__doc__ = f"transformers' ``{hf_class.__name__}.forward``, on fastbert's encoder."
+    head.__name__ = head.__qualname__ = "forward"
+    return head
+
+
 # transformers' head classes with fastbert's encoder: their forward, losses and outputs are unchanged.
+@converts(hf.BertForSequenceClassification)
 class BertForSequenceClassification(BertPreTrainedModel, hf.BertForSequenceClassification):
     pass
 
 
+@converts(hf.BertForTokenClassification)
 class BertForTokenClassification(BertPreTrainedModel, hf.BertForTokenClassification):
-    def forward(self, input_ids: Optional[Tensor] = None, attention_mask: Optional[Tensor] = None,
-                token_type_ids: Optional[Tensor] = None, position_ids: Optional[Tensor] = None,
-                inputs_embeds: Optional[Tensor] = None, labels: Optional[Tensor] = None, **kwargs):
-        """transformers' forward; a label at a padded position makes the call exact (``BertModel.forward``)."""
-        return super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                               position_ids=position_ids, inputs_embeds=inputs_embeds, labels=labels,
-                               token_labels=labels, **kwargs)
+    forward = head_forward(hf.BertForTokenClassification, token_labels="labels")
 
 
+@converts(hf.BertForQuestionAnswering)
 class BertForQuestionAnswering(BertPreTrainedModel, hf.BertForQuestionAnswering):
-    def forward(self, input_ids: Optional[Tensor] = None, attention_mask: Optional[Tensor] = None,
-                token_type_ids: Optional[Tensor] = None, position_ids: Optional[Tensor] = None,
-                inputs_embeds: Optional[Tensor] = None, start_positions: Optional[Tensor] = None,
-                end_positions: Optional[Tensor] = None, **kwargs):
-        """transformers' forward, with its signature (``Trainer`` picks dataset columns from it).
-
-        transformers' span loss takes a softmax over every position, padded ones included, so a call with
-        a loss needs the padded positions' hidden states: it runs unpacked, exactly as transformers."""
-        if start_positions is not None and end_positions is not None:
-            kwargs.setdefault("padding_free", False)
-        return super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                               position_ids=position_ids, inputs_embeds=inputs_embeds,
-                               start_positions=start_positions, end_positions=end_positions, **kwargs)
+    forward = head_forward(hf.BertForQuestionAnswering, span_labels=("start_positions", "end_positions"))
 
 
+@converts(hf.BertForMultipleChoice)
 class BertForMultipleChoice(BertPreTrainedModel, hf.BertForMultipleChoice):
     pass
 
 
+@converts(hf.BertForMaskedLM)
 class BertForMaskedLM(BertPreTrainedModel, hf.BertForMaskedLM):
-    def forward(self, input_ids: Optional[Tensor] = None, attention_mask: Optional[Tensor] = None,
-                token_type_ids: Optional[Tensor] = None, position_ids: Optional[Tensor] = None,
-                inputs_embeds: Optional[Tensor] = None, encoder_hidden_states: Optional[Tensor] = None,
-                encoder_attention_mask: Optional[Tensor] = None, labels: Optional[Tensor] = None, **kwargs):
-        """transformers' forward; a label at a padded position makes the call exact (``BertModel.forward``)."""
-        return super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                               position_ids=position_ids, inputs_embeds=inputs_embeds,
-                               encoder_hidden_states=encoder_hidden_states,
-                               encoder_attention_mask=encoder_attention_mask, labels=labels, token_labels=labels,
-                               **kwargs)
+    forward = head_forward(hf.BertForMaskedLM, token_labels="labels")
 
 
+@converts(hf.BertForNextSentencePrediction)
 class BertForNextSentencePrediction(BertPreTrainedModel, hf.BertForNextSentencePrediction):
     pass
 
 
+@converts(hf.BertForPreTraining)
 class BertForPreTraining(BertPreTrainedModel, hf.BertForPreTraining):
-    def forward(self, input_ids: Optional[Tensor] = None, attention_mask: Optional[Tensor] = None,
-                token_type_ids: Optional[Tensor] = None, position_ids: Optional[Tensor] = None,
-                inputs_embeds: Optional[Tensor] = None, labels: Optional[Tensor] = None,
-                next_sentence_label: Optional[Tensor] = None, **kwargs):
-        """transformers' forward; a masked-LM label at a padded position makes the call exact
-        (``BertModel.forward``)."""
-        return super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                               position_ids=position_ids, inputs_embeds=inputs_embeds, labels=labels,
-                               next_sentence_label=next_sentence_label, token_labels=labels, **kwargs)
-
-
-# transformers class -> fastbert class, for every class whose forward fastbert replaces.
-FASTBERT_CLASSES: dict[type, type] = {
-    hf.BertEmbeddings: BertEmbeddings,
-    hf.BertSelfAttention: BertSelfAttention,
-    hf.BertSelfOutput: BertSelfOutput,
-    hf.BertAttention: BertAttention,
-    hf.BertIntermediate: BertIntermediate,
-    hf.BertOutput: BertOutput,
-    hf.BertLayer: BertLayer,
-    hf.BertEncoder: BertEncoder,
-    hf.BertModel: BertModel,
-    hf.BertForSequenceClassification: BertForSequenceClassification,
-    hf.BertForTokenClassification: BertForTokenClassification,
-    hf.BertForQuestionAnswering: BertForQuestionAnswering,
-    hf.BertForMultipleChoice: BertForMultipleChoice,
-    hf.BertForMaskedLM: BertForMaskedLM,
-    hf.BertForNextSentencePrediction: BertForNextSentencePrediction,
-    hf.BertForPreTraining: BertForPreTraining,
-}
+    forward = head_forward(hf.BertForPreTraining, token_labels="labels")
 
 
 def convert_modules(model: nn.Module) -> int:
-    """Swaps, in place, the class of every transformers BERT module in ``model`` for fastbert's.
+    """Swaps, in place, the class of every transformers module of a supported family in ``model`` for
+    fastbert's.
 
     Parameters, buffers, hooks, device, dtype, mode and ``requires_grad`` are untouched (the objects
     stay the same). Returns how many modules were converted; 0 when there was nothing left to do.
     """
     targets = [(m, FASTBERT_CLASSES[type(m)]) for m in model.modules() if type(m) in FASTBERT_CLASSES]
     for module, _ in targets:  # refuse before touching anything
-        if isinstance(module, hf.BertPreTrainedModel):
+        if isinstance(module, PreTrainedModel):
             check_config_supported(module.config)
     for module, target in targets:
         module.__class__ = target
     return len(targets)
 
 
-def _build_then_convert(cls):
+def build_then_convert(cls: type) -> type:
     """Gives a fastbert model class transformers' constructor followed by :func:`convert_modules`."""
     base = next(b for b in cls.__mro__[1:] if b in FASTBERT_CLASSES)
 
@@ -685,6 +849,12 @@ def _build_then_convert(cls):
     return cls
 
 
-for _cls in set(FASTBERT_CLASSES.values()):
-    if issubclass(_cls, BertPreTrainedModel):
-        _build_then_convert(_cls)
+def finish_family(namespace: dict) -> None:
+    """Gives every fastbert model class defined in ``namespace`` (a family module's globals) transformers'
+    constructor followed by the conversion."""
+    for cls in list(namespace.values()):
+        if isinstance(cls, type) and issubclass(cls, PreTrainedCore) and cls in FASTBERT_CLASSES.values():
+            build_then_convert(cls)
+
+
+finish_family(globals())

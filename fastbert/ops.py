@@ -173,7 +173,8 @@ def _eager_function(op: str, setup: Callable, grad: Callable) -> type:
                 {"forward": staticmethod(forward), "backward": staticmethod(backward)})
 
 
-# The custom ops' inputs that their implementations' forward takes (embeddings' padding_idx is for backward).
+# The custom ops' inputs that their implementations' forward takes (embeddings' padding indices are for
+# backward).
 _FORWARD_ARITY = {"embeddings": 12}
 
 
@@ -602,14 +603,14 @@ def ffn(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor) -> Tensor:
 def _embeddings(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], position_ids: Tensor,
                 token_type_ids: Tensor, word: Tensor, pos: Tensor, types: Tensor, weight: Tensor, beta: Tensor,
                 eps: float, dropout_p: float, seed: Optional[Tensor],
-                padding_idx: int) -> tuple[Tensor, Tensor, Tensor]:
+                padding_idx: int, position_padding_idx: int) -> tuple[Tensor, Tensor, Tensor]:
     return _impl("embeddings", "fwd", word.device, word.dtype)(input_ids, inputs_embeds, position_ids, token_type_ids, word,
                                                   pos, types, weight, beta, eps, dropout_p, seed)
 
 
 @_embeddings.register_fake
 def _(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, beta, eps, dropout_p,
-      seed, padding_idx):
+      seed, padding_idx, position_padding_idx):
     tokens = position_ids.shape[0]
     stats = word.new_empty(tokens, dtype=torch.float32)
     return word.new_empty(tokens, word.shape[1]), stats, torch.empty_like(stats)
@@ -619,16 +620,16 @@ def _(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, 
 def _embeddings_backward(
     dy: Tensor, input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], position_ids: Tensor,
     token_type_ids: Tensor, word: Tensor, pos: Tensor, types: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor,
-    dropout_p: float, seed: Optional[Tensor], padding_idx: int,
+    dropout_p: float, seed: Optional[Tensor], padding_idx: int, position_padding_idx: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return _impl("embeddings", "bwd", word.device, word.dtype)(dy, input_ids, inputs_embeds, position_ids, token_type_ids,
                                                   word, pos, types, weight, mean, rstd, dropout_p, seed,
-                                                  padding_idx)
+                                                  padding_idx, position_padding_idx)
 
 
 @_embeddings_backward.register_fake
 def _(dy, input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, mean, rstd,
-      dropout_p, seed, padding_idx):
+      dropout_p, seed, padding_idx, position_padding_idx):
     dembeds = word.new_empty(0) if inputs_embeds is None else _dense_like(inputs_embeds)
     dword = _dense_like(word) if inputs_embeds is None else word.new_empty(0)
     return dembeds, dword, _dense_like(pos), _dense_like(types), _dense_like(weight), _dense_like(weight)
@@ -636,11 +637,11 @@ def _(dy, input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, typ
 
 def _embeddings_setup(ctx, inputs, output):
     (input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, beta, eps, dropout_p,
-     seed, padding_idx) = inputs
+     seed, padding_idx, position_padding_idx) = inputs
     ctx.save_for_backward(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight,
                           output[1], output[2], seed)
     ctx.dropout_p = dropout_p
-    ctx.padding_idx = padding_idx
+    ctx.padding_idx, ctx.position_padding_idx = padding_idx, position_padding_idx
 
 
 def _embeddings_grad(ctx, dy, dmean, drstd):
@@ -648,9 +649,10 @@ def _embeddings_grad(ctx, dy, dmean, drstd):
      seed) = ctx.saved_tensors
     dembeds, dword, dpos, dtypes, dweight, dbeta = _backward(
         ctx, "embeddings", _embeddings_backward, dy.contiguous(), input_ids, inputs_embeds, position_ids,
-        token_type_ids, word, pos, types, weight, mean, rstd, ctx.dropout_p, seed, ctx.padding_idx)
+        token_type_ids, word, pos, types, weight, mean, rstd, ctx.dropout_p, seed, ctx.padding_idx,
+        ctx.position_padding_idx)
     return (None, _grad_or_none(dembeds, inputs_embeds), None, None, _grad_or_none(dword, input_ids), dpos,
-            dtypes, dweight, dbeta, None, None, None, None)
+            dtypes, dweight, dbeta, None, None, None, None, None)
 
 
 _embeddings.register_autograd(_embeddings_grad, setup_context=_embeddings_setup)
@@ -660,7 +662,7 @@ _EagerEmbeddings = _eager_function("embeddings", _embeddings_setup, _embeddings_
 def embeddings(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], position_ids: Tensor,
                token_type_ids: Tensor, word: Tensor, pos: Tensor, types: Tensor, weight: Tensor, beta: Tensor,
                eps: float, dropout_p: float = 0.0, seed: Optional[Tensor] = None, padding_idx: int = -1,
-               check_values: bool = True) -> Tensor:
+               position_padding_idx: int = -1, check_values: bool = True) -> Tensor:
     """``dropout(LayerNorm(word[input_ids] + pos[position_ids] + types[token_type_ids]))``.
 
     Args:
@@ -668,6 +670,7 @@ def embeddings(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], pos
             ``inputs_embeds`` ``(tokens, hidden)`` is given instead.
         word, pos, types: the ``(rows, hidden)`` embedding tables; weight, beta: LayerNorm ``(hidden,)``.
         padding_idx: the word row that gets no gradient (as in ``nn.Embedding``), -1 for none.
+        position_padding_idx: the same for the position table (RoBERTa's position embeddings have one).
         check_values: also check that every id indexes its table (one host sync; skipped under
             ``torch.compile``, export and CUDA-graph capture, where the Triton kernel writes NaN rows for bad
             ids).
@@ -683,7 +686,8 @@ def embeddings(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], pos
         return torch_ops.embeddings_fwd(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types,
                                         weight, beta, eps, dropout_p, seed)[0]
     return _run("embeddings", _embeddings, _EagerEmbeddings, input_ids, inputs_embeds, position_ids,
-                token_type_ids, word, pos, types, weight, beta, eps, dropout_p, seed, padding_idx)[0]
+                token_type_ids, word, pos, types, weight, beta, eps, dropout_p, seed, padding_idx,
+                position_padding_idx)[0]
 
 
 # ============================================================================= the encoder stack in inference

@@ -5,39 +5,42 @@ from __future__ import annotations
 from typing import Optional
 
 from torch import nn
-from transformers.models.bert import modeling_bert as hf
+from transformers.modeling_utils import PreTrainedModel
 
-from fastbert.modeling import FASTBERT_CLASSES, BertModel, convert_modules
+from fastbert import families
+from fastbert.modeling import FASTBERT_CLASSES, EncoderModelCore, PreTrainedCore, convert_modules
 
 
 def optimize(model: nn.Module, cuda_graphs: Optional[bool] = None) -> nn.Module:
-    """Runs a transformers BERT model on fastbert's fused ops; returns the same object.
+    """Runs a transformers BERT-family model on fastbert's fused ops; returns the same object.
 
     ``cuda_graphs=True`` also replays its inference calls on CUDA through CUDA graphs, captured once per
     bucket of (tokens, sequences, longest length), each the next power of two
     (:mod:`fastbert.cuda_graphs`); training and other calls run as without. ``False`` turns them off;
     None (default) leaves them as they are.
 
-    Accepts a transformers ``BertModel``/``BertFor*`` or any module containing one (a
-    sentence-transformers ``SentenceTransformer``, a custom wrapper). The conversion happens in place:
-    the same parameter objects stay (weights, device, dtype, ``requires_grad``, optimizer references),
-    and so do train/eval mode and hooks. Calling it again is a no-op.
+    Accepts a transformers BERT, RoBERTa, XLM-RoBERTa, ELECTRA or DistilBERT model (the base model or any
+    of the heads fastbert has) or any module containing one (a sentence-transformers
+    ``SentenceTransformer``, a custom wrapper). The conversion happens in place: the same parameter objects
+    stay (weights, device, dtype, ``requires_grad``, optimizer references), and so do train/eval mode and
+    hooks. Calling it again is a no-op.
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module`` or holds no BERT model.
-        ValueError: the BERT config uses a setting fastbert cannot run exactly (decoder, cross-attention,
+        TypeError: ``model`` is not an ``nn.Module`` or holds no model of a supported family.
+        ValueError: the config uses a setting fastbert cannot run exactly (decoder, cross-attention,
             non-absolute positions, an activation other than exact GELU).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fastbert.optimize expects a torch.nn.Module, got {type(model).__name__}")
-    fastbert_types = tuple(set(FASTBERT_CLASSES.values()))
-    has_bert = any(isinstance(m, (hf.BertModel, hf.BertPreTrainedModel, *fastbert_types)) for m in model.modules())
-    if not has_bert:
-        raise TypeError(f"fastbert.optimize expects a BERT model (transformers BertModel/BertFor*, or a module "
-                        f"containing one), got {type(model).__name__}")
+    families.load_all()
+    has_model = any(isinstance(m, PreTrainedCore) or (isinstance(m, PreTrainedModel) and type(m) in FASTBERT_CLASSES)
+                    for m in model.modules())
+    if not has_model:
+        raise TypeError(f"fastbert.optimize expects a BERT-family model (BERT, RoBERTa, XLM-RoBERTa, ELECTRA or "
+                        f"DistilBERT: the base model, a head, or a module containing one), got {type(model).__name__}")
     convert_modules(model)
     if cuda_graphs is not None:
         for module in model.modules():
-            if isinstance(module, BertModel):
+            if isinstance(module, EncoderModelCore):
                 module.use_cuda_graphs(cuda_graphs)
     return model

@@ -228,11 +228,12 @@ def embeddings_fwd(input_ids, inputs_embeds, position_ids, token_type_ids, word,
 
 
 def embeddings_bwd(dy, input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types,
-                   weight, mean, rstd, p: float, seed, padding_idx: int):
+                   weight, mean, rstd, p: float, seed, padding_idx: int, position_padding_idx: int = -1):
     """Gradients ``(dinputs_embeds, dword, dpos, dtypes, dweight, dbeta)``.
 
     Table gradients are dense and accumulated with ``index_add`` (deterministic on the CPU);
-    the row ``padding_idx`` of ``dword`` stays zero, as with ``nn.Embedding(padding_idx=...)``.
+    the row ``padding_idx`` of ``dword`` (``position_padding_idx`` of ``dpos``) stays zero, as with
+    ``nn.Embedding(padding_idx=...)``.
     """
     hidden = word.shape[-1]
     s = _embedding_sum(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types)
@@ -252,6 +253,8 @@ def embeddings_bwd(dy, input_ids, inputs_embeds, position_ids, token_type_ids, w
             dword[padding_idx] = 0
         dword = dword.to(word.dtype)
     dpos = torch.zeros(pos.shape, dtype=torch.float32, device=ds.device).index_add_(0, position_ids, ds)
+    if 0 <= position_padding_idx < pos.shape[0]:
+        dpos[position_padding_idx] = 0
     dtypes = torch.zeros(types.shape, dtype=torch.float32, device=ds.device).index_add_(0, token_type_ids, ds)
     return (dinputs_embeds, dword, dpos.to(pos.dtype), dtypes.to(types.dtype),
             dweight.to(weight.dtype), dbeta.to(weight.dtype))

@@ -22,9 +22,10 @@ def check_config_supported(config) -> None:
     if position_type != "absolute" and transformers_reads_position_type(position_type):
         raise ValueError(f"fastbert supports absolute position embeddings only: "
                          f"config.position_embedding_type={position_type!r}")
-    act = getattr(config, "hidden_act", "gelu")
+    name = "activation" if config.model_type == "distilbert" else "hidden_act"  # DistilBERT's name for it
+    act = getattr(config, name, "gelu")
     if act not in EXACT_GELU_NAMES:
-        raise ValueError(f"fastbert fuses the exact erf GELU only: config.hidden_act={act!r} is not supported "
+        raise ValueError(f"fastbert fuses the exact erf GELU only: config.{name}={act!r} is not supported "
                          f"(supported: {', '.join(EXACT_GELU_NAMES)})")
     if config.hidden_size % config.num_attention_heads != 0:
         raise ValueError(f"config.hidden_size={config.hidden_size} is not a multiple of "
@@ -64,12 +65,16 @@ def check_index_ranges(checks) -> None:
 
 def validate_inputs(config, input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor],
                     attention_mask: Optional[Tensor], token_type_ids: Optional[Tensor],
-                    position_ids: Optional[Tensor], check_values: bool = True) -> tuple[int, int]:
-    """Validates a ``BertModel.forward`` call; returns ``(batch, seqlen)``.
+                    position_ids: Optional[Tensor], check_values: bool = True, embedding_size: Optional[int] = None,
+                    position_offset: int = 0) -> tuple[int, int]:
+    """Validates a base model's forward call (``BertModel``, ``RobertaModel``, ...); returns ``(batch, seqlen)``.
 
     ``check_values`` also reads the index tensors' ranges (one host read for all of them); it is off
-    under ``torch.compile``, where a data-dependent branch would break the graph.
+    under ``torch.compile``, where a data-dependent branch would break the graph. ``embedding_size``: the
+    width of ``inputs_embeds`` (ELECTRA's may differ from ``hidden_size``); ``position_offset``: the first
+    default position id (RoBERTa: its padding index + 1).
     """
+    embedding_size = config.hidden_size if embedding_size is None else embedding_size
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids or inputs_embeds "
                          f"(got {'both' if input_ids is not None else 'neither'})")
@@ -82,15 +87,16 @@ def validate_inputs(config, input_ids: Optional[Tensor], inputs_embeds: Optional
     else:
         if not inputs_embeds.dtype.is_floating_point:
             raise TypeError(f"inputs_embeds must be a floating-point tensor, got dtype {inputs_embeds.dtype}")
-        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
-            raise ValueError(f"inputs_embeds must be (batch, seqlen, {config.hidden_size}), "
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != embedding_size:
+            raise ValueError(f"inputs_embeds must be (batch, seqlen, {embedding_size}), "
                              f"got shape {tuple(inputs_embeds.shape)}")
         batch, seqlen = inputs_embeds.shape[:2]
     if batch == 0 or seqlen == 0:
         raise ValueError(f"empty batch: inputs have shape (batch={batch}, seqlen={seqlen})")
-    if position_ids is None and seqlen > config.max_position_embeddings:
+    if position_ids is None and seqlen + position_offset > config.max_position_embeddings:
+        offset = f" less the {position_offset} position ids before the first token's" if position_offset else ""
         raise ValueError(f"sequence length {seqlen} exceeds config.max_position_embeddings="
-                         f"{config.max_position_embeddings}")
+                         f"{config.max_position_embeddings}{offset}")
     ranges = []
     if input_ids is not None:
         _check_index_tensor("input_ids", input_ids, (batch, seqlen))

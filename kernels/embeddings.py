@@ -287,9 +287,10 @@ def _bwd_tokens(block_h: int) -> int:
 
 @on_input_device
 def embeddings_bwd(dy, input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight,
-                   mean, rstd, dropout_p: float, seed, padding_idx: int):
+                   mean, rstd, dropout_p: float, seed, padding_idx: int, position_padding_idx: int = -1):
     """``(dinputs_embeds, dword, dpos, dtypes, dweight, dbeta)``, each in its input's dtype; the one of
-    ``inputs_embeds``/``word`` not in use is empty, and row ``padding_idx`` of ``dword`` stays zero.
+    ``inputs_embeds``/``word`` not in use is empty, and row ``padding_idx`` of ``dword``
+    (``position_padding_idx`` of ``dpos``) stays zero.
     The signature of :func:`fastbert.torch_ops.embeddings_bwd`."""
     tokens, hidden = position_ids.shape[0], word.shape[1]
     block_h = row_block(hidden)
@@ -314,7 +315,7 @@ def embeddings_bwd(dy, input_ids, inputs_embeds, position_ids, token_type_ids, w
     part = torch.empty_like(ds)  # pass 1's run sums, one buffer for the three tables in turn
     dword = word.new_empty(0) if inputs_embeds is not None else table_grad(ds, input_ids, word.shape[0], word.dtype,
                                                                            padding_idx, part)
-    dpos = table_grad(ds, position_ids, pos.shape[0], pos.dtype, part=part)
+    dpos = table_grad(ds, position_ids, pos.shape[0], pos.dtype, position_padding_idx, part)
     dtypes = table_grad(ds, token_type_ids, types.shape[0], types.dtype, part=part)
     dweight, dbeta = sum_partials_as(parts, (weight.dtype, weight.dtype), PARTS_TILE)  # zeros without tokens
     return dembeds, dword, dpos, dtypes, dweight, dbeta
@@ -356,21 +357,22 @@ class FusedEmbeddings(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, beta,
-                eps, dropout_p, seed, padding_idx=-1, check_values=True):
+                eps, dropout_p, seed, padding_idx=-1, check_values=True, position_padding_idx=-1):
         y, mean, rstd = embeddings_fwd(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types,
                                        weight, beta, eps, dropout_p, seed, check_values)
         ctx.save_for_backward(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight,
                               mean, rstd, seed)
-        ctx.dropout_p, ctx.padding_idx = dropout_p, padding_idx
+        ctx.dropout_p, ctx.padding_idx, ctx.position_padding_idx = dropout_p, padding_idx, position_padding_idx
         return y
 
     @staticmethod
     def backward(ctx, dy):
         *saved, seed = ctx.saved_tensors
         dembeds, dword, dpos, dtypes, dweight, dbeta = embeddings_bwd(dy, *saved, ctx.dropout_p, seed,
-                                                                      ctx.padding_idx)
+                                                                      ctx.padding_idx, ctx.position_padding_idx)
         return (None, dembeds if saved[1] is not None else None, None, None,
-                dword if saved[0] is not None else None, dpos, dtypes, dweight, dbeta, None, None, None, None, None)
+                dword if saved[0] is not None else None, dpos, dtypes, dweight, dbeta, None, None, None, None, None,
+                None)
 
 
 # ============================================================================= ahead-of-time variants
@@ -436,10 +438,10 @@ def _op_forward(input_ids, inputs_embeds, position_ids, token_type_ids, word, po
 
 
 def _op_backward(dy, input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, mean, rstd,
-                 dropout_p: float, seed, padding_idx: int):
+                 dropout_p: float, seed, padding_idx: int, position_padding_idx: int):
     """``fastbert.ops`` adapter of :func:`embeddings_bwd`."""
     args = (dy, input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, mean, rstd,
-            dropout_p, seed, padding_idx)
+            dropout_p, seed, padding_idx, position_padding_idx)
     reason = _unsupported(inputs_embeds, word, pos, types, weight)
     if reason:
         return torch_fallback("embeddings", "bwd", reason)(*args)

@@ -65,7 +65,7 @@ def test_eager_function_gradients_equal_the_custom_ops(op):
         "ffn": (rand(tokens, hidden), rand(9, hidden), rand(9), rand(5, 9)),
         "embeddings": (torch.tensor([1, 4, 2, 0, 4, 3, 1]), None, torch.arange(tokens), torch.zeros(tokens).long(),
                        rand(6, hidden), rand(8, hidden), rand(2, hidden), rand(hidden), rand(hidden), 1e-5, 0.25,
-                       seed, 0),
+                       seed, 0, 3),
     }[op]
     custom = getattr(ops, f"_{op}")
     eager = {"attention": ops._EagerAttention, "residual_layernorm": ops._EagerResidualLayerNorm,

@@ -698,7 +698,7 @@ def test_opcheck_embeddings(use_embeds, p):
     embeds = torch.randn(6, 24, requires_grad=True) if use_embeds else None
     seed = torch.tensor([1234]) if p else None
     _opcheck(torch.ops.fastbert.embeddings.default,
-             (None if use_embeds else ids, embeds, pids, tids, *tables, 1e-12, p, seed, 0))
+             (None if use_embeds else ids, embeds, pids, tids, *tables, 1e-12, p, seed, 0, 1))
 
 
 # ============================================================================= backend selection

@@ -55,18 +55,19 @@ def _grads(leaves):
     return [leaves[k].grad if leaves[k] is not None else None for k in FLOATS]
 
 
-def _run(args, p, seed, dy, padding_idx=-1):
+def _run(args, p, seed, dy, padding_idx=-1, position_padding_idx=-1):
     """Kernel forward and backward through the autograd Function: ``(y, [d inputs_embeds, word, pos, types,
     weight, beta])``."""
     leaves = _leaves(args)
     a = leaves
     y = E.FusedEmbeddings.apply(a["input_ids"], a["inputs_embeds"], a["position_ids"], a["token_type_ids"],
-                                a["word"], a["pos"], a["types"], a["weight"], a["beta"], EPS, p, seed, padding_idx)
+                                a["word"], a["pos"], a["types"], a["weight"], a["beta"], EPS, p, seed, padding_idx,
+                                True, position_padding_idx)
     y.backward(dy.to(y.dtype))
     return y.detach(), _grads(leaves)
 
 
-def _reference(args, keep, p, dy, dtype=None, padding_idx=-1):
+def _reference(args, keep, p, dy, dtype=None, padding_idx=-1, position_padding_idx=-1):
     leaves = _leaves(args, dtype)
     a = leaves
     y = E.embeddings_reference(a["input_ids"], a["inputs_embeds"], a["position_ids"], a["token_type_ids"],
@@ -75,10 +76,12 @@ def _reference(args, keep, p, dy, dtype=None, padding_idx=-1):
     grads = _grads(leaves)
     if padding_idx >= 0 and grads[1] is not None:
         grads[1][padding_idx] = 0
+    if position_padding_idx >= 0:
+        grads[2][position_padding_idx] = 0
     return y.detach(), grads
 
 
-def _check(tokens, hidden, dtype, p, embeds=False, padding_idx=-1, ids=None, **sizes):
+def _check(tokens, hidden, dtype, p, embeds=False, padding_idx=-1, ids=None, position_padding_idx=-1, **sizes):
     """Kernel forward and gradients vs float64 (fp32: 2e-5 of the largest value; 16-bit: within 2x
     PyTorch's own error in that dtype). ``ids``: ``{name: ids}`` replacing the random ones."""
     args = _inputs(tokens, hidden, dtype, embeds, seed=tokens + hidden, **sizes)
@@ -86,15 +89,16 @@ def _check(tokens, hidden, dtype, p, embeds=False, padding_idx=-1, ids=None, **s
     seed = torch.tensor([tokens * 5 + hidden], device=DEVICE)
     keep = E.dropout_mask(tokens, hidden, p, seed) if p else None
     dy = torch.randn(tokens, hidden, device=DEVICE).to(dtype).float()  # one upstream gradient for every side
-    y, grads = _run(args, p, seed, dy, padding_idx)
-    y64, grads64 = _reference(args, keep, p, dy, torch.float64, padding_idx)
+    y, grads = _run(args, p, seed, dy, padding_idx, position_padding_idx)
+    y64, grads64 = _reference(args, keep, p, dy, torch.float64, padding_idx, position_padding_idx)
     pairs = [(y, y64)] + list(zip(grads, grads64))
     if dtype == torch.float32:
         for name, (ours, exact) in zip(NAMES, pairs):
             if exact is not None:
                 assert max_err(ours, exact) <= 2e-5 * max(1.0, exact.abs().max().item()), name
         return y, grads
-    y_lowp, grads_lowp = _reference(args, keep, p, dy, padding_idx=padding_idx)
+    y_lowp, grads_lowp = _reference(args, keep, p, dy, padding_idx=padding_idx,
+                                    position_padding_idx=position_padding_idx)
     for name, (ours, exact), theirs in zip(NAMES, pairs, [y_lowp] + grads_lowp):
         if exact is not None:
             assert_lowp_error(ours, theirs.to(ours.dtype), exact, f"{name} {dtype} hidden {hidden}")
@@ -134,9 +138,10 @@ def test_all_tokens_one_id_match_float64(dtype):
 
 
 def test_ids_at_the_table_ends_match_float64():
-    """Ids 0 and rows - 1 only, in runs across chunk starts, with padding_idx 0."""
+    """Ids 0 and rows - 1 only, in runs across chunk starts, with padding_idx 0 and the position table's
+    padding index (RoBERTa has one) at its last row."""
     ends = lambda rows: torch.tensor([0, rows - 1])[torch.arange(300) // 70 % 2]  # noqa: E731
-    _check(300, 48, torch.float32, 0.0, padding_idx=0,
+    _check(300, 48, torch.float32, 0.0, padding_idx=0, position_padding_idx=39,
            ids=dict(input_ids=ends(50), position_ids=ends(40), token_type_ids=ends(3)))
 
 
@@ -436,5 +441,5 @@ def test_opcheck_with_the_triton_backend(embeds, monkeypatch):
     torch.library.opcheck(
         torch.ops.fastbert.embeddings.default,
         (a["input_ids"], a["inputs_embeds"], a["position_ids"], a["token_type_ids"], a["word"], a["pos"], a["types"],
-         a["weight"], a["beta"], EPS, 0.1, torch.tensor([3], device=DEVICE), 0),
+         a["weight"], a["beta"], EPS, 0.1, torch.tensor([3], device=DEVICE), 0, 2),
         test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))

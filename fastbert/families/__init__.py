@@ -1,0 +1,71 @@
+"""The BERT family's other members on fastbert's one encoder core (:mod:`fastbert.modeling`).
+
+Each module here is a thin adapter: the family's embeddings and position ids, its module names, its heads.
+Importing this package registers every family, so :func:`fastbert.optimize` and ``fastbert.AutoModel*``
+know them all.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Optional
+
+from fastbert.modeling import (STACK_READERS, AttentionCore, BertModelCore, DenseResidualLayerNormCore,
+                               EmbeddingsCore, EncoderCore, IntermediateCore, LayerCore, PreTrainedCore,
+                               SelfAttentionCore, bert_layer_reader, converts, finish_family, head_forward)
+
+# config.model_type -> the module of the family that runs it
+FAMILY_MODULES = {
+    "bert": "fastbert.modeling",
+    "roberta": "fastbert.families.roberta",
+    "xlm-roberta": "fastbert.families.xlm_roberta",
+    "electra": "fastbert.families.electra",
+    "distilbert": "fastbert.families.distilbert",
+}
+
+
+def bert_shaped_family(hf_module: ModuleType, prefix: str, namespace: dict, heads: dict,
+                       model_core: type = BertModelCore) -> None:
+    """Defines, in ``namespace`` (a family module's globals), the fastbert classes of a family whose
+    modules carry BERT's names (RoBERTa, XLM-RoBERTa, ELECTRA): each subclasses transformers' class of that
+    name in ``hf_module`` with the core's forward.
+
+    heads: head class name -> :func:`fastbert.modeling.head_forward` options (None: transformers' forward
+    as it is); model_core: the base model's core (the family's position ids, embeddings, outputs)."""
+
+    def define(name: str, bases: tuple, role: Optional[str] = None, register: bool = True,
+               attributes: Optional[dict] = None) -> type:
+        hf_class = getattr(hf_module, name)
+        cls = type(name, (*bases, hf_class), {"__module__": namespace["__name__"], "__qualname__": name,
+                                              "__doc__": f"transformers' ``{name}`` on fastbert's fused ops.",
+                                              **(attributes or {})})
+        if register:
+            converts(hf_class, role)(cls)
+        namespace[name] = cls
+        return cls
+
+    embeddings_and_encoder = [("Embeddings", EmbeddingsCore, "embeddings"),
+                              ("SelfAttention", SelfAttentionCore, "self_attention"),
+                              ("SelfOutput", DenseResidualLayerNormCore, "self_output"),
+                              ("Output", DenseResidualLayerNormCore, "output"),
+                              ("Attention", AttentionCore, "attention"),
+                              ("Intermediate", IntermediateCore, "intermediate"),
+                              ("Layer", LayerCore, "layer"),
+                              ("Encoder", EncoderCore, "encoder")]
+    made = {role: define(prefix + suffix, (core,), role) for suffix, core, role in embeddings_and_encoder}
+    STACK_READERS[made["layer"]] = bert_layer_reader(made["attention"], made["intermediate"], made["output"],
+                                                     made["self_attention"], made["self_output"])
+    pretrained = define(f"{prefix}PreTrainedModel", (PreTrainedCore,), register=False)
+    define(f"{prefix}Model", (model_core, pretrained))
+    for name, options in heads.items():
+        forward = {"forward": head_forward(getattr(hf_module, name), **options)} if options is not None else {}
+        define(name, (pretrained,), attributes=forward)
+    finish_family(namespace)
+
+
+def load_all() -> None:
+    """Imports every family module (registering its classes)."""
+    import importlib
+
+    for module in FAMILY_MODULES.values():
+        importlib.import_module(module)
