@@ -1,0 +1,65 @@
+"""``fastbert.AutoModel*``: the fastbert class of a checkpoint's or config's model type, transformers'
+loading arguments, and a clear error for a type or task fastbert does not have."""
+
+import pytest
+import torch
+import transformers
+from conftest import tiny_config
+
+import fastbert
+from fastbert import auto
+
+CONFIGS = {
+    "bert": lambda: tiny_config(),
+    "roberta": lambda: transformers.RobertaConfig(vocab_size=99, hidden_size=30, num_hidden_layers=1,
+                                                  num_attention_heads=3, intermediate_size=50,
+                                                  max_position_embeddings=40),
+    "xlm-roberta": lambda: transformers.XLMRobertaConfig(vocab_size=99, hidden_size=30, num_hidden_layers=1,
+                                                         num_attention_heads=3, intermediate_size=50,
+                                                         max_position_embeddings=40),
+    "electra": lambda: transformers.ElectraConfig(vocab_size=99, embedding_size=20, hidden_size=30,
+                                                  num_hidden_layers=1, num_attention_heads=3, intermediate_size=50),
+    "distilbert": lambda: transformers.DistilBertConfig(vocab_size=99, dim=30, n_layers=1, n_heads=3, hidden_dim=50),
+}
+AUTO_CLASSES = [name for name in auto.TASKS]
+
+
+@pytest.mark.parametrize("model_type", list(CONFIGS))
+@pytest.mark.parametrize("auto_name", AUTO_CLASSES)
+def test_from_config_picks_the_familys_class_for_the_task(auto_name, model_type):
+    """The class transformers' Auto class would build, in fastbert's version."""
+    config = CONFIGS[model_type]()
+    ours = getattr(fastbert, auto_name)
+    if model_type not in auto.TASKS[auto_name]:
+        with pytest.raises(ValueError, match=f"does not take model_type={model_type!r}"):
+            ours.from_config(config)
+        return
+    model = ours.from_config(config)
+    theirs = type(getattr(transformers, auto_name).from_config(config))
+    assert type(model).__name__ == theirs.__name__ and isinstance(model, theirs)
+    assert type(model).__module__.startswith("fastbert")
+
+
+@pytest.mark.parametrize("model_type", list(CONFIGS))
+def test_from_pretrained_loads_the_checkpoint_with_config_overrides(model_type, tmp_path):
+    torch.manual_seed(0)
+    saved = transformers.AutoModel.from_config(CONFIGS[model_type]())
+    saved.save_pretrained(tmp_path)
+    model, info = fastbert.AutoModelForSequenceClassification.from_pretrained(
+        tmp_path, num_labels=5, output_loading_info=True)
+    assert type(model).__name__.endswith("ForSequenceClassification") and model.config.num_labels == 5
+    # RoBERTa's classifier reads <s> with its own head: the base model's pooler is left out, as in transformers
+    assert all(key.startswith("pooler.") for key in info["unexpected_keys"])
+    base = model.base_model.state_dict()
+    for key, value in saved.state_dict().items():
+        assert key.startswith("pooler.") or torch.equal(base[key], value), key
+    again = fastbert.AutoModel.from_pretrained(tmp_path, config=saved.config)
+    assert type(again).__name__ == type(saved).__name__
+
+
+def test_a_type_fastbert_does_not_take_is_named(tmp_path):
+    transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"fastbert.AutoModel does not take model_type='gpt2'; it takes 'bert'"):
+        fastbert.AutoModel.from_pretrained(tmp_path)
+    with pytest.raises(EnvironmentError, match="from_pretrained"):
+        fastbert.AutoModel()
