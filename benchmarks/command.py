@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
                         help="where to measure (default: cuda when available)")
     parser.add_argument("--quick", action="store_true", help="the reduced grid (minutes on a CPU)")
-    parser.add_argument("--model", default=None, help="a BertModel checkpoint folder, or a Hub name in the "
+    parser.add_argument("--model", default=None, help="a checkpoint folder of a model type fastbert runs (BERT, RoBERTa, XLM-R, ELECTRA, "
+                        "DistilBERT), or a Hub name in the "
                         f"cache (default: all-MiniLM-L6-v2 from the {CHECKPOINT_PACKAGE} package; without it, "
                         "random weights at the MiniLM-L6 and BERT-base geometries)")
     parser.add_argument("--out", default="bench-out", help="folder for the results")

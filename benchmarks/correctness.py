@@ -24,8 +24,12 @@ def _errors(model, exact_out, exact_grads, ids, mask, dtype) -> dict:
     out = model(input_ids=ids, attention_mask=mask)
     keep = mask.bool()
     hidden = (out.last_hidden_state.double() - exact_out.last_hidden_state)[keep].abs().max().item()
-    pooled = (out.pooler_output.double() - exact_out.pooler_output).abs().max().item()
-    (out.last_hidden_state[keep].float().pow(2).mean() + out.pooler_output.float().sum()).backward()
+    loss = out.last_hidden_state[keep].float().pow(2).mean()
+    pooled = None  # ELECTRA and DistilBERT have no pooler
+    if _pooled(exact_out) is not None:
+        pooled = (out.pooler_output.double() - exact_out.pooler_output).abs().max().item()
+        loss = loss + out.pooler_output.float().sum()
+    loss.backward()
     scale = max(g.abs().max().item() for g in exact_grads.values())
     grads = max((p.grad.double() - exact_grads[n]).abs().max().item()
                 for n, p in model.named_parameters() if p.grad is not None) / scale
@@ -38,7 +42,8 @@ def compare(reference: transformers.BertModel, ids, mask, dtype, backend: str) -
     _disable_dropout(exact)
     exact_out = exact(input_ids=ids, attention_mask=mask)
     keep = mask.bool()
-    (exact_out.last_hidden_state[keep].pow(2).mean() + exact_out.pooler_output.sum()).backward()
+    loss = exact_out.last_hidden_state[keep].pow(2).mean()
+    (loss + exact_out.pooler_output.sum() if _pooled(exact_out) is not None else loss).backward()
     exact_grads = {n: p.grad for n, p in exact.named_parameters() if p.grad is not None}
 
     theirs = copy.deepcopy(reference).train()
@@ -57,6 +62,10 @@ def compare(reference: transformers.BertModel, ids, mask, dtype, backend: str) -
     return result
 
 
+def _pooled(out):
+    return getattr(out, "pooler_output", None)
+
+
 def _disable_dropout(model) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
@@ -64,10 +73,11 @@ def _disable_dropout(model) -> None:
 
 
 def real_checkpoint_batch(path: str, sentences: list[str], device):
-    """The checkpoint as a transformers ``sdpa`` BertModel and a padded batch of ``sentences``."""
+    """The checkpoint as a transformers ``sdpa`` base model (BERT or another family fastbert runs) and a
+    padded batch of ``sentences``."""
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     batch = tokenizer(sentences, padding=True, return_tensors="pt")
-    model = transformers.BertModel.from_pretrained(path, attn_implementation="sdpa").to(device)
+    model = transformers.AutoModel.from_pretrained(path, attn_implementation="sdpa").to(device)
     return model, batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 

@@ -22,7 +22,8 @@ def correctness_table(rows: list) -> list[str]:
     keyed = {(r["case"], r["backend"], r["dtype"], r["impl"]): r for r in rows}
     for case, backend, dtype in dict.fromkeys((r["case"], r["backend"], r["dtype"]) for r in rows):
         ours, theirs = keyed[(case, backend, dtype, "fastbert")], keyed[(case, backend, dtype, "transformers")]
-        cells = [f"{ours[k]:.2g} / {theirs[k]:.2g}" for k in ("hidden", "pooled", "grad")]
+        cells = [f"{ours[k]:.2g} / {theirs[k]:.2g}" if ours[k] is not None else "-"  # no pooler: no pooled
+                 for k in ("hidden", "pooled", "grad")]
         lines.append(f"| {case} | {backend} | {dtype} | " + " | ".join(cells) + " |")
     return lines
 

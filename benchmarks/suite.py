@@ -109,7 +109,7 @@ def reference_models(model_path: str | None, layers: int | None = None, vocab_si
     random weights at the MiniLM-L6 and BERT-base geometries (``layers`` layers and ``vocab_size`` words
     each, where given)."""
     if model_path:
-        return {"checkpoint": transformers.BertModel.from_pretrained(model_path)}
+        return {"checkpoint": transformers.AutoModel.from_pretrained(model_path)}
     models = {}
     for seed, name in enumerate(GEOMETRIES):
         torch.manual_seed(seed)

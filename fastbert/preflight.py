@@ -59,6 +59,7 @@ def model_source(option: str, value: str) -> None:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UsageError(f"{option} {value}: no config.json in this folder (not a saved model)")
+        _model_type(option, path / "config.json")
         return
     if path.exists():
         raise UsageError(f"{option} {value}: is a file, not a model folder")
@@ -118,3 +119,18 @@ def module_installed(name: str, why: str) -> None:
     """Module ``name`` can be imported (it is not imported here); ``why`` says what needs it."""
     if importlib.util.find_spec(name) is None:
         raise UsageError(f"{name} is not installed ({why})")
+
+
+def _model_type(option: str, config: Path) -> None:
+    """The folder's ``config.json`` names a model type fastbert runs."""
+    import json
+
+    from fastbert.families import FAMILY_MODULES
+
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError) as err:
+        raise UsageError(f"{option} {config}: not a readable model config ({err})") from None
+    if model_type not in FAMILY_MODULES:
+        raise UsageError(f"{option} {config.parent}: model_type {model_type!r} is not one fastbert runs "
+                         f"(it runs {', '.join(FAMILY_MODULES)})")

@@ -57,3 +57,11 @@ def test_cuda_without_a_gpu(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err == "fastbert bench: error: --device cuda: no CUDA device is available\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_type_fastbert_does_not_run(tmp_path):
+    folder = tmp_path / "gpt"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "gpt2"}')
+    _refused(tmp_path, f"--model {folder}: model_type 'gpt2' is not one fastbert runs (it runs bert, roberta, "
+             "xlm-roberta, electra, distilbert)", argv=["--model", folder])

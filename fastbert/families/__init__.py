@@ -10,9 +10,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Optional
 
-from fastbert.modeling import (STACK_READERS, AttentionCore, BertModelCore, DenseResidualLayerNormCore,
-                               EmbeddingsCore, EncoderCore, IntermediateCore, LayerCore, PreTrainedCore,
-                               SelfAttentionCore, bert_layer_reader, converts, finish_family, head_forward)
+# Nothing here imports torch at load time: the commands' checks read FAMILY_MODULES before any work.
 
 # config.model_type -> the module of the family that runs it
 FAMILY_MODULES = {
@@ -25,13 +23,19 @@ FAMILY_MODULES = {
 
 
 def bert_shaped_family(hf_module: ModuleType, prefix: str, namespace: dict, heads: dict,
-                       model_core: type = BertModelCore) -> None:
+                       model_core: Optional[type] = None) -> None:
     """Defines, in ``namespace`` (a family module's globals), the fastbert classes of a family whose
     modules carry BERT's names (RoBERTa, XLM-RoBERTa, ELECTRA): each subclasses transformers' class of that
     name in ``hf_module`` with the core's forward.
 
     heads: head class name -> :func:`fastbert.modeling.head_forward` options (None: transformers' forward
-    as it is); model_core: the base model's core (the family's position ids, embeddings, outputs)."""
+    as it is); model_core: the base model's core (the family's position ids, embeddings, outputs; BERT's
+    by default)."""
+    from fastbert.modeling import (STACK_READERS, AttentionCore, BertModelCore, DenseResidualLayerNormCore,
+                                   EmbeddingsCore, EncoderCore, IntermediateCore, LayerCore, PreTrainedCore,
+                                   SelfAttentionCore, bert_layer_reader, converts, finish_family, head_forward)
+
+    model_core = BertModelCore if model_core is None else model_core
 
     def define(name: str, bases: tuple, role: Optional[str] = None, register: bool = True,
                attributes: Optional[dict] = None) -> type:

@@ -267,7 +267,7 @@ def run(args) -> dict:
         try:
             prepared = prepare(args, ctx)
             torch.manual_seed(args.seed)  # the new classifier's initial weights: the same in every process
-            model = fastbert.BertForSequenceClassification.from_pretrained(
+            model = fastbert.AutoModelForSequenceClassification.from_pretrained(
                 prepared.source, ignore_mismatched_sizes=prepared.resume is None,
                 **prepared.labels.config_kwargs()).to(ctx.device)
         except ValueError as err:  # a data problem, or a checkpoint fastbert cannot run
@@ -283,7 +283,7 @@ def run(args) -> dict:
                           output, prepared.fingerprint, name="fastbert")
         runs["fastbert"] = _summary(tuner.run(prepared.resume))
         if args.reference:
-            reference = transformers.BertForSequenceClassification(model.config).to(ctx.device)
+            reference = transformers.AutoModelForSequenceClassification.from_config(model.config).to(ctx.device)
             reference.load_state_dict(initial)
             del model, tuner
             torch.manual_seed(args.seed + ctx.rank)

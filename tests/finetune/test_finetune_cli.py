@@ -41,6 +41,31 @@ def test_reference_runs_the_identical_loop_and_compares(tmp_path, capsys, tiny_c
     assert config.label2id == {"negative": 0, "neutral": 1, "positive": 2}
 
 
+@pytest.mark.parametrize("family", ["roberta", "distilbert"])
+def test_other_families_fine_tune_with_transformers_losses(family, tmp_path, capsys, tokenizer, sample_train):
+    """A RoBERTa or DistilBERT checkpoint (here on the BERT tokenizer's vocabulary) trains through the same
+    loop, with transformers' losses step for step."""
+    sizes = dict(vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id, max_position_embeddings=80)
+    if family == "roberta":
+        config = transformers.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                            intermediate_size=72, type_vocab_size=2, hidden_dropout_prob=0.0,
+                                            attention_probs_dropout_prob=0.0, **sizes)
+    else:  # no dropout: runs comparable step by step
+        config = transformers.DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=72, dropout=0.0,
+                                               attention_dropout=0.0, seq_classif_dropout=0.0, **sizes)
+    torch.manual_seed(0)
+    transformers.AutoModel.from_config(config).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    out = tmp_path / "out"
+    code, stdout, _ = finetune(capsys, *common(tmp_path / "model", out), "--train", sample_train, "--epochs", 1,
+                               "--batch-size", 64, "--lr", 2e-3, "--reference")
+    assert code == 0
+    runs = json.loads((out / "metrics.json").read_text())["runs"]
+    assert max(abs(a - b) for a, b in zip(runs["fastbert"]["losses"], runs["transformers"]["losses"])) <= 1e-4
+    saved = transformers.AutoModelForSequenceClassification.from_pretrained(out / "best")
+    assert type(saved).__name__ == f"{'Roberta' if family == 'roberta' else 'DistilBert'}ForSequenceClassification"
+
+
 def test_text_pairs_from_jsonl_with_integer_labels(tmp_path, capsys, tiny_checkpoint):
     rows = [{"premise": f"a man plays the {thing}", "hypothesis": f"someone {verb} music", "label": label}
             for thing in ("guitar", "piano", "drums", "violin") for verb, label in (("makes", 0), ("hates", 10))]
