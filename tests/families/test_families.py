@@ -383,3 +383,22 @@ def test_trainer_steps_match_transformers(prefix, tmp_path):
         assert torch.allclose(a, b, atol=atol), key
     encoder = model.base_model._modules["transformer" if prefix == "DistilBert" else "encoder"]
     assert type(encoder.layer[0]).__module__.startswith("fastbert")
+
+
+@pytest.mark.parametrize("prefix", list(CONFIGS))
+def test_cuda_graph_buckets_give_transformers_numbers(prefix):
+    """The bucketed static-buffer path (without a graph on the CPU): RoBERTa's positions come from the ids
+    before packing, ELECTRA's projection runs inside the bucket."""
+    from fastbert import cuda_graphs
+
+    config = _config(prefix, "Model", **({"vocab_size": 300} if prefix == "XLMRoberta" else {}))
+    reference, model = family_pair(prefix + "Model", config)
+    reference.eval(), model.eval()
+    if hasattr(model, "pooler"):  # left padding would make the pooler's call exact
+        model.pooler = reference.pooler = None
+    fastbert.optimize(model, cuda_graphs=True)
+    with torch.no_grad():
+        for padding, seed in (("right", 0), ("left", 1), ("interior", 2)):
+            inputs, mask = _inputs("Model", config, padding, seed=seed)
+            assert_close_on(mask, reference(**inputs).last_hidden_state, model(**inputs).last_hidden_state)
+    assert model in cuda_graphs._ENCODERS
