@@ -151,3 +151,18 @@ def test_host_overhead_section_times_and_counts_both_implementations(record_and_
         assert host[case]["transformers-sdpa"]["ratio"] == pytest.approx(1.0)
     assert host["training_step"]["fastbert"]["ops_per_layer"] > host["inference"]["fastbert"]["ops_per_layer"]
     assert "## Host overhead" in (folder / "results.md").read_text()
+
+
+def test_a_distilbert_checkpoint_runs_through_the_suite(tmp_path, tokenizer):
+    """``--model`` of another family: the same sections; no pooled error where the model has no pooler."""
+    import transformers
+
+    config = transformers.DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=1, n_heads=2,
+                                           hidden_dim=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.DistilBertModel(config).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    record = suite.run(torch.device("cpu"), True, str(tmp_path / "model"), str(tmp_path / "out"), TINY)
+    checkpoint = [r for r in record["correctness"] if r["case"] == "real checkpoint"]
+    assert checkpoint and all(r["pooled"] is None and r["hidden"] < 1e-4 for r in checkpoint)
+    assert "| real checkpoint |" in (tmp_path / "out" / "results.md").read_text()
