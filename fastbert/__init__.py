@@ -19,7 +19,8 @@ _EXPORTS = {
                      "BertForPreTraining", "BertForQuestionAnswering", "BertForSequenceClassification",
                      "BertForTokenClassification", "BertModel", "BertPreTrainedModel"), "fastbert.modeling"),
     **{f"{prefix}{suffix}": module
-       for prefix, module in (("Roberta", "fastbert.families.roberta"), ("XLMRoberta", "fastbert.families.xlm_roberta"))
+       for prefix, module in (("Roberta", "fastbert.families.roberta"), ("XLMRoberta", "fastbert.families.xlm_roberta"),
+                              ("Camembert", "fastbert.families.camembert"))
        for suffix in ("Model", "PreTrainedModel", "ForSequenceClassification", "ForTokenClassification",
                       "ForQuestionAnswering", "ForMaskedLM", "ForMultipleChoice")},
     **dict.fromkeys(("ElectraModel", "ElectraPreTrainedModel", "ElectraForSequenceClassification",

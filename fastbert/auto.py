@@ -10,8 +10,8 @@ from transformers import AutoConfig, PretrainedConfig
 from fastbert.families import FAMILY_MODULES
 
 # model_type -> the prefix of its classes' names
-PREFIXES = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta", "electra": "Electra",
-            "distilbert": "DistilBert"}
+PREFIXES = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta", "camembert": "Camembert",
+            "electra": "Electra", "distilbert": "DistilBert"}
 
 # Auto class -> model_type -> fastbert class name; a type missing from a task has no such head.
 TASKS = {
@@ -22,6 +22,7 @@ TASKS = {
     # transformers' choice: a masked-LM model for the families pretrained without another objective
     "AutoModelForPreTraining": {"bert": "BertForPreTraining", "electra": "ElectraForPreTraining",
                                 "roberta": "RobertaForMaskedLM", "xlm-roberta": "XLMRobertaForMaskedLM",
+                                "camembert": "CamembertForMaskedLM",
                                 "distilbert": "DistilBertForMaskedLM"},
     "AutoModelForNextSentencePrediction": {"bert": "BertForNextSentencePrediction"},
 }

@@ -17,6 +17,9 @@ CONFIGS = {
     "xlm-roberta": lambda: transformers.XLMRobertaConfig(vocab_size=99, hidden_size=30, num_hidden_layers=1,
                                                          num_attention_heads=3, intermediate_size=50,
                                                          max_position_embeddings=40),
+    "camembert": lambda: transformers.CamembertConfig(vocab_size=99, hidden_size=30, num_hidden_layers=1,
+                                                      num_attention_heads=3, intermediate_size=50,
+                                                      max_position_embeddings=40),
     "electra": lambda: transformers.ElectraConfig(vocab_size=99, embedding_size=20, hidden_size=30,
                                                   num_hidden_layers=1, num_attention_heads=3, intermediate_size=50),
     "distilbert": lambda: transformers.DistilBertConfig(vocab_size=99, dim=30, n_layers=1, n_heads=3, hidden_dim=50),
@@ -59,7 +62,7 @@ def test_from_pretrained_loads_the_checkpoint_with_config_overrides(model_type, 
 
 def test_a_type_fastbert_does_not_take_is_named(tmp_path):
     transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"fastbert.AutoModel does not take model_type='gpt2'; it takes 'bert'"):
+    with pytest.raises(ValueError, match=r"fastbert.AutoModel does not take model_type='gpt2'; it takes 'bert', 'roberta'"):
         fastbert.AutoModel.from_pretrained(tmp_path)
     with pytest.raises(EnvironmentError, match="from_pretrained"):
         fastbert.AutoModel()

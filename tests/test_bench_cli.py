@@ -64,4 +64,4 @@ def test_a_model_type_fastbert_does_not_run(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text('{"model_type": "gpt2"}')
     _refused(tmp_path, f"--model {folder}: model_type 'gpt2' is not one fastbert runs (it runs bert, roberta, "
-             "xlm-roberta, electra, distilbert)", argv=["--model", folder])
+             "xlm-roberta, camembert, electra, distilbert)", argv=["--model", folder])

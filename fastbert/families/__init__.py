@@ -17,6 +17,7 @@ FAMILY_MODULES = {
     "bert": "fastbert.modeling",
     "roberta": "fastbert.families.roberta",
     "xlm-roberta": "fastbert.families.xlm_roberta",
+    "camembert": "fastbert.families.camembert",
     "electra": "fastbert.families.electra",
     "distilbert": "fastbert.families.distilbert",
 }

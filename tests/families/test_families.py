@@ -30,6 +30,12 @@ def xlm_roberta_config(**overrides):
         max_position_embeddings=40, type_vocab_size=1, pad_token_id=1, num_labels=3, **NO_DROPOUT), **overrides})
 
 
+def camembert_config(**overrides):
+    return transformers.CamembertConfig(**{**dict(
+        vocab_size=123, hidden_size=42, num_hidden_layers=2, num_attention_heads=7, intermediate_size=88,
+        max_position_embeddings=40, type_vocab_size=1, pad_token_id=1, num_labels=3, **NO_DROPOUT), **overrides})
+
+
 def electra_config(**overrides):
     return transformers.ElectraConfig(**{**dict(
         vocab_size=211, embedding_size=42, hidden_size=45, num_hidden_layers=2, num_attention_heads=3,
@@ -43,7 +49,8 @@ def distilbert_config(**overrides):
         attention_dropout=0.0, seq_classif_dropout=0.0, qa_dropout=0.0, num_labels=3), **overrides})
 
 
-CONFIGS = {"Roberta": roberta_config, "XLMRoberta": xlm_roberta_config, "Electra": electra_config,
+CONFIGS = {"Roberta": roberta_config, "XLMRoberta": xlm_roberta_config, "Camembert": camembert_config,
+           "Electra": electra_config,
            "DistilBert": distilbert_config}
 # head suffix -> the targets its loss takes (see _inputs)
 HEAD_TARGETS = {
@@ -224,7 +231,7 @@ def test_inputs_embeds_match(prefix):
     assert_close_on(mask, want, got)
 
 
-@pytest.mark.parametrize("prefix", ["Roberta", "XLMRoberta"])
+@pytest.mark.parametrize("prefix", ["Roberta", "XLMRoberta", "Camembert"])
 def test_roberta_sequences_beyond_their_positions_are_refused(prefix):
     """Default positions run from padding_idx + 1: 38 tokens fit 40 positions, 39 do not."""
     config = _config(prefix, "Model")
@@ -271,7 +278,7 @@ def _parameters(function):
 
 
 def test_every_family_class_is_exported():
-    assert len(FASTBERT_MODELS) == 25  # six a family, and ELECTRA's multiple-choice head too
+    assert len(FASTBERT_MODELS) == 31  # six a family, and ELECTRA's multiple-choice head too
     for cls in FASTBERT_MODELS:
         assert getattr(fastbert, cls.__name__) is cls
 
