@@ -19,8 +19,8 @@ def optimize(model: nn.Module, cuda_graphs: Optional[bool] = None) -> nn.Module:
     (:mod:`fastbert.cuda_graphs`); training and other calls run as without. ``False`` turns them off;
     None (default) leaves them as they are.
 
-    Accepts a transformers BERT, RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA or DistilBERT model (the base model or any
-    of the heads fastbert has) or any module containing one (a sentence-transformers
+    Accepts a transformers BERT, RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA or DistilBERT model (the base
+    model or any of the heads fastbert has) or any module containing one (a sentence-transformers
     ``SentenceTransformer``, a custom wrapper). The conversion happens in place: the same parameter objects
     stay (weights, device, dtype, ``requires_grad``, optimizer references), and so do train/eval mode and
     hooks. Calling it again is a no-op.
@@ -37,7 +37,8 @@ def optimize(model: nn.Module, cuda_graphs: Optional[bool] = None) -> nn.Module:
                     for m in model.modules())
     if not has_model:
         raise TypeError(f"fastbert.optimize expects a BERT-family model (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, "
-                        f"ELECTRA or DistilBERT: the base model, a head, or a module containing one), got {type(model).__name__}")
+                        f"ELECTRA or DistilBERT: the base model, a head, or a module containing one), "
+                        f"got {type(model).__name__}")
     convert_modules(model)
     if cuda_graphs is not None:
         for module in model.modules():
