@@ -122,7 +122,7 @@ def module_installed(name: str, why: str) -> None:
 
 
 def _model_type(option: str, config: Path) -> None:
-    """The folder's ``config.json`` names a model type fastbert runs."""
+    """The folder's ``config.json`` names no model type, or one fastbert runs."""
     import json
 
     from fastbert.families import FAMILY_MODULES
@@ -131,6 +131,6 @@ def _model_type(option: str, config: Path) -> None:
         model_type = json.loads(config.read_text()).get("model_type")
     except (OSError, ValueError, AttributeError) as err:
         raise UsageError(f"{option} {config}: not a readable model config ({err})") from None
-    if model_type not in FAMILY_MODULES:
+    if model_type is not None and model_type not in FAMILY_MODULES:  # none named: loading says what is missing
         raise UsageError(f"{option} {config.parent}: model_type {model_type!r} is not one fastbert runs "
                          f"(it runs {', '.join(FAMILY_MODULES)})")
