@@ -537,13 +537,12 @@ class EncoderModelCore(nn.Module):
         pooler = self._modules.get("pooler")
         reads_first = kwargs.pop("reads_first_token", False) or pooler is not None
         compiling = torch.compiler.is_compiling() or ops.exporting()
-        batch, seqlen = validate_inputs(config, input_ids, inputs_embeds, attention_mask, token_type_ids,
-                                        position_ids, check_values=not compiling,
-                                        embedding_size=self.embeddings.LayerNorm.weight.shape[0],
-                                        position_offset=self._position_offset())
+        batch, seqlen, position_ids = validate_inputs(
+            config, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids,
+            check_values=not compiling, embedding_size=self.embeddings.LayerNorm.weight.shape[0],
+            position_offset=self._position_offset(),
+            default_position_ids=lambda b, s, d: self._default_position_ids(input_ids, inputs_embeds, b, s, d))
         device = (input_ids if input_ids is not None else inputs_embeds).device
-        if position_ids is None:
-            position_ids = self._default_position_ids(input_ids, inputs_embeds, batch, seqlen, device)
         position_ids = position_ids.expand(batch, seqlen)
         if token_type_ids is None:
             token_type_ids = torch.zeros(batch, seqlen, dtype=torch.long, device=device)

@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from fastbert.families import longest_sequence
+
 
 def warmup_shapes(max_tokens: int, max_seqlen: int, min_seqlen: int = 16) -> list[tuple[int, int]]:
     """``(batch, seqlen)`` shapes that cover every tuning bucket up to ``max_tokens`` tokens per batch
@@ -60,17 +62,19 @@ def warmup(model: nn.Module, max_tokens: int = 8192, dtype: Optional[torch.dtype
             holding one (e.g. a sentence-transformers model).
         max_tokens: the most real tokens a batch will hold.
         dtype: the dtype it will run in (autocast when it differs from the weights'); default the weights'.
-        max_seqlen: the longest sequence (default the model's ``max_position_embeddings``).
+        max_seqlen: the longest sequence (default the most the model's positions take:
+            ``max_position_embeddings``, less 2 for RoBERTa's).
         train: also run backward (default: whether the model is in training mode).
     Returns:
         ``{"shapes": [(batch, seqlen), ...], "seconds": float}``.
     """
     encoder = _encoder(model)
     config = encoder.config
-    max_seqlen = max_seqlen or config.max_position_embeddings
-    if max_seqlen > config.max_position_embeddings:
-        raise ValueError(f"warmup: max_seqlen {max_seqlen} exceeds the model's max_position_embeddings "
-                         f"{config.max_position_embeddings}")
+    longest = longest_sequence(config)
+    max_seqlen = max_seqlen or longest
+    if max_seqlen > longest:
+        raise ValueError(f"warmup: max_seqlen {max_seqlen} exceeds the {longest} tokens the model's "
+                         f"max_position_embeddings={config.max_position_embeddings} take")
     weight = next(encoder.parameters())
     device, dtype = weight.device, dtype or weight.dtype
     train = model.training if train is None else train

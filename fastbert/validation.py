@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -66,13 +66,16 @@ def check_index_ranges(checks) -> None:
 def validate_inputs(config, input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor],
                     attention_mask: Optional[Tensor], token_type_ids: Optional[Tensor],
                     position_ids: Optional[Tensor], check_values: bool = True, embedding_size: Optional[int] = None,
-                    position_offset: int = 0) -> tuple[int, int]:
-    """Validates a base model's forward call (``BertModel``, ``RobertaModel``, ...); returns ``(batch, seqlen)``.
+                    position_offset: int = 0,
+                    default_position_ids: Optional[Callable[[int, int, torch.device], Tensor]] = None) -> tuple[int, int, Tensor]:
+    """Validates a base model's forward call (``BertModel``, ``RobertaModel``, ...); returns ``(batch, seqlen,
+    position_ids)``, the given position ids or ``default_position_ids(batch, seqlen, device)``.
 
-    ``check_values`` also reads the index tensors' ranges (one host read for all of them); it is off
-    under ``torch.compile``, where a data-dependent branch would break the graph. ``embedding_size``: the
-    width of ``inputs_embeds`` (ELECTRA's may differ from ``hidden_size``); ``position_offset``: the first
-    default position id (RoBERTa: its padding index + 1).
+    ``check_values`` also reads the index tensors' ranges (one host read for all of them, the default
+    position ids included); it is off under ``torch.compile``, where a data-dependent branch would break the
+    graph. ``embedding_size``: the width of ``inputs_embeds`` (ELECTRA's may differ from ``hidden_size``);
+    ``position_offset``: the first default position id (RoBERTa: its padding index + 1). Without
+    ``default_position_ids`` the defaults are ``position_offset .. position_offset + seqlen - 1``.
     """
     embedding_size = config.hidden_size if embedding_size is None else embedding_size
     if (input_ids is None) == (inputs_embeds is None):
@@ -84,6 +87,7 @@ def validate_inputs(config, input_ids: Optional[Tensor], inputs_embeds: Optional
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be 2-D (batch, seqlen), got shape {tuple(input_ids.shape)}")
         batch, seqlen = input_ids.shape
+        device = input_ids.device
     else:
         if not inputs_embeds.dtype.is_floating_point:
             raise TypeError(f"inputs_embeds must be a floating-point tensor, got dtype {inputs_embeds.dtype}")
@@ -91,9 +95,13 @@ def validate_inputs(config, input_ids: Optional[Tensor], inputs_embeds: Optional
             raise ValueError(f"inputs_embeds must be (batch, seqlen, {embedding_size}), "
                              f"got shape {tuple(inputs_embeds.shape)}")
         batch, seqlen = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
     if batch == 0 or seqlen == 0:
         raise ValueError(f"empty batch: inputs have shape (batch={batch}, seqlen={seqlen})")
-    if position_ids is None and seqlen + position_offset > config.max_position_embeddings:
+    # RoBERTa's default positions from ids count only the real tokens: padding lets a row hold more than
+    # max_position_embeddings - position_offset tokens, so those are range-checked as computed.
+    positions_from_ids = input_ids is not None and position_offset > 0
+    if position_ids is None and not positions_from_ids and seqlen + position_offset > config.max_position_embeddings:
         offset = f" less the {position_offset} position ids before the first token's" if position_offset else ""
         raise ValueError(f"sequence length {seqlen} exceeds config.max_position_embeddings="
                          f"{config.max_position_embeddings}{offset}")
@@ -111,11 +119,18 @@ def validate_inputs(config, input_ids: Optional[Tensor], inputs_embeds: Optional
         _check_index_tensor("position_ids", position_ids, shape)
         ranges.append(("position_ids", position_ids, config.max_position_embeddings,
                        "config.max_position_embeddings"))
+    else:
+        position_ids = (default_position_ids(batch, seqlen, device) if default_position_ids is not None
+                        else torch.arange(position_offset, position_offset + seqlen, device=device))
+        if positions_from_ids:
+            ranges.append(("the position ids computed from input_ids (the padding index + the running count of "
+                           "non-pad tokens)", position_ids, config.max_position_embeddings,
+                           "config.max_position_embeddings"))
     if attention_mask is not None:
         _check_mask(attention_mask, batch, seqlen, config.num_attention_heads)
     if check_values:
         check_index_ranges(ranges)
-    return batch, seqlen
+    return batch, seqlen, position_ids
 
 
 def _check_mask(mask: Tensor, batch: int, seqlen: int, heads: int) -> None:

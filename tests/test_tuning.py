@@ -40,7 +40,19 @@ def test_runs_the_encoder_on_each_shape_and_restores_the_model(monkeypatch, head
 
 def test_bad_arguments():
     model = fastbert.BertModel(tiny_config())
-    with pytest.raises(ValueError, match="max_position_embeddings 64"):
+    with pytest.raises(ValueError, match="max_seqlen 65 exceeds the 64 tokens the model.s max_position_embeddings=64 take"):
         fastbert.warmup(model, max_seqlen=65)
     with pytest.raises(TypeError, match="must be or contain a transformers model"):
         fastbert.warmup(torch.nn.Linear(2, 2))
+
+
+def test_roberta_default_length_leaves_out_the_positions_before_the_first_token():
+    """RoBERTa's positions start at pad_token_id + 1: 20 positions take 18 tokens, the default longest warmup."""
+    import transformers
+
+    config = transformers.RobertaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=40, max_position_embeddings=20, pad_token_id=1)
+    model = fastbert.RobertaModel(config).eval()
+    assert max(length for _, length in fastbert.warmup(model, max_tokens=40)["shapes"]) == 18
+    with pytest.raises(ValueError, match="max_seqlen 19 exceeds the 18 tokens"):
+        fastbert.warmup(model, max_seqlen=19)

@@ -22,6 +22,22 @@ FAMILY_MODULES = {
     "distilbert": "fastbert.families.distilbert",
 }
 
+# The families whose position ids count from the padding index (RoBERTa's embeddings): one architecture,
+# so their checkpoints load into each other's classes as in transformers.
+POSITIONS_FROM_PADDING = ("roberta", "xlm-roberta", "camembert")
+
+
+def position_offset(config) -> int:
+    """The first position id of a sequence: ``pad_token_id + 1`` for the families of
+    ``POSITIONS_FROM_PADDING``, 0 for the rest."""
+    return config.pad_token_id + 1 if getattr(config, "model_type", None) in POSITIONS_FROM_PADDING else 0
+
+
+def longest_sequence(config) -> int:
+    """The most tokens a sequence without padding may hold: ``config.max_position_embeddings`` less the
+    position ids before its first token's (RoBERTa: 514 positions take 512 tokens)."""
+    return config.max_position_embeddings - position_offset(config)
+
 
 def bert_shaped_family(hf_module: ModuleType, prefix: str, namespace: dict, heads: dict,
                        model_core: Optional[type] = None) -> None:

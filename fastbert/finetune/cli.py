@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Optional
 # answer at once.
 from fastbert import preflight
 from fastbert.cli import ArgumentParser
+from fastbert.families import longest_sequence
 from fastbert.finetune import checkpoint
 from fastbert.finetune.data import Columns, Encoded, LabelMap, encode, read_examples
 from fastbert.finetune.metrics import METRICS
@@ -187,9 +188,9 @@ def prepare(args, ctx: Context) -> Prepared:
     except OSError as err:  # not a model, or not reachable: transformers' first line says which
         option = "--resume" if resume else "--model"
         raise ValueError(f"{option} {source}: {str(err).strip().splitlines()[0]}") from None
-    if args.max_length > config.max_position_embeddings:
-        raise ValueError(f"--max-length {args.max_length} is beyond the model's {config.max_position_embeddings} "
-                         "positions (max_position_embeddings)")
+    if args.max_length > longest_sequence(config):
+        raise ValueError(f"--max-length {args.max_length} is beyond the {longest_sequence(config)} tokens the "
+                         f"model's positions take (max_position_embeddings={config.max_position_embeddings})")
     labels = LabelMap.from_examples(train)
     if resume is not None and LabelMap.from_config(config) != labels:
         raise ValueError(f"--resume: the labels of {args.train} {list(labels.names)} differ from the checkpoint's "

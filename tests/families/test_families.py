@@ -232,13 +232,22 @@ def test_inputs_embeds_match(prefix):
 
 
 @pytest.mark.parametrize("prefix", ["Roberta", "XLMRoberta", "Camembert"])
-def test_roberta_sequences_beyond_their_positions_are_refused(prefix):
-    """Default positions run from padding_idx + 1: 38 tokens fit 40 positions, 39 do not."""
+def test_roberta_positions_beyond_the_table_are_refused_and_padding_does_not_count(prefix):
+    """Default positions run from padding_idx + 1 and count real tokens only: 38 real tokens fit 40
+    positions and 39 do not, while a 40-token row with 2 pads is transformers' input as any other."""
     config = _config(prefix, "Model")
-    model = getattr(fastbert, prefix + "Model")(config).eval()
+    reference, model = family_pair(prefix + "Model", config)
     model(torch.full((1, 38), 5))
-    with pytest.raises(ValueError, match="max_position_embeddings=40 less the 2"):
+    with pytest.raises(ValueError, match=r"position ids computed from input_ids .* must lie in \[0, 40\).*\[2, 40\]"):
         model(torch.full((1, 39), 5))
+    with pytest.raises(ValueError, match="max_position_embeddings=40 less the 2"):
+        model(inputs_embeds=torch.randn(1, 39, config.hidden_size))
+    ids = torch.full((2, 40), 5)
+    ids[:, -2:] = config.pad_token_id
+    ids[1, :3] = config.pad_token_id  # the second row: 35 real tokens
+    mask = ids.ne(config.pad_token_id).long()
+    want = reference.eval()(ids, attention_mask=mask).last_hidden_state
+    assert_close_on(mask, want, model.eval()(ids, attention_mask=mask).last_hidden_state)
 
 
 def test_distilbert_dropout_in_one_call_gives_the_per_op_paths_numbers(monkeypatch):

@@ -57,8 +57,12 @@ def test_other_families_fine_tune_with_transformers_losses(family, tmp_path, cap
     transformers.AutoModel.from_config(config).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     out = tmp_path / "out"
+    longest = 80 - (tokenizer.pad_token_id + 1 if family == "roberta" else 0)  # RoBERTa's start past the pad
+    code, _, err = finetune(capsys, *common(tmp_path / "model", out), "--train", sample_train,
+                            "--max-length", longest + 1)
+    assert code == 2 and f"--max-length {longest + 1} is beyond the {longest} tokens" in err, err
     code, stdout, _ = finetune(capsys, *common(tmp_path / "model", out), "--train", sample_train, "--epochs", 1,
-                               "--batch-size", 64, "--lr", 2e-3, "--reference")
+                               "--batch-size", 64, "--lr", 2e-3, "--reference", "--max-length", longest)
     assert code == 0
     runs = json.loads((out / "metrics.json").read_text())["runs"]
     assert max(abs(a - b) for a, b in zip(runs["fastbert"]["losses"], runs["transformers"]["losses"])) <= 1e-4
@@ -108,7 +112,7 @@ BAD_INPUTS = {
                           "{dev}:3: label 'c' does not occur in the training file {train}"),
     "undecodable text": (b"text,label\nhello,a\nbye,b\ncaf\xe9,a\n", None, [], "{train}:4: not valid UTF-8"),
     "max length": ("text,label\nhello,a\nbye,b\n", None, ["--max-length", 65],
-                   "--max-length 65 is beyond the model's 64 positions"),
+                   "--max-length 65 is beyond the 64 tokens the model's positions take"),
     "one label": ("text,label\nhello,a\nbye,a\n", None, [], "needs at least 2 labels"),
     "resume without checkpoint": ("text,label\nhello,a\nbye,b\n", None, ["--resume"], "--resume: no checkpoint"),
 }
