@@ -29,6 +29,8 @@ TASKS = {
 
 # from_pretrained arguments that say where the config is (the rest go to the config, then the model)
 _HUB_ARGUMENTS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+# from_pretrained arguments the model's from_pretrained gets as they were given
+_MODEL_ARGUMENTS = ("dtype", "torch_dtype", "quantization_config")
 
 
 class _FastbertAuto:
@@ -53,8 +55,9 @@ class _FastbertAuto:
 
     @classmethod
     def from_config(cls, config: PretrainedConfig, **kwargs):
-        """A new model of ``config`` with random weights."""
-        return cls.class_for(config)(config, **kwargs)
+        """A new model of ``config`` with random weights; ``dtype``, ``attn_implementation`` and the other
+        arguments of transformers' ``from_config``."""
+        return cls.class_for(config)._from_config(config, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -63,9 +66,15 @@ class _FastbertAuto:
         config = kwargs.pop("config", None)
         if not isinstance(config, PretrainedConfig):
             hub = {k: kwargs[k] for k in _HUB_ARGUMENTS if k in kwargs}
+            # as transformers does: dtype="auto" means nothing to a config and a quantization_config given here
+            # must not replace the checkpoint's, so the config sees neither; the model's from_pretrained gets
+            # all three as given
+            for_model = {k: kwargs[k] for k in _MODEL_ARGUMENTS if kwargs.get(k) is not None}
+            for_config = {k: v for k, v in kwargs.items()
+                          if not (k == "quantization_config" or (k in for_model and v == "auto"))}
             config, kwargs = AutoConfig.from_pretrained(config or pretrained_model_name_or_path, return_unused_kwargs=True,
-                                                        **kwargs)
-            kwargs.update(hub)
+                                                        **for_config)
+            kwargs.update(hub, **for_model)
         return cls.class_for(config).from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
 
 

@@ -66,3 +66,34 @@ def test_a_type_fastbert_does_not_take_is_named(tmp_path):
         fastbert.AutoModel.from_pretrained(tmp_path)
     with pytest.raises(EnvironmentError, match="from_pretrained"):
         fastbert.AutoModel()
+
+
+@pytest.mark.parametrize("argument", ["dtype", "torch_dtype"])
+def test_from_pretrained_takes_dtype_auto_and_a_given_dtype(argument, tmp_path):
+    """dtype="auto" keeps the checkpoint's dtype, a torch dtype converts, as transformers' Auto classes do."""
+    saved = transformers.AutoModel.from_config(CONFIGS["roberta"]()).to(torch.bfloat16)
+    saved.save_pretrained(tmp_path)
+    for value, expected in (("auto", torch.bfloat16), (torch.float64, torch.float64)):
+        ours = fastbert.AutoModel.from_pretrained(tmp_path, **{argument: value})
+        theirs = transformers.AutoModel.from_pretrained(tmp_path, **{argument: value})
+        assert ours.dtype == theirs.dtype == expected and ours.config.dtype == theirs.config.dtype
+
+
+def test_from_pretrained_hands_quantization_config_to_the_model_not_the_config(tmp_path, monkeypatch):
+    """A quantization_config goes to the model's from_pretrained as given (a quantizer would act on it there),
+    and is not written into the checkpoint's config."""
+    transformers.AutoModel.from_config(CONFIGS["bert"]()).save_pretrained(tmp_path)
+    seen = {}
+    monkeypatch.setattr(fastbert.BertModel, "from_pretrained",
+                        classmethod(lambda cls, path, *a, **kw: seen.update(kw, path=path)))
+    quantization = {"quant_method": "bitsandbytes", "load_in_8bit": True}
+    fastbert.AutoModel.from_pretrained(tmp_path, quantization_config=quantization, dtype="auto")
+    assert seen["quantization_config"] is quantization and seen["dtype"] == "auto"
+    assert not hasattr(seen["config"], "quantization_config")
+
+
+def test_from_config_takes_transformers_arguments():
+    model = fastbert.AutoModelForMaskedLM.from_config(CONFIGS["electra"](), dtype=torch.float64,
+                                                      attn_implementation="eager")
+    assert type(model) is fastbert.ElectraForMaskedLM and model.dtype == torch.float64
+    assert model.config._attn_implementation == "eager"
