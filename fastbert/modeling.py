@@ -36,6 +36,7 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.models.bert import modeling_bert as hf
 
 from fastbert import cuda_graphs, ops
+from fastbert.families import POSITIONS_FROM_PADDING
 from fastbert.padding import PackedLayout, full_layout, gather, scatter, static_layout, unpad_layout
 from fastbert.validation import check_config_supported, validate_inputs
 
@@ -478,14 +479,17 @@ class BertPreTrainedModel(PreTrainedCore, hf.BertPreTrainedModel):
 
 def _check_model_type(cls, path, kwargs) -> None:
     """A checkpoint of another architecture (RoBERTa, ELECTRA, ...) would load into BERT's modules with
-    a warning and wrong numbers: refuse it, naming both types."""
+    a warning and wrong numbers: refuse it, naming both types. RoBERTa's three names load into each other's
+    classes, as in transformers."""
     hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
     try:
         config_dict, _ = cls.config_class.get_config_dict(path, **hub)
     except OSError:
         return  # nothing readable there: transformers' own loading says what is missing
-    model_type = config_dict.get("model_type")
-    if model_type is not None and model_type != cls.config_class.model_type:
+    model_type, expected = config_dict.get("model_type"), cls.config_class.model_type
+    if {model_type, expected} <= set(POSITIONS_FROM_PADDING):
+        return  # RoBERTa, XLM-RoBERTa and CamemBERT are one architecture under three names
+    if model_type is not None and model_type != expected:
         raise ValueError(f"{cls.__name__}.from_pretrained: {path} holds a {model_type!r} checkpoint; fastbert's "
                          f"{cls.__name__} takes {cls.config_class.model_type!r} checkpoints only (fastbert.AutoModel* "
                          f"picks the class from the checkpoint)")

@@ -326,6 +326,21 @@ def test_a_checkpoint_of_another_family_is_refused(tmp_path):
         fastbert.ElectraModel.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("saved_as, loaded_as", [("XLMRoberta", "Roberta"), ("Roberta", "Camembert"),
+                                                 ("Camembert", "XLMRoberta")])
+def test_robertas_three_names_load_each_others_checkpoints(saved_as, loaded_as, tmp_path):
+    """One architecture under three model types: transformers loads each into the others' classes (with
+    a warning), and so does fastbert, with transformers' numbers."""
+    config = _config(saved_as, "Model")
+    torch.manual_seed(0)
+    getattr(transformers, saved_as + "Model")(config).save_pretrained(tmp_path)
+    theirs = getattr(transformers, loaded_as + "Model").from_pretrained(tmp_path).eval()
+    ours = getattr(fastbert, loaded_as + "Model").from_pretrained(tmp_path).eval()
+    inputs, mask = _inputs("Model", config, "left")
+    with torch.no_grad():
+        assert_close_on(mask, theirs(**inputs)[0], ours(**inputs)[0])
+
+
 @pytest.mark.parametrize("prefix, suffix", [(p, s) for p in CONFIGS for s in ("Model", "ForSequenceClassification")])
 def test_optimize_converts_in_place_and_is_idempotent(prefix, suffix):
     config = _config(prefix, suffix)
