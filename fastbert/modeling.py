@@ -537,6 +537,8 @@ class EncoderModelCore(nn.Module):
         return_dict = kwargs.pop("return_dict", None)
         return_dict = config.return_dict if return_dict is None else return_dict
         padding_free = kwargs.pop("padding_free", None)
+        if padding_free is None and getattr(self, "_exact_for_head", None):
+            padding_free = False  # a head fastbert lacks may read any padded position (_head_fastbert_lacks)
         token_labels = kwargs.pop("token_labels", None)
         pooler = self._modules.get("pooler")
         reads_first = kwargs.pop("reads_first_token", False) or pooler is not None
@@ -835,7 +837,18 @@ def convert_modules(model: nn.Module) -> int:
             check_config_supported(module.config)
     for module, target in targets:
         module.__class__ = target
+    for parent in model.modules():
+        for child in parent.children():
+            if isinstance(child, EncoderModelCore) and _head_fastbert_lacks(parent):
+                child._exact_for_head = type(parent).__name__
     return len(targets)
+
+
+def _head_fastbert_lacks(module: nn.Module) -> bool:
+    """A transformers model holding a base model that fastbert has no class for (``RobertaForCausalLM``,
+    ``BertLMHeadModel``, a user's ``BertPreTrainedModel`` subclass): fastbert cannot know which positions it
+    reads, so its base model runs the exact padded path, with transformers' values at every position."""
+    return isinstance(module, PreTrainedModel) and not isinstance(module, PreTrainedCore)
 
 
 def build_then_convert(cls: type) -> type:

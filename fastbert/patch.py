@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 from torch import nn
@@ -23,7 +24,9 @@ def optimize(model: nn.Module, cuda_graphs: Optional[bool] = None) -> nn.Module:
     model or any of the heads fastbert has) or any module containing one (a sentence-transformers
     ``SentenceTransformer``, a custom wrapper). The conversion happens in place: the same parameter objects
     stay (weights, device, dtype, ``requires_grad``, optimizer references), and so do train/eval mode and
-    hooks. Calling it again is a no-op.
+    hooks. Calling it again is a no-op. A base model inside a transformers head fastbert does not have
+    (``RobertaForCausalLM``, ``BertLMHeadModel``, a ``BertPreTrainedModel`` subclass of one's own) runs on the
+    fused ops without packing, since that head may read padded positions; a warning says so.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or holds no model of a supported family.
@@ -39,7 +42,13 @@ def optimize(model: nn.Module, cuda_graphs: Optional[bool] = None) -> nn.Module:
         raise TypeError(f"fastbert.optimize expects a BERT-family model (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, "
                         f"ELECTRA or DistilBERT: the base model, a head, or a module containing one), "
                         f"got {type(model).__name__}")
-    convert_modules(model)
+    if convert_modules(model):
+        for head in model.modules():
+            base = getattr(head, "base_model", None)
+            if isinstance(base, EncoderModelCore) and getattr(base, "_exact_for_head", None) == type(head).__name__:
+                warnings.warn(f"fastbert.optimize: {type(head).__name__} is not a head fastbert has, so its "
+                              f"{type(base).__name__} runs without packing (transformers' values at padded "
+                              f"positions, which that head may read)", stacklevel=2)
     if cuda_graphs is not None:
         for module in model.modules():
             if isinstance(module, EncoderModelCore):

@@ -3,11 +3,13 @@ on random odd configs (odd head counts, widths not a multiple of 64, XLM-R's 250
 width), with right, left and interior padding; low precision against float64; the Triton kernels; and the
 behaviours a drop-in class keeps (signatures, checkpoints both ways, optimize, Trainer)."""
 
+import copy
 import inspect
 
 import pytest
 import torch
 import transformers
+from conftest import tiny_config
 from test_modeling import ATOL, assert_close_on, assert_grads_close
 
 import fastbert
@@ -433,3 +435,48 @@ def test_cuda_graph_buckets_give_transformers_numbers(prefix):
             inputs, mask = _inputs("Model", config, padding, seed=seed)
             assert_close_on(mask, reference(**inputs).last_hidden_state, model(**inputs).last_hidden_state)
     assert model in cuda_graphs._ENCODERS
+
+
+class _OwnTokenHead(transformers.BertPreTrainedModel):
+    """A head of one's own on transformers' base class: it reads every position, padded ones included."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.bert = transformers.BertModel(config, add_pooling_layer=False)
+        self.score = torch.nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask):
+        return self.score(self.bert(input_ids, attention_mask=attention_mask).last_hidden_state)
+
+
+HEADS_FASTBERT_LACKS = {"RobertaForCausalLM": roberta_config, "XLMRobertaForCausalLM": xlm_roberta_config,
+                        "ElectraForCausalLM": electra_config, "BertLMHeadModel": tiny_config,
+                        "_OwnTokenHead": tiny_config}
+
+
+@pytest.mark.parametrize("name", list(HEADS_FASTBERT_LACKS))
+def test_a_base_model_under_a_head_fastbert_lacks_keeps_transformers_numbers(name):
+    """Such a head may read padded positions (a causal-LM loss over every label): after optimize its base
+    model runs on the fused ops unpacked, with transformers' loss, logits and gradients, and a warning says so."""
+    config = HEADS_FASTBERT_LACKS[name]()
+    cls = _OwnTokenHead if name == "_OwnTokenHead" else getattr(transformers, name)
+    torch.manual_seed(0)
+    model = cls(config)
+    reference = copy.deepcopy(model)
+    ids, mask = family_batch(config, "left")
+    labels = ids.masked_fill(mask == 0, 3)  # labels at padded positions too: the loss reads them
+
+    def loss(m):
+        out = m(ids, attention_mask=mask) if name == "_OwnTokenHead" else m(ids, attention_mask=mask, labels=labels)
+        return (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() if name == "_OwnTokenHead" else out.loss
+
+    want = loss(reference)
+    with pytest.warns(UserWarning, match=f"{cls.__name__} is not a head fastbert has"):
+        fastbert.optimize(model)
+    assert isinstance(model.base_model, modeling.EncoderModelCore)
+    got = loss(model)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-5)
+    want.backward()
+    got.backward()
+    assert_grads_close(reference, model)
