@@ -750,7 +750,7 @@ def _additive_mask(mask: Optional[Tensor], dtype: torch.dtype) -> Optional[Tenso
 
 # ============================================================================= task heads
 def head_forward(hf_class: type, token_labels: Optional[str] = None, reads_first_token: bool = False,
-                 span_labels: tuple = (), summary: bool = False) -> Callable:
+                 span_labels: tuple = (), summary: Optional[str] = None) -> Callable:
     """transformers' ``hf_class.forward`` (its signature kept: ``Trainer`` picks dataset columns from it)
     telling the base model what the head reads, so that padded positions it reads are computed exactly:
 
@@ -758,8 +758,9 @@ def head_forward(hf_class: type, token_labels: Optional[str] = None, reads_first
     reads_first_token: the head reads position 0 (a pad token under left padding);
     span_labels: arguments whose presence makes the call exact (a span loss takes a softmax over every
     position, padded ones included);
-    summary: the head pools as ``config.summary_type`` says: ``"first"`` reads position 0, any other
-    type (last, mean, cls_index) reads padded positions, so the call is exact."""
+    summary: the attribute holding the head's sequence summary, which pools as its ``summary_type`` says:
+    ``"first"`` reads position 0, any other type (last, mean, cls_index) reads padded positions, so the
+    call is exact."""
     forward = hf_class.forward
     signature = inspect.signature(forward)
     names = [n for n, p in signature.parameters.items()
@@ -768,13 +769,16 @@ def head_forward(hf_class: type, token_labels: Optional[str] = None, reads_first
     def head(self, *args, **kwargs):
         if len(args) > len(names):
             raise TypeError(f"{type(self).__name__}.forward takes {len(names)} positional arguments, got {len(args)}")
+        for name in names[:len(args)]:
+            if name in kwargs:
+                raise TypeError(f"{type(self).__name__}.forward() got multiple values for argument {name!r}")
         kwargs.update(zip(names, args))
         if token_labels is not None:
             kwargs["token_labels"] = kwargs.get(token_labels)
         if reads_first_token:
             kwargs["reads_first_token"] = True
-        if summary:
-            if self.config.summary_type == "first":
+        if summary is not None:
+            if getattr(self, summary).summary_type == "first":
                 kwargs["reads_first_token"] = True
             else:
                 kwargs.setdefault("padding_free", False)

@@ -18,7 +18,7 @@ HEADS = {
     # The discriminator's loss reads the real tokens only (it masks with attention_mask).
     "ElectraForPreTraining": None,
     "ElectraForMaskedLM": TOKEN_LABELS,
-    "ElectraForMultipleChoice": {"summary": True},
+    "ElectraForMultipleChoice": {"summary": "sequence_summary"},
 }
 
 

@@ -480,3 +480,30 @@ def test_a_base_model_under_a_head_fastbert_lacks_keeps_transformers_numbers(nam
     want.backward()
     got.backward()
     assert_grads_close(reference, model)
+
+
+@pytest.mark.parametrize("summary_type", ["first", "last", "mean", "cls_index"])
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_electra_multiple_choice_summaries_give_transformers_numbers(summary_type, padding):
+    """The summary pools as its own summary_type says (set here on the module, the config left at "first"):
+    "first" reads position 0, the others read padded positions too, so those calls run exact."""
+    config = _config("Electra", "ForMultipleChoice")
+    reference, model = family_pair("ElectraForMultipleChoice", config)
+    for m in (reference, model):
+        m.sequence_summary.summary_type = summary_type
+    inputs, mask = _inputs("ForMultipleChoice", config, padding)
+    want, got = reference(**inputs), model(**inputs)
+    torch.testing.assert_close(got.logits, want.logits, atol=ATOL, rtol=1e-5)
+    torch.testing.assert_close(got.loss, want.loss, atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["RobertaForTokenClassification", "ElectraForMultipleChoice",
+                                  "DistilBertForQuestionAnswering", "BertForTokenClassification"])
+def test_an_argument_given_twice_is_a_type_error_as_in_transformers(name):
+    prefix = next((p for p in CONFIGS if name.startswith(p)), None)
+    config = _config(prefix, name[len(prefix):]) if prefix else tiny_config()
+    reference, model = family_pair(name, config)
+    ids = torch.ones(2, 5, dtype=torch.long)
+    for m in (reference, model):
+        with pytest.raises(TypeError, match="multiple values for argument 'input_ids'"):
+            m(ids, input_ids=ids)
