@@ -36,7 +36,7 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.models.bert import modeling_bert as hf
 
 from fastbert import cuda_graphs, ops
-from fastbert.families import POSITIONS_FROM_PADDING
+from fastbert.families import POSITIONS_FROM_PADDING, load_all
 from fastbert.padding import PackedLayout, full_layout, gather, scatter, static_layout, unpad_layout
 from fastbert.validation import check_config_supported, validate_inputs
 
@@ -835,6 +835,7 @@ def convert_modules(model: nn.Module) -> int:
     Parameters, buffers, hooks, device, dtype, mode and ``requires_grad`` are untouched (the objects
     stay the same). Returns how many modules were converted; 0 when there was nothing left to do.
     """
+    load_all()  # every family registers its classes on import
     targets = [(m, FASTBERT_CLASSES[type(m)]) for m in model.modules() if type(m) in FASTBERT_CLASSES]
     for module, _ in targets:  # refuse before touching anything
         if isinstance(module, PreTrainedModel):

@@ -5,6 +5,8 @@ behaviours a drop-in class keeps (signatures, checkpoints both ways, optimize, T
 
 import copy
 import inspect
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -507,3 +509,21 @@ def test_an_argument_given_twice_is_a_type_error_as_in_transformers(name):
     for m in (reference, model):
         with pytest.raises(TypeError, match="multiple values for argument 'input_ids'"):
             m(ids, input_ids=ids)
+
+
+FRESH_PROCESS_CONVERT = """
+import sys, transformers
+from fastbert.modeling import convert_modules
+assert not [m for m in sys.modules if m.startswith("fastbert.families.")]
+config = transformers.RobertaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=40)
+model = transformers.RobertaModel(config)
+print(convert_modules(model), type(model).__module__)
+"""
+
+
+def test_convert_modules_loads_the_families_first():
+    """In a fresh process no family module is imported yet: convert_modules still knows every family."""
+    out = subprocess.run([sys.executable, "-c", FRESH_PROCESS_CONVERT], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert int(out[0]) > 0 and out[1] == "fastbert.families.roberta"
