@@ -10,7 +10,7 @@ sees the same order as an uninterrupted one.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch.utils.data import Dataset
@@ -51,17 +51,19 @@ class PlannedBatches(Dataset):
     """Item ``i`` is this process's padded share of global batch ``i`` of a plan.
 
     Items: ``input_ids``, ``token_type_ids``, ``attention_mask`` int64 ``(share, longest)``, ``labels``
-    int64 ``(share,)``, ``index`` int64 ``(share,)`` (example numbers), ``weight`` (1.0, or 0.0 for a
-    stand-in), and the global batch's ``global_examples`` and ``global_tokens`` (ints). A process whose
+    (``collate_labels(labels, longest)``; by default int64 ``(share,)``), ``index`` int64 ``(share,)``
+    (feature numbers), ``weight`` (1.0, or 0.0 for a stand-in), and the global batch's ``global_examples``,
+    ``global_units`` (the loss's denominator: the features' ``units``) and ``global_tokens`` (ints). A process whose
     share is empty (a last batch smaller than the process count) gets None, or with ``stand_in`` the
     batch's first example with weight 0, so that it still joins the gradient all-reduce. Use with
     ``DataLoader(batch_size=None)``.
     """
 
     def __init__(self, data: Encoded, plan: list[list[int]], rank: int, world: int, pad_id: int,
-                 stand_in: bool = False):
+                 stand_in: bool = False, collate_labels: Optional[Callable[[list, int], torch.Tensor]] = None):
         self.data, self.plan, self.rank, self.world, self.pad_id = data, plan, rank, world, pad_id
         self.stand_in = stand_in
+        self.collate_labels = collate_labels or (lambda labels, longest: torch.tensor(labels))
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -84,9 +86,10 @@ class PlannedBatches(Dataset):
             mask[row, :n] = 1
         return {
             "input_ids": ids, "token_type_ids": types, "attention_mask": mask,
-            "labels": torch.tensor([self.data.labels[j] for j in share]),
+            "labels": self.collate_labels([self.data.labels[j] for j in share], longest),
             "index": torch.tensor(share),
             "weight": weight,
             "global_examples": len(batch),
+            "global_units": sum(self.data.units[j] for j in batch),
             "global_tokens": sum(len(self.data.input_ids[j]) for j in batch),
         }

@@ -182,11 +182,22 @@ class LabelMap:
 
 @dataclass
 class Encoded:
-    """Tokenized examples: unpadded ``input_ids``/``token_type_ids`` lists and class ids."""
+    """Tokenized features (an example each, or a window of one): unpadded ``input_ids``/``token_type_ids``
+    lists and each feature's target in ``labels`` (a class id; for other tasks a list of token labels or a
+    ``(start, end)`` pair). ``units``: what each feature adds to the loss's denominator (its examples or
+    labelled tokens; default 1 each); ``info``: what the task's scoring needs per feature (which example,
+    word ids, offsets); ``examples``: the examples the features came from."""
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]]
-    labels: list[int]
+    labels: list
+    units: Optional[list[int]] = None
+    info: Optional[list] = None
+    examples: Optional[list] = None
+
+    def __post_init__(self):
+        if self.units is None:
+            self.units = [1] * len(self.labels)
 
     @property
     def lengths(self) -> list[int]:

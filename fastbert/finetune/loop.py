@@ -1,10 +1,11 @@
 """The fine-tuning loop: AdamW, linear warmup then decay, clipping, autocast, evaluation, checkpoints.
 
-The loop takes any sequence-classification model that maps ``input_ids``, ``token_type_ids`` and
-``attention_mask`` to ``.logits``: fastbert's, or transformers' own for ``--reference``, so the two run
-the identical loop. The loss is computed here (cross-entropy summed over a process's share, divided by
-the global batch's example count, times the process count because DDP averages gradients), so any split
-of a global batch over processes gives the same gradient as one process with the whole batch.
+The loop takes any model of its task (:mod:`fastbert.finetune.tasks`) that maps ``input_ids``,
+``token_type_ids`` and ``attention_mask`` to the task's outputs: fastbert's, or transformers' own for
+``--reference``, so the two run the identical loop. The loss is computed here (the task's loss summed over
+a process's share, divided by the global batch's units: examples, or labelled tokens for token
+classification; times the process count because DDP averages gradients), so any split of a global batch
+over processes gives the same gradient as one process with the whole batch.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -26,7 +26,7 @@ from fastbert.finetune import checkpoint
 from fastbert.finetune.batching import PlannedBatches, eval_plan, train_plan
 from fastbert.finetune.data import Encoded
 from fastbert.finetune.distributed import Context
-from fastbert.finetune.metrics import METRICS, accuracy, macro_f1
+from fastbert.finetune.tasks.base import Task
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -124,7 +124,12 @@ class FineTuner:
 
     def __init__(self, model: nn.Module, tokenizer, train: Encoded, evaluation: Optional[Encoded],
                  settings: Settings, ctx: Context, output: Optional[Path] = None,
-                 fingerprint: Optional[dict] = None, name: str = "train"):
+                 fingerprint: Optional[dict] = None, name: str = "train", task: Optional[Task] = None):
+        if task is None:
+            from fastbert.finetune.tasks.classification import SequenceClassification
+
+            task = SequenceClassification()
+        self.task = task
         self.model, self.tokenizer, self.train, self.evaluation = model, tokenizer, train, evaluation
         self.settings, self.ctx, self.output = settings, ctx, Path(output) if output is not None else None
         self.fingerprint, self.name = fingerprint or {}, name
@@ -169,7 +174,8 @@ class FineTuner:
     def _train_epoch(self, bar, on_step) -> None:
         settings, ctx = self.settings, self.ctx
         plan = train_plan(self.train.lengths, self.global_batch, settings.seed, self.position.epoch)
-        batches = PlannedBatches(self.train, plan, ctx.rank, ctx.world, self.tokenizer.pad_token_id, stand_in=True)
+        batches = PlannedBatches(self.train, plan, ctx.rank, ctx.world, self.tokenizer.pad_token_id, stand_in=True,
+                                 collate_labels=self.task.collate)
         # Its own generator: a DataLoader draws a base seed from the global one per epoch otherwise, and
         # a resumed run would then see other dropout masks than an uninterrupted one.
         loader = DataLoader(batches, batch_size=None, sampler=range(self.position.batch, len(plan)),
@@ -221,9 +227,10 @@ class FineTuner:
         inputs = {k: batch[k].to(device, non_blocking=True) for k in ("input_ids", "token_type_ids", "attention_mask")}
         labels = batch["labels"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            logits = self.ddp(**inputs).logits
-        loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum") * batch["weight"]
-        loss = loss_sum * (self.ctx.world / batch["global_examples"])
+            outputs = self.ddp(**inputs)
+        loss_sum = self.task.loss_sum(outputs, labels, inputs["attention_mask"]) * batch["weight"]
+        units = max(1, batch["global_units"])  # a batch of windows without a labelled token adds nothing
+        loss = loss_sum * (self.ctx.world / units)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
@@ -238,37 +245,36 @@ class FineTuner:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return self.ctx.sum_(loss_sum.detach().clone()) / batch["global_examples"]
+        return self.ctx.sum_(loss_sum.detach().clone()) / units
 
     # ------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, data: Encoded) -> dict:
-        """``accuracy``, ``macro_f1`` and mean ``loss`` of the model on ``data`` (all processes' shares)."""
-        ctx = self.ctx
+        """The task's scores (:meth:`Task.score`) and the mean ``loss`` per unit of the model on ``data``
+        (all processes' shares)."""
+        ctx, task = self.ctx, self.task
         plan = eval_plan(data.lengths, self.settings.eval_batch_size * ctx.world)
-        loader = DataLoader(PlannedBatches(data, plan, ctx.rank, ctx.world, self.tokenizer.pad_token_id),
+        loader = DataLoader(PlannedBatches(data, plan, ctx.rank, ctx.world, self.tokenizer.pad_token_id,
+                                           collate_labels=task.collate),
                             batch_size=None, pin_memory=ctx.device.type == "cuda", generator=torch.Generator())
         was_training = self.model.training
         self.model.eval()
-        predictions, labels, loss = [], [], 0.0
+        predictions, loss = {}, 0.0
         for batch in loader:
             if batch is None:
                 continue
             inputs = {k: batch[k].to(ctx.device, non_blocking=True)
                       for k in ("input_ids", "token_type_ids", "attention_mask")}
             with torch.autocast(ctx.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                logits = self.model(**inputs).logits.float()
-            target = batch["labels"].to(ctx.device)
-            loss += F.cross_entropy(logits, target, reduction="sum").item()
-            predictions += logits.argmax(-1).tolist()
-            labels += batch["labels"].tolist()
+                outputs = self.model(**inputs)
+            loss += task.loss_sum(outputs, batch["labels"].to(ctx.device), inputs["attention_mask"]).item()
+            predictions.update(zip(batch["index"].tolist(), task.predict(outputs, batch)))
         self.model.train(was_training)
-        shares = ctx.gather((predictions, labels, loss))
-        predictions = [p for share in shares for p in share[0]]
-        labels = [y for share in shares for y in share[1]]
-        total_loss = sum(share[2] for share in shares)
-        return {"accuracy": accuracy(predictions, labels), "macro_f1": macro_f1(predictions, labels),
-                "loss": total_loss / max(1, len(labels))}
+        shares = ctx.gather((predictions, loss))
+        predictions = {i: p for share in shares for i, p in share[0].items()}
+        total_loss = sum(share[1] for share in shares)
+        scores = task.score(data, [predictions[i] for i in range(len(data))])
+        return {**scores, "loss": total_loss / max(1, sum(data.units))}
 
     def _evaluate_epoch(self) -> bool:
         """Evaluates after an epoch; True when the result is the best so far."""
@@ -281,7 +287,8 @@ class FineTuner:
         if improved:
             self.history.best = value
         if self.ctx.is_main and self.settings.progress:
-            print(f"epoch {self.position.epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+            print(f"epoch {self.position.epoch}: " + " ".join(f"{k}={v:.4f}" for k, v in scores.items()
+                                                              if isinstance(v, float))
                   + (" (best)" if improved else ""), flush=True)
         return improved
 

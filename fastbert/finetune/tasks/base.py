@@ -1,0 +1,70 @@
+"""What a task plugs into the training loop (:class:`~fastbert.finetune.loop.FineTuner`)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fastbert.finetune.data import Encoded
+
+
+class Task:
+    """One fine-tuning task: reading, tokenizing and aligning, collating, the loss and the scores.
+
+    ``args`` are the command's options (the task reads its own: ``--max-length``, ``--doc-stride``, ...).
+    Subclasses set the class attributes and implement the methods; the loop calls only these.
+    """
+
+    name = ""
+    auto_class = ""  # the Auto class (fastbert's and transformers') that builds its model
+    metrics: tuple = ()  # the scores --metric may choose from (see fastbert.finetune.tasks.METRICS)
+
+    def __init__(self, args):
+        self.args = args
+
+    # ------------------------------------------------------------------ before training (no model yet)
+    def read(self, path) -> list:
+        """The examples of one file; a DataError with file:line for bad input."""
+        raise NotImplementedError
+
+    def config_kwargs(self, train: list, config, resuming: bool) -> dict:
+        """What the model's config takes from the training examples (labels); a ValueError where a resumed
+        run's ``config`` (its checkpoint's) does not match them."""
+        return {}
+
+    def tokenizer(self, source: str):
+        """The tokenizer saved with the model at ``source``."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(source)
+
+    def encode(self, examples: list, tokenizer, path, config) -> Encoded:
+        """The features of ``examples`` (read from ``path``), aligned for this task."""
+        raise NotImplementedError
+
+    def notes(self) -> list[str]:
+        """Lines to print once before training (what encoding found: truncations, windows, lowered options)."""
+        return []
+
+    def fingerprint(self) -> dict:
+        """The task's options that shape a run (a resumed run must have the same)."""
+        return {"task": self.name}
+
+    # ------------------------------------------------------------------ in the loop
+    def collate(self, labels: list, longest: int) -> Tensor:
+        """A process's share of targets (``labels`` of its features) as a tensor, rows padded to ``longest``."""
+        return torch.tensor(labels)
+
+    def loss_sum(self, outputs, labels: Tensor, attention_mask: Tensor) -> Tensor:
+        """The loss summed over the share's units (its examples or labelled tokens), fp32."""
+        raise NotImplementedError
+
+    def predict(self, outputs, batch: dict) -> list:
+        """Host-side predictions, one per feature of the share, for :meth:`score`."""
+        raise NotImplementedError
+
+    def score(self, data: Encoded, predictions: list) -> dict:
+        """Evaluation scores from ``predictions[i]`` of feature ``i`` of ``data``: the names of
+        :attr:`metrics` (but "loss", which the loop adds), floats in [0, 1], and anything else for
+        metrics.json (per-type scores)."""
+        raise NotImplementedError
