@@ -53,7 +53,7 @@ def read_examples(path, columns: Columns) -> list[Example]:
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
         raise ValueError(f"{path}: unknown format {path.suffix!r}; use .csv, .tsv or .jsonl")
-    text = _decode(path)
+    text = decode_file(path)
     if not text.strip():
         raise DataError(path, 1, "the file is empty")
     examples = _read_jsonl(path, text, columns) if kind == "jsonl" else _read_table(path, text, columns, kind)
@@ -62,7 +62,8 @@ def read_examples(path, columns: Columns) -> list[Example]:
     return examples
 
 
-def _decode(path: Path) -> str:
+def decode_file(path: Path) -> str:
+    """The UTF-8 text of ``path`` (a BOM dropped); a DataError at the line and column of the first bad byte."""
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig")
@@ -167,6 +168,13 @@ class LabelMap:
         """``num_labels``, ``id2label`` and ``label2id`` for a transformers config."""
         return dict(num_labels=len(self.names), id2label=dict(enumerate(self.names)),
                     label2id={name: i for i, name in enumerate(self.names)})
+
+    def check_resumed(self, config, train_path) -> None:
+        """A ValueError when a resumed run's checkpoint (``config``) has other labels than ``train_path``'s."""
+        saved = LabelMap.from_config(config)
+        if saved != self:
+            raise ValueError(f"--resume: the labels of {train_path} {list(self.names)} differ from the checkpoint's "
+                             f"{list(saved.names)}")
 
     def ids(self, examples: Sequence[Example], path, train_path) -> list[int]:
         """Class ids of ``examples`` (read from ``path``); a label training never saw is a DataError."""

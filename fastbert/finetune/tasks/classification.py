@@ -27,9 +27,8 @@ class SequenceClassification(Task):
 
     def config_kwargs(self, train, config, resuming) -> dict:
         self.labels = LabelMap.from_examples(train)
-        if resuming and LabelMap.from_config(config) != self.labels:
-            raise ValueError(f"--resume: the labels of {self.args.train} {list(self.labels.names)} differ from the "
-                             f"checkpoint's {list(LabelMap.from_config(config).names)}")
+        if resuming:
+            self.labels.check_resumed(config, self.args.train)
         if len(self.labels.names) < 2:
             raise ValueError(f"{self.args.train}: classification needs at least 2 labels, found "
                              f"{list(self.labels.names)}")
