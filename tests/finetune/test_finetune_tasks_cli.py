@@ -15,6 +15,8 @@ import transformers
 import fastbert
 from fastbert.cli import main as fastbert_main
 from fastbert.finetune.loop import FineTuner
+from fastbert.finetune.tasks.question_answering import extract_answers, read_questions
+from fastbert.finetune.tasks.squad_metric import squad_scores
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NER_TRAIN, NER_DEV = EXAMPLES / "ner" / "train.conll", EXAMPLES / "ner" / "dev.conll"
@@ -97,6 +99,17 @@ def test_question_answering_trains_with_transformers_losses_and_loads_in_transfo
         a, b = ours_model(**batch), theirs_model(**batch)
     torch.testing.assert_close(a.start_logits, b.start_logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(a.end_logits, b.end_logits, atol=1e-5, rtol=1e-5)
+    # transformers 5.8 and later have no question-answering pipeline: extract_answers is the documented way,
+    # the same answers from either model, and the evaluation's of the best epoch
+    questions = read_questions(dev, with_negative=True)
+    texts, contexts = [q.question for q in questions], [q.context for q in questions]
+    settings = dict(max_length=64, doc_stride=24, with_negative=True)
+    answers = extract_answers(ours_model, tokenizer, texts, contexts, **settings)
+    assert answers == extract_answers(theirs_model, tokenizer, texts, contexts, **settings)
+    scores = squad_scores({q.id: a for q, a in zip(questions, answers)},
+                          {q.id: [t for t, _ in q.answers] for q in questions})
+    best_eval = max(ours["evals"], key=lambda e: e["f1"])
+    assert scores["f1"] == pytest.approx(best_eval["f1"]) and scores["exact_match"] == best_eval["exact_match"]
     if "question-answering" in transformers.pipelines.SUPPORTED_TASKS:  # transformers before 5.8 only
         answer = transformers.pipeline("question-answering", model=str(best))(
             question="Where was Maria born?", context="Maria was born in Lisbon in 1950.")

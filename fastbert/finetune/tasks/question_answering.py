@@ -309,3 +309,42 @@ def _answer_tokens(offsets: list[Optional[tuple]], answers: list) -> tuple[int, 
 
 
 TASK = QuestionAnswering
+
+
+def extract_answers(model, tokenizer, questions: list[str], contexts: list[str], max_length: int = 384,
+                    doc_stride: int = 128, n_best_size: int = 20, max_answer_length: int = 30,
+                    with_negative: bool = False, null_score_diff_threshold: float = 0.0,
+                    batch_size: int = 32) -> list[str]:
+    """The answer span of each question in its context ("" for none, with ``with_negative``), as
+    ``fastbert finetune --task question-answering`` evaluates: windows over long contexts, the best span
+    of the windows' n best starts and ends. ``model``: any transformers ``*ForQuestionAnswering`` (fastbert's
+    or transformers' own; transformers 5.8 and later have no question-answering pipeline), on any device;
+    ``tokenizer``: its fast tokenizer."""
+    import argparse
+
+    from fastbert.finetune.batching import PlannedBatches, eval_plan
+
+    if len(questions) != len(contexts):
+        raise ValueError(f"questions ({len(questions)}) and contexts ({len(contexts)}) differ in length")
+    args = argparse.Namespace(train=None, max_length=max_length, doc_stride=doc_stride, n_best_size=n_best_size,
+                              max_answer_length=max_answer_length, version_2_with_negative=with_negative,
+                              null_score_diff_threshold=null_score_diff_threshold)
+    task = QuestionAnswering(args)
+    examples = [Question(str(i), q, c, [], i + 1) for i, (q, c) in enumerate(zip(questions, contexts))]
+    for q in examples:
+        if not q.context.strip() or not q.question.strip():
+            raise ValueError(f"question {q.line - 1}: an empty question or context")
+    data = task.encode(examples, tokenizer, "<questions>", None)
+    device = next(model.parameters()).device
+    batches = PlannedBatches(data, eval_plan(data.lengths, batch_size), 0, 1, tokenizer.pad_token_id,
+                             collate_labels=task.collate)
+    predictions = {}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            inputs = {k: batch[k].to(device) for k in ("input_ids", "token_type_ids", "attention_mask")}
+            predictions.update(zip(batch["index"].tolist(), task.predict(model(**inputs), batch)))
+    model.train(was_training)
+    answers = task.answers(data, [predictions[i] for i in range(len(data))])
+    return [answers[q.id] for q in examples]
