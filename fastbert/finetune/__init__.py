@@ -1,5 +1,7 @@
-"""Fine-tuning BERT-family text classifiers on fastbert: ``fastbert finetune`` and its parts.
+"""Fine-tuning BERT-family models on fastbert: ``fastbert finetune`` and its parts.
 
+- :mod:`~fastbert.finetune.tasks`: the tasks (text classification, token classification, question
+  answering), each reading, aligning, collating, its loss and its scores, plugged into the one loop;
 - :mod:`~fastbert.finetune.data`: CSV/TSV/JSONL reading with file:line errors, the label map, tokenizing;
 - :mod:`~fastbert.finetune.batching`: length-grouped global batches, each process's padded share;
 - :mod:`~fastbert.finetune.loop`: the training loop (:class:`FineTuner`), evaluation, checkpoints, resume;
