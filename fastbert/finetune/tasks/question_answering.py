@@ -141,9 +141,12 @@ def _question(path: Path, line: int, qid, question, context, answers: list, with
     if not isinstance(question, str) or not question.strip():
         raise DataError(path, line, "no question text")
     for text, start in answers:
-        if not isinstance(text, str) or not text or isinstance(start, bool) or not isinstance(start, int):
+        if not isinstance(text, str) or not text.strip() or isinstance(start, bool) or not isinstance(start, int):
             raise DataError(path, line, f"an answer needs a text and an integer answer_start, got {text!r} "
                             f"and {start!r}")
+        if not 0 <= start <= len(context) - len(text):
+            raise DataError(path, line, f"answer_start {start} with its text {text!r} is outside the context "
+                            f"({len(context)} characters)")
         if context[start:start + len(text)] != text:
             raise DataError(path, line, f"answer_start {start} does not match its text {text!r}: the context "
                             f"has {context[start:start + len(text)]!r} there")

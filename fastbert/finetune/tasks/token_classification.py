@@ -149,6 +149,7 @@ class TokenClassification(Task):
         super().__init__(args)
         self.labels: Optional[LabelMap] = None
         self._windows = {"sentences": 0, "split": 0, "windows": 0, "cut words": 0}
+        self._pieceless: list[str] = []  # "file:line ('word')" of words without a word piece
 
     def read(self, path) -> list:
         return read_sentences(path, self.args.tokens_column, self.args.tags_column)
@@ -196,6 +197,9 @@ class TokenClassification(Task):
             split += len(windows) > 1
             cut += sum(c > budget for c in counts)
             spans += [(k, first, end) for first, end in windows]
+            for i, count in enumerate(counts):
+                if count == 0 and len(self._pieceless) < 1000:
+                    self._pieceless.append(f"{path}:{sentence.lines[i]} ({sentence.words[i]!r})")
         encoded = tokenizer([examples[k].words[a:b] for k, a, b in spans], is_split_into_words=True,
                             truncation=True, max_length=args.max_length, return_token_type_ids=True)
         later = continuation_tags(names)
@@ -225,6 +229,10 @@ class TokenClassification(Task):
             notes.append(f"{w['split']} of {w['sentences']} training sentences are longer than --max-length "
                          f"{self.args.max_length} tokens: split at word boundaries into windows "
                          f"({w['windows']} windows in all)")
+        if self._pieceless:
+            notes.append(f"{len(self._pieceless)} words give the tokenizer no word piece, so they are neither "
+                         f"trained on nor scored (as transformers' run_ner leaves them): "
+                         f"{', '.join(self._pieceless[:3])}{', ...' if len(self._pieceless) > 3 else ''}")
         if w["cut words"]:
             notes.append(f"{w['cut words']} training words alone have more word pieces than a window holds: "
                          "their later pieces are cut (their first, which carries the tag, is kept)")
@@ -250,16 +258,18 @@ class TokenClassification(Task):
         return [row[:n] for row, n in zip(outputs.logits.argmax(-1).tolist(), lengths)]
 
     def score(self, data, predictions) -> dict:
-        """Each word's tag from its first piece's prediction, the sentences' windows put back together."""
+        """Each word's tag from its first piece's prediction, the sentences' windows put back together (a
+        word without a word piece is left out of both sides)."""
         names = self.labels.names
-        predicted = [["O"] * len(s.words) for s in data.examples]
+        predicted = [{} for _ in data.examples]  # sentence -> word -> tag, in word order
         for (k, first, word_ids), tokens in zip(data.info, predictions):
             previous = None
             for w, tag in zip(word_ids, tokens):
                 if w is not None and w != previous:
                     predicted[k][first + w] = names[tag]
                 previous = w
-        scores = entity_scores([s.tags for s in data.examples], predicted)
+        true = [[s.tags[i] for i in sorted(words)] for s, words in zip(data.examples, predicted)]
+        scores = entity_scores(true, [[words[i] for i in sorted(words)] for words in predicted])
         return {"f1": scores["f1"], "precision": scores["precision"], "recall": scores["recall"],
                 "accuracy": scores["accuracy"], "per_type": scores["per_type"]}
 
