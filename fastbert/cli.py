@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(run=_check_kernels)
     sub.add_parser("bench", add_help=False, help="correctness and speed against transformers and "
                    "torch.compile on this device: tables, results.json and plots (--help for options)")
-    sub.add_parser("finetune", add_help=False, help="fine-tune a text classifier from CSV/TSV/JSONL, on one "
-                   "device or under torchrun (--help for options)")
+    sub.add_parser("finetune", add_help=False, help="fine-tune a text classifier, a tagger (NER) or an extractive "
+                   "question-answering model, on one device or under torchrun (--help for options)")
     return parser
 
 
