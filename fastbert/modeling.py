@@ -37,7 +37,8 @@ from transformers.models.bert import modeling_bert as hf
 
 from fastbert import cuda_graphs, ops
 from fastbert.families import POSITIONS_FROM_PADDING, load_all
-from fastbert.padding import PackedLayout, full_layout, gather, scatter, static_layout, unpad_layout
+from fastbert.padding import (PackedLayout, document_layout, document_positions, full_layout, gather, scatter,
+                              static_layout, unpad_layout)
 from fastbert.validation import check_config_supported, validate_inputs
 
 
@@ -537,6 +538,10 @@ class EncoderModelCore(nn.Module):
         return_dict = kwargs.pop("return_dict", None)
         return_dict = config.return_dict if return_dict is None else return_dict
         padding_free = kwargs.pop("padding_free", None)
+        document_ids = kwargs.pop("document_ids", None)
+        if document_ids is not None:
+            return self._encode_documents(input_ids, document_ids, token_type_ids, position_ids, inputs_embeds,
+                                          attention_mask, output_attentions, output_hidden_states, return_dict)
         if padding_free is None and getattr(self, "_exact_for_head", None):
             padding_free = False  # a head fastbert lacks may read any padded position (_head_fastbert_lacks)
         token_labels = kwargs.pop("token_labels", None)
@@ -603,6 +608,37 @@ class EncoderModelCore(nn.Module):
         result = self._output(sequence_output, pooled_output, hidden_states,
                               tuple(all_probs) if all_probs else None)
         return result if return_dict else result.to_tuple()
+
+    def _encode_documents(self, input_ids, document_ids, token_type_ids, position_ids, inputs_embeds,
+                          attention_mask, output_attentions, output_hidden_states, return_dict):
+        """The forward of rows packing several documents each (``document_ids``, see ``BertModel.forward``)."""
+        if input_ids is None or inputs_embeds is not None or attention_mask is not None:
+            raise ValueError("document_ids goes with input_ids, without attention_mask or inputs_embeds (its "
+                             "nonzero positions are the real tokens)")
+        if output_attentions or output_hidden_states:
+            raise ValueError("document_ids does not go with output_attentions or output_hidden_states")
+        if torch.compiler.is_compiling() or ops.exporting():
+            raise ValueError("document_ids runs in eager mode only (its layout is read on the host)")
+        if document_ids.shape != input_ids.shape or document_ids.dtype.is_floating_point:
+            raise ValueError(f"document_ids must be an integer tensor shaped like input_ids {tuple(input_ids.shape)}, "
+                             f"got {document_ids.dtype} {tuple(document_ids.shape)}")
+        if position_ids is None:
+            position_ids = document_positions(document_ids, self._position_offset())
+        batch, seqlen, position_ids = validate_inputs(
+            self.config, input_ids, None, None, token_type_ids, position_ids,
+            embedding_size=self.embeddings.LayerNorm.weight.shape[0], position_offset=self._position_offset())
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        layout = document_layout(document_ids)
+        attn = PackedAttention(layout.cu_seqlens, layout.max_seqlen)
+        with self._dropout_seeds(input_ids.device, False):
+            hidden = self._embed(gather(input_ids, layout), gather(token_type_ids, layout),
+                                 gather(position_ids.expand(batch, seqlen), layout), None)
+            hidden, _ = self._modules[self._encoder_name](hidden, attn, None, False)
+        sequence_output = scatter(hidden, layout)
+        pooler = self._modules.get("pooler")
+        result = self._output(sequence_output, pooler(sequence_output) if pooler is not None else None, None, None)
+        return result if (self.config.return_dict if return_dict is None else return_dict) else result.to_tuple()
 
     def use_cuda_graphs(self, enabled: bool = True) -> None:
         """Replays inference calls through CUDA graphs, one per bucket of batch shapes
@@ -672,6 +708,9 @@ class BertModelCore(EncoderModelCore):
         it uses no value derived from a padded position); False runs the exact unfused path, which
         computes padded positions as transformers does.
         token_labels (keyword): int ``(batch, seqlen)`` per-token labels a head's loss reads (-100 ignored).
+        document_ids (keyword, fastbert's own): int ``(batch, seqlen)`` for rows packing several documents
+        each (pretraining): 0 at padding, each run of one nonzero id in a row a document that attends only
+        to itself, with position ids counted from its start; in place of ``attention_mask``.
 
         With ``padding_free=None``, a call whose result reads a padded position (a labelled padded token,
         or position 0 under the pooler with left padding) runs the exact path; the check shares

@@ -63,6 +63,37 @@ def unpad_layout(mask: Tensor, reads: Optional[Tensor] = None) -> Optional[Packe
     return PackedLayout(batch, seqlen, indices, cu, longest)
 
 
+def document_layout(document_ids: Tensor) -> PackedLayout:
+    """Packs rows that hold several documents each: ``document_ids`` int ``(batch, seqlen)``, 0 at padding;
+    each run of one nonzero id within a row is a sequence of its own, so documents sharing a row never
+    attend to each other. Two host reads (the token and sequence counts, then the longest sequence)."""
+    batch, seqlen = document_ids.shape
+    flat = document_ids.flatten()
+    real = flat != 0
+    previous = torch.nn.functional.pad(flat[:-1], (1, 0))
+    row_start = torch.arange(batch * seqlen, device=flat.device) % seqlen == 0
+    starts = real & ((flat != previous) | row_start)
+    total, sequences = torch.stack([real.sum(), starts.sum()]).tolist()
+    indices = torch.nonzero_static(real, size=total).flatten()
+    first = torch.nonzero_static(starts[indices], size=sequences).flatten()
+    cu = torch.cat([first, first.new_full((1,), total)]).to(torch.int32)
+    longest = int((cu[1:] - cu[:-1]).max()) if sequences else 0
+    if total == batch * seqlen and sequences == batch:
+        return full_layout(batch, seqlen, flat.device)
+    return PackedLayout(batch, seqlen, indices, cu, longest)
+
+
+def document_positions(document_ids: Tensor, offset: int = 0) -> Tensor:
+    """Each token's position within its document (the run of one id in its row, see
+    :func:`document_layout`), plus ``offset``: int64 ``(batch, seqlen)``, ``offset`` at padding."""
+    batch, seqlen = document_ids.shape
+    index = torch.arange(seqlen, device=document_ids.device).expand(batch, seqlen)
+    previous = torch.nn.functional.pad(document_ids[:, :-1], (1, 0), value=-1)
+    starts = torch.where(document_ids != previous, index, torch.zeros_like(index))
+    first = torch.cummax(starts, dim=1).values  # where each token's run began
+    return torch.where(document_ids != 0, index - first, torch.zeros_like(index)) + offset
+
+
 def static_layout(mask: Tensor) -> PackedLayout:
     """A layout with static shapes for ``torch.compile``: no host read, no data-dependent size.
 

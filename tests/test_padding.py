@@ -237,3 +237,16 @@ def test_attention_static_matches_unpad(name):
         probs = torch.softmax(torch.einsum("qhd,khd->hqk", q, k) / head_dim ** 0.5, dim=-1)
         ref = torch.einsum("hqk,khd->qhd", probs, v)
         torch.testing.assert_close(y_s[b, idx].double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_document_layout_makes_each_run_of_one_id_a_sequence():
+    from fastbert.padding import document_layout, document_positions
+
+    docs = torch.tensor([[1, 1, 2, 2, 2, 0], [3, 3, 3, 3, 3, 3], [1, 0, 1, 1, 0, 0]])
+    layout = document_layout(docs)
+    assert layout.indices.tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 14, 15]
+    assert layout.cu_seqlens.tolist() == [0, 2, 5, 11, 12, 14] and layout.max_seqlen == 6
+    assert document_positions(docs).tolist() == [[0, 1, 0, 1, 2, 0], [0, 1, 2, 3, 4, 5], [0, 0, 0, 1, 0, 0]]
+    assert document_positions(docs, 2)[0].tolist() == [2, 3, 2, 3, 4, 2]
+    full = document_layout(torch.ones(2, 3, dtype=torch.long))
+    assert full.indices is None and full.cu_seqlens.tolist() == [0, 3, 6]
