@@ -47,6 +47,22 @@ def eval_plan(lengths: list[int], global_batch: int) -> list[list[int]]:
     return [order[i:i + global_batch] for i in range(0, len(order), global_batch)]
 
 
+def pad_share(data: Encoded, share: list[int], pad_id: int, collate_labels: Callable[[list, int], torch.Tensor]) -> dict:
+    """Features ``share`` of ``data`` padded to the longest: ``input_ids``, ``token_type_ids``,
+    ``attention_mask`` int64 ``(len(share), longest)`` and ``labels`` (``collate_labels(labels, longest)``)."""
+    lengths = [len(data.input_ids[j]) for j in share]
+    longest = max(lengths)
+    ids = torch.full((len(share), longest), pad_id, dtype=torch.long)
+    types = torch.zeros(len(share), longest, dtype=torch.long)
+    mask = torch.zeros(len(share), longest, dtype=torch.long)
+    for row, (j, n) in enumerate(zip(share, lengths)):
+        ids[row, :n] = torch.tensor(data.input_ids[j])
+        types[row, :n] = torch.tensor(data.token_type_ids[j])
+        mask[row, :n] = 1
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
+            "labels": collate_labels([data.labels[j] for j in share], longest)}
+
+
 class PlannedBatches(Dataset):
     """Item ``i`` is this process's padded share of global batch ``i`` of a plan.
 
@@ -57,16 +73,28 @@ class PlannedBatches(Dataset):
     share is empty (a last batch smaller than the process count) gets None, or with ``stand_in`` the
     batch's first example with weight 0, so that it still joins the gradient all-reduce. Use with
     ``DataLoader(batch_size=None)``.
+
+    ``task``: a task whose ``collate_share`` and ``global_units`` replace the padding above and the
+    features' units (masked-LM pretraining masks its rows here, per ``epoch``). ``micro_batches`` > 1
+    (gradient accumulation): the share is cut into that many parts, each padded on its own, in ``micro``
+    (a list of the items above without the global counts, which stay on the outer item).
     """
 
     def __init__(self, data: Encoded, plan: list[list[int]], rank: int, world: int, pad_id: int,
-                 stand_in: bool = False, collate_labels: Optional[Callable[[list, int], torch.Tensor]] = None):
+                 stand_in: bool = False, collate_labels: Optional[Callable[[list, int], torch.Tensor]] = None,
+                 task=None, epoch: int = 0, micro_batches: int = 1):
         self.data, self.plan, self.rank, self.world, self.pad_id = data, plan, rank, world, pad_id
-        self.stand_in = stand_in
-        self.collate_labels = collate_labels or (lambda labels, longest: torch.tensor(labels))
+        self.stand_in, self.task, self.epoch, self.micro_batches = stand_in, task, epoch, micro_batches
+        labels = collate_labels or (task.collate if task is not None else None)
+        self.collate_labels = labels or (lambda labels, longest: torch.tensor(labels))
 
     def __len__(self) -> int:
         return len(self.plan)
+
+    def _collate(self, share: list[int]) -> dict:
+        if self.task is not None:
+            return self.task.collate_share(self.data, share, self.epoch, self.pad_id)
+        return pad_share(self.data, share, self.pad_id, self.collate_labels)
 
     def __getitem__(self, i: int) -> Optional[dict]:
         batch = self.plan[i]
@@ -75,21 +103,12 @@ class PlannedBatches(Dataset):
             if not self.stand_in:
                 return None
             share, weight = batch[:1], 0.0
-        lengths = [len(self.data.input_ids[j]) for j in share]
-        longest = max(lengths)
-        ids = torch.full((len(share), longest), self.pad_id, dtype=torch.long)
-        types = torch.zeros(len(share), longest, dtype=torch.long)
-        mask = torch.zeros(len(share), longest, dtype=torch.long)
-        for row, (j, n) in enumerate(zip(share, lengths)):
-            ids[row, :n] = torch.tensor(self.data.input_ids[j])
-            types[row, :n] = torch.tensor(self.data.token_type_ids[j])
-            mask[row, :n] = 1
-        return {
-            "input_ids": ids, "token_type_ids": types, "attention_mask": mask,
-            "labels": self.collate_labels([self.data.labels[j] for j in share], longest),
-            "index": torch.tensor(share),
-            "weight": weight,
-            "global_examples": len(batch),
-            "global_units": sum(self.data.units[j] for j in batch),
-            "global_tokens": sum(len(self.data.input_ids[j]) for j in batch),
-        }
+        units = (self.task.global_units(self.data, batch, self.epoch) if self.task is not None
+                 else sum(self.data.units[j] for j in batch))
+        totals = {"weight": weight, "global_examples": len(batch), "global_units": units,
+                  "global_tokens": sum(self.data.lengths[j] for j in batch)}
+        if self.micro_batches > 1:
+            parts = [share[k::self.micro_batches] for k in range(self.micro_batches)]
+            return {"micro": [{**self._collate(part), "index": torch.tensor(part)} for part in parts if part],
+                    "index": torch.tensor(share), **totals}
+        return {**self._collate(share), "index": torch.tensor(share), **totals}

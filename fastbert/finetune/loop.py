@@ -26,6 +26,7 @@ from fastbert.finetune import checkpoint
 from fastbert.finetune.batching import PlannedBatches, eval_plan, train_plan
 from fastbert.finetune.data import Encoded
 from fastbert.finetune.distributed import Context
+from fastbert.finetune.lamb import Lamb
 from fastbert.finetune.tasks.base import Task
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -49,6 +50,11 @@ class Settings:
     log_every: int = 10
     num_workers: int = 0
     progress: bool = True
+    max_steps: int = 0  # stop after this many optimizer steps (0: the epochs decide)
+    eval_steps: int = 0  # also evaluate (and pick best/) every N steps; 0: after every epoch only
+    grad_accum: int = 1  # micro-batches per optimizer step (each process's share cut in that many)
+    optimizer: str = "adamw"  # or "lamb"
+    schedule: str = "linear"  # the decay after warmup: "linear" or "cosine"
 
 
 @dataclass
@@ -104,6 +110,18 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def warmup_then_cosine_decay(optimizer, warmup_steps: int, total_steps: int):
+    """Learning rate ``lr * step / warmup`` up to ``warmup_steps``, then down along a half cosine to 0 at
+    ``total_steps``."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        done = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * done))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def warmup_then_linear_decay(optimizer, warmup_steps: int, total_steps: int):
     """Learning rate ``lr * step / warmup`` up to ``warmup_steps``, then down linearly to 0 at ``total_steps``."""
     def factor(step: int) -> float:
@@ -134,18 +152,23 @@ class FineTuner:
         self.settings, self.ctx, self.output = settings, ctx, Path(output) if output is not None else None
         self.fingerprint, self.name = fingerprint or {}, name
         self.autocast_dtype = PRECISIONS[settings.precision]
-        self.global_batch = settings.batch_size * ctx.world
+        self.global_batch = settings.batch_size * ctx.world * settings.grad_accum
         self.steps_per_epoch = math.ceil(len(train) / self.global_batch)
         self.total_steps = self.steps_per_epoch * settings.epochs
-        # The fused AdamW: one kernel per step on CUDA; on the CPU about 7x faster than the for-each one
-        # (the embedding table alone is 12M parameters for a MiniLM).
-        self.optimizer = torch.optim.AdamW(parameter_groups(model, settings.weight_decay), lr=settings.lr,
-                                           fused=ctx.device.type in ("cuda", "cpu"))
-        self.scheduler = warmup_then_linear_decay(self.optimizer, math.ceil(settings.warmup_ratio * self.total_steps),
-                                                  self.total_steps)
+        if settings.max_steps:
+            self.total_steps = min(self.total_steps, settings.max_steps)
+        groups = parameter_groups(model, settings.weight_decay)
+        if settings.optimizer == "lamb":
+            self.optimizer = Lamb(groups, lr=settings.lr)
+        else:
+            # The fused AdamW: one kernel per step on CUDA; on the CPU about 7x faster than the for-each one
+            # (the embedding table alone is 12M parameters for a MiniLM).
+            self.optimizer = torch.optim.AdamW(groups, lr=settings.lr, fused=ctx.device.type in ("cuda", "cpu"))
+        schedule = warmup_then_cosine_decay if settings.schedule == "cosine" else warmup_then_linear_decay
+        self.scheduler = schedule(self.optimizer, math.ceil(settings.warmup_ratio * self.total_steps), self.total_steps)
         self.scaler = torch.amp.GradScaler(ctx.device.type) if settings.precision == "fp16" else None
         self.position, self.history, self.speed = Position(), History(), Speed()
-        self._warmed_up, self._pending_losses = False, []
+        self._warmed_up, self._pending_losses, self._pending_stats = False, [], []
         self.ddp = model
         if ctx.world > 1:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
@@ -161,21 +184,29 @@ class FineTuner:
             torch.cuda.reset_peak_memory_stats(self.ctx.device)
         bar = _progress(self.total_steps, self.position.step, self.settings.progress and self.ctx.is_main,
                         self.name)
-        while self.position.epoch < self.settings.epochs:
-            self._train_epoch(bar, on_step)
+        while self.position.epoch < self.settings.epochs and not self._finished():
+            if not self._train_epoch(bar, on_step):  # max_steps reached within the epoch
+                improved = self._evaluate_epoch()
+                self._save(improved or self.evaluation is None)
+                break
             self.position = Position(self.position.epoch + 1, 0, self.position.step)
             improved = self._evaluate_epoch()
-            self._save(improved or (self.evaluation is None and self.position.epoch == self.settings.epochs))
+            self._save(improved or (self.evaluation is None and (self.position.epoch == self.settings.epochs
+                                                                 or self._finished())))
         bar.close()
         if self.ctx.device.type == "cuda":
             self.speed.peak_memory_bytes = torch.cuda.max_memory_allocated(self.ctx.device)
         return Result(self.history, self.speed, self.position)
 
-    def _train_epoch(self, bar, on_step) -> None:
+    def _finished(self) -> bool:
+        return bool(self.settings.max_steps) and self.position.step >= self.settings.max_steps
+
+    def _train_epoch(self, bar, on_step) -> bool:
+        """Trains the rest of this epoch; False when ``max_steps`` stopped it before its end."""
         settings, ctx = self.settings, self.ctx
         plan = train_plan(self.train.lengths, self.global_batch, settings.seed, self.position.epoch)
         batches = PlannedBatches(self.train, plan, ctx.rank, ctx.world, self.tokenizer.pad_token_id, stand_in=True,
-                                 collate_labels=self.task.collate)
+                                 task=self.task, epoch=self.position.epoch, micro_batches=settings.grad_accum)
         # Its own generator: a DataLoader draws a base seed from the global one per epoch otherwise, and
         # a resumed run would then see other dropout masks than an uninterrupted one.
         loader = DataLoader(batches, batch_size=None, sampler=range(self.position.batch, len(plan)),
@@ -200,19 +231,32 @@ class FineTuner:
             if len(self._pending_losses) >= settings.log_every or self.position.batch == len(plan):
                 logged = self._flush_losses()
                 now = time.perf_counter()
-                bar.set_postfix(loss=f"{sum(logged) / len(logged):.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+                shown = {"loss": f"{sum(logged) / len(logged):.4f}"}
+                if self._pending_stats:  # the task's accuracy on this process's share (MLM accuracy)
+                    correct, total = torch.stack(self._pending_stats).sum(0).tolist()
+                    shown["acc"] = f"{correct / max(1, total):.3f}"
+                    self._pending_stats = []
+                bar.set_postfix(**shown, lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
                                 tok_s=f"{tokens_since_log / max(now - log_started, 1e-9):.0f}")
                 tokens_since_log, log_started = 0, now
-            if settings.save_steps and self.position.step % settings.save_steps == 0 \
-                    and self.position.batch < len(plan):
+            stopping = self._finished() and self.position.batch < len(plan)
+            evaluating = settings.eval_steps and self.position.step % settings.eval_steps == 0 and not stopping \
+                and self.position.batch < len(plan)
+            saving = settings.save_steps and self.position.step % settings.save_steps == 0 and not stopping \
+                and self.position.batch < len(plan)
+            if evaluating or saving:
                 _sync(ctx.device)
                 paused = time.perf_counter()
-                self._save(best=False)
-                started += time.perf_counter() - paused  # checkpoints are not training time
+                improved = self._evaluate_epoch() if evaluating else False
+                self._save(best=improved)
+                started += time.perf_counter() - paused  # evaluations and checkpoints are not training time
             if on_step is not None:
                 on_step(self.position.step)
+            if stopping:
+                break
         _sync(ctx.device)
         self.speed.seconds += time.perf_counter() - started
+        return self.position.batch >= len(plan)
 
     def _flush_losses(self) -> list[float]:
         """Reads the losses of the steps since the last read (one host sync) into the history."""
@@ -224,18 +268,30 @@ class FineTuner:
     def _train_step(self, batch: dict) -> torch.Tensor:
         """One optimizer step; returns the global mean loss (a device tensor, not yet read)."""
         device = self.ctx.device
-        inputs = {k: batch[k].to(device, non_blocking=True) for k in ("input_ids", "token_type_ids", "attention_mask")}
-        labels = batch["labels"].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            outputs = self.ddp(**inputs)
-        loss_sum = self.task.loss_sum(outputs, labels, inputs["attention_mask"]) * batch["weight"]
         units = max(1, batch["global_units"])  # a batch of windows without a labelled token adds nothing
-        loss = loss_sum * (self.ctx.world / units)
+        parts = batch.get("micro", [batch])
+        total = torch.zeros((), device=device)
+        for k, part in enumerate(parts):
+            # gradient accumulation: DDP all-reduces once, after the last micro-batch
+            last = k == len(parts) - 1
+            syncing = contextlib.nullcontext() if last or self.ddp is self.model else self.ddp.no_sync()
+            with syncing:
+                inputs = {key: part[key].to(device, non_blocking=True) for key in self.task.inputs}
+                labels = part["labels"].to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                    outputs = self.ddp(**inputs)
+                loss_sum = self.task.loss_sum(outputs, labels, inputs.get("attention_mask")) * batch["weight"]
+                stats = self.task.bar_stats(outputs)
+                if stats is not None:
+                    self._pending_stats.append(stats.detach())
+                loss = loss_sum * (self.ctx.world / units)
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            total = total + loss_sum.detach()
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
         if self.settings.max_grad_norm > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
         if self.scaler is not None:
@@ -245,7 +301,7 @@ class FineTuner:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return self.ctx.sum_(loss_sum.detach().clone()) / units
+        return self.ctx.sum_(total) / units
 
     # ------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -254,8 +310,7 @@ class FineTuner:
         (all processes' shares)."""
         ctx, task = self.ctx, self.task
         plan = eval_plan(data.lengths, self.settings.eval_batch_size * ctx.world)
-        loader = DataLoader(PlannedBatches(data, plan, ctx.rank, ctx.world, self.tokenizer.pad_token_id,
-                                           collate_labels=task.collate),
+        loader = DataLoader(PlannedBatches(data, plan, ctx.rank, ctx.world, self.tokenizer.pad_token_id, task=task),
                             batch_size=None, pin_memory=ctx.device.type == "cuda", generator=torch.Generator())
         was_training = self.model.training
         self.model.eval()
@@ -263,18 +318,18 @@ class FineTuner:
         for batch in loader:
             if batch is None:
                 continue
-            inputs = {k: batch[k].to(ctx.device, non_blocking=True)
-                      for k in ("input_ids", "token_type_ids", "attention_mask")}
+            inputs = {k: batch[k].to(ctx.device, non_blocking=True) for k in task.inputs}
             with torch.autocast(ctx.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
                 outputs = self.model(**inputs)
-            loss += task.loss_sum(outputs, batch["labels"].to(ctx.device), inputs["attention_mask"]).item()
+            loss += task.loss_sum(outputs, batch["labels"].to(ctx.device), inputs.get("attention_mask")).item()
             predictions.update(zip(batch["index"].tolist(), task.predict(outputs, batch)))
         self.model.train(was_training)
         shares = ctx.gather((predictions, loss))
         predictions = {i: p for share in shares for i, p in share[0].items()}
         total_loss = sum(share[1] for share in shares)
         scores = task.score(data, [predictions[i] for i in range(len(data))])
-        return {**scores, "loss": total_loss / max(1, sum(data.units))}
+        units = sum(task.global_units(data, batch, 0) for batch in plan)
+        return task.with_loss(scores, total_loss / max(1, units))
 
     def _evaluate_epoch(self) -> bool:
         """Evaluates after an epoch; True when the result is the best so far."""
@@ -287,7 +342,8 @@ class FineTuner:
         if improved:
             self.history.best = value
         if self.ctx.is_main and self.settings.progress:
-            print(f"epoch {self.position.epoch}: " + " ".join(f"{k}={v:.4f}" for k, v in scores.items()
+            when = f"step {self.position.step}" if self.position.batch else f"epoch {self.position.epoch}"
+            print(f"{when}: " + " ".join(f"{k}={v:.4f}" for k, v in scores.items()
                                                               if isinstance(v, float))
                   + (" (best)" if improved else ""), flush=True)
         return improved

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -51,6 +53,18 @@ class Task:
         return {"task": self.name}
 
     # ------------------------------------------------------------------ in the loop
+    inputs = ("input_ids", "token_type_ids", "attention_mask")  # the batch entries the model takes
+
+    def collate_share(self, data: Encoded, share: list[int], epoch: int, pad_id: int) -> dict:
+        """A process's share of a batch: the tensors of :attr:`inputs` and ``labels``."""
+        from fastbert.finetune.batching import pad_share
+
+        return pad_share(data, share, pad_id, self.collate)
+
+    def global_units(self, data: Encoded, batch: list[int], epoch: int) -> int:
+        """The loss's denominator for a global batch (of every process): its features' units."""
+        return sum(data.units[j] for j in batch)
+
     def collate(self, labels: list, longest: int) -> Tensor:
         """A process's share of targets (``labels`` of its features) as a tensor, rows padded to ``longest``."""
         return torch.tensor(labels)
@@ -59,9 +73,17 @@ class Task:
         """The loss summed over the share's units (its examples or labelled tokens), fp32."""
         raise NotImplementedError
 
+    def bar_stats(self, outputs) -> Optional[Tensor]:
+        """Optional ``(correct, total)`` counts of a training step for the progress bar's accuracy."""
+        return None
+
     def predict(self, outputs, batch: dict) -> list:
         """Host-side predictions, one per feature of the share, for :meth:`score`."""
         raise NotImplementedError
+
+    def with_loss(self, scores: dict, loss: float) -> dict:
+        """The evaluation's scores with its mean ``loss`` per unit (masked-LM adds the perplexity)."""
+        return {**scores, "loss": loss}
 
     def score(self, data: Encoded, predictions: list) -> dict:
         """Evaluation scores from ``predictions[i]`` of feature ``i`` of ``data``: the names of
