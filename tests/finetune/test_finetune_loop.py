@@ -173,3 +173,54 @@ def test_learning_rate_warms_up_then_decays_to_zero():
     rates.append(scheduler.get_last_lr()[0])
     assert rates[:5] == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0])
     assert rates[4:] == pytest.approx([2.0 * (12 - s) / 8 for s in range(4, 13)])
+
+
+def test_cosine_schedule_warms_up_then_follows_a_half_cosine_to_zero():
+    from fastbert.finetune.loop import warmup_then_cosine_decay
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = warmup_then_cosine_decay(optimizer, warmup_steps=2, total_steps=10)
+    rates = []
+    for _ in range(11):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:3] == [0.0, 0.5, 1.0]
+    assert rates[6] == pytest.approx(0.5) and rates[10] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(rates[2:], rates[3:]))
+
+
+def test_lamb_takes_adams_update_scaled_by_the_trust_ratio():
+    from fastbert.finetune.lamb import Lamb
+
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, requires_grad=True)
+    optimizer = Lamb([{"params": [w], "weight_decay": 0.1}], lr=0.01, betas=(0.9, 0.99), eps=1e-6)
+    m = v = torch.zeros(4, 3)
+    expected = w.detach().clone()
+    for step in range(1, 4):
+        grad = torch.randn(4, 3)
+        w.grad = grad.clone()
+        m, v = 0.9 * m + 0.1 * grad, 0.99 * v + 0.01 * grad ** 2
+        update = (m / (1 - 0.9 ** step)) / ((v / (1 - 0.99 ** step)).sqrt() + 1e-6) + 0.1 * expected
+        expected = expected - 0.01 * (expected.norm() / update.norm()) * update
+        optimizer.step()
+        torch.testing.assert_close(w.detach(), expected, rtol=1e-6, atol=1e-7)
+
+    fresh = torch.zeros(5, requires_grad=True)
+    fresh.grad = torch.ones(5)
+    Lamb([fresh], lr=0.01).step()  # zero weights: the ratio falls back to 1, Adam's first step of lr each
+    torch.testing.assert_close(fresh.detach(), torch.full((5,), -0.01))
+
+
+def test_max_steps_stops_mid_epoch_with_an_evaluation_and_eval_steps_add_some(tmp_path, tiny_checkpoint, tokenizer,
+                                                                               sample_train, sample_dev):
+    train, labels = encoded(sample_train, tokenizer)
+    dev, _ = encoded(sample_dev, tokenizer, labels)
+    settings = Settings(epochs=3, batch_size=64, lr=1e-3, max_steps=10, eval_steps=4, progress=False)
+    result, _ = _run(tiny_checkpoint, tokenizer, train, dev, labels, tmp_path, settings)
+    assert result.position.step == 10 and len(result.history.losses) == 10
+    # step 4 (eval_steps), 8 (the end of epoch 1: 8 steps of 64 over 480, once), and 10 (max_steps)
+    assert [e["step"] for e in result.history.evals] == [4, 8, 10]
+    state = torch.load(checkpoint.find(tmp_path / "last") / checkpoint.STATE_FILE, weights_only=True)
+    assert state["position"] == {"epoch": 1, "batch": 2, "step": 10}
