@@ -91,9 +91,9 @@ class PlannedBatches(Dataset):
     def __len__(self) -> int:
         return len(self.plan)
 
-    def _collate(self, share: list[int]) -> dict:
+    def _collate(self, share: list[int], batch: list[int]) -> dict:
         if self.task is not None:
-            return self.task.collate_share(self.data, share, self.epoch, self.pad_id)
+            return self.task.collate_share(self.data, share, self.epoch, self.pad_id, batch)
         return pad_share(self.data, share, self.pad_id, self.collate_labels)
 
     def __getitem__(self, i: int) -> Optional[dict]:
@@ -109,6 +109,6 @@ class PlannedBatches(Dataset):
                   "global_tokens": sum(self.data.lengths[j] for j in batch)}
         if self.micro_batches > 1:
             parts = [share[k::self.micro_batches] for k in range(self.micro_batches)]
-            return {"micro": [{**self._collate(part), "index": torch.tensor(part)} for part in parts if part],
+            return {"micro": [{**self._collate(part, batch), "index": torch.tensor(part)} for part in parts if part],
                     "index": torch.tensor(share), **totals}
-        return {**self._collate(share), "index": torch.tensor(share), **totals}
+        return {**self._collate(share, batch), "index": torch.tensor(share), **totals}

@@ -10,6 +10,7 @@ padding. Masks are drawn anew each epoch; the masked-LM head runs on the masked 
 runs on fastbert's one loop (``fastbert finetune``'s): AdamW or LAMB, warmup then linear or cosine decay,
 ``--max-steps``, gradient accumulation, autocast, clipping, evaluation every ``--eval-steps`` (loss,
 accuracy, perplexity), atomic checkpoints and exact ``--resume``, torchrun DDP, and ``--reference``.
+With ``--nsp``, next-sentence prediction too (BERT's ``BertForPreTraining``; segment pairs, no packing).
 Writes ``out/best`` and ``out/last`` (``save_pretrained`` masked-LM model + tokenizer: transformers,
 ``pipeline("fill-mask")`` and ``fastbert finetune --model`` load them) and ``out/metrics.json``.
 """
@@ -48,6 +49,8 @@ def build_parser():
     p.add_argument("--max-length", type=_positive_int, default=128, help="tokens per packed row")
     p.add_argument("--mlm-probability", type=_ratio, default=0.15, help="share of tokens masked")
     p.add_argument("--whole-word-mask", action="store_true", help="mask whole words, not single word pieces")
+    p.add_argument("--nsp", action="store_true", help="also next-sentence prediction (BERT's BertForPreTraining "
+                   "head): segment pairs, half of the second segments from another document; no packing")
     p.add_argument("--epochs", type=_positive_int, default=1, help="passes over the corpus (an upper bound with "
                    "--max-steps)")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (default: 0, "
@@ -136,6 +139,7 @@ def run(args) -> dict:
     from fastbert.finetune import distributed
     from fastbert.finetune.loop import FineTuner, Settings, load_state
     from fastbert.pretrain.corpus import build_corpus
+    from fastbert.pretrain.nsp import NextSentencePrediction, PreTrainingObjective, cut_into_chunks
     from fastbert.pretrain.rows import pack_documents
     from fastbert.pretrain.task import MaskedLM, MaskedLMObjective
 
@@ -181,8 +185,14 @@ def run(args) -> dict:
                 raise ValueError(failed)
             if not ctx.is_main:
                 train_corpus, eval_corpus = corpora()
-            train = pack_documents(train_corpus, args.max_length, tokenizer.cls_token_id, tokenizer.sep_token_id)
-            evaluation = (pack_documents(eval_corpus, args.max_length, tokenizer.cls_token_id, tokenizer.sep_token_id)
+            if args.nsp and config.model_type != "bert":
+                raise ValueError(f"--nsp needs a BERT model (BertForPreTraining's next-sentence head); this one is "
+                                 f"{config.model_type!r}")
+            if args.nsp and args.whole_word_mask:
+                raise ValueError("--nsp masks single word pieces: --whole-word-mask does not go with it")
+            layout = cut_into_chunks if args.nsp else pack_documents
+            train = layout(train_corpus, args.max_length, tokenizer.cls_token_id, tokenizer.sep_token_id)
+            evaluation = (layout(eval_corpus, args.max_length, tokenizer.cls_token_id, tokenizer.sep_token_id)
                           if eval_corpus is not None else None)
             settings = Settings(
                 epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size or
@@ -192,8 +202,9 @@ def run(args) -> dict:
                 save_steps=args.save_steps, progress=not args.no_progress, max_steps=args.max_steps,
                 eval_steps=args.eval_steps, grad_accum=args.grad_accum, optimizer=args.optimizer,
                 schedule=args.schedule)
-            task = MaskedLM(tokenizer.mask_token_id, config.vocab_size, args.mlm_probability, args.whole_word_mask,
-                            args.seed, tokenizer.pad_token_id or 0)
+            task = (NextSentencePrediction if args.nsp else MaskedLM)(
+                tokenizer.mask_token_id, config.vocab_size, args.mlm_probability, args.whole_word_mask, args.seed,
+                tokenizer.pad_token_id or 0)
             trajectory = ("epochs", "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "seed",
                           "precision", "max_steps", "grad_accum", "optimizer", "schedule")
             fingerprint = {"train files sha256": _fingerprint(args.train), "processes": ctx.world,
@@ -202,10 +213,8 @@ def run(args) -> dict:
             if resume is not None:
                 load_state(resume, fingerprint)
             torch.manual_seed(args.seed)
-            if source is not None:
-                model = fastbert.AutoModelForMaskedLM.from_pretrained(source)
-            else:
-                model = fastbert.AutoModelForMaskedLM.from_config(config)
+            auto = getattr(fastbert, task.auto_class)
+            model = auto.from_pretrained(source) if source is not None else auto.from_config(config)
         except ValueError as err:  # a corpus problem (DataError: file:line), or a model fastbert cannot run
             raise InputError(str(err)) from err
         model = model.to(ctx.device)
@@ -213,23 +222,24 @@ def run(args) -> dict:
             remove_earlier_run(output)
         ctx.barrier()
         if ctx.is_main:
-            print(f"corpus: {len(train_corpus)} documents, {train_corpus.num_tokens} tokens in {len(train)} rows of "
-                  f"at most {args.max_length}", file=sys.stderr)
+            print(f"corpus: {len(train_corpus)} documents, {train_corpus.num_tokens} tokens in {len(train)} "
+                  f"{'segment pairs' if args.nsp else 'rows'} of at most {args.max_length}", file=sys.stderr)
         initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if args.reference else None
         runs = {}
         torch.manual_seed(args.seed + ctx.rank)
-        tuner = FineTuner(MaskedLMObjective(model), tokenizer, train, evaluation, settings, ctx, output,
+        objective = PreTrainingObjective if args.nsp else MaskedLMObjective
+        tuner = FineTuner(objective(model), tokenizer, train, evaluation, settings, ctx, output,
                           fingerprint, name="fastbert", task=task)
         runs["fastbert"] = _summary(tuner.run(resume))
         if args.reference:
-            reference = transformers.AutoModelForMaskedLM.from_config(model.config).to(ctx.device)
+            reference = getattr(transformers, task.auto_class).from_config(model.config).to(ctx.device)
             reference.load_state_dict(initial)
             del model, tuner
             torch.manual_seed(args.seed + ctx.rank)
             runs["transformers"] = _summary(FineTuner(
-                MaskedLMObjective(reference, reference=True), tokenizer, train, evaluation, settings, ctx,
+                objective(reference, reference=True), tokenizer, train, evaluation, settings, ctx,
                 output / "reference", fingerprint, name="transformers", task=task).run())
-        record = {"runs": runs, "settings": asdict(settings), "task": "masked-lm", "processes": ctx.world,
+        record = {"runs": runs, "settings": asdict(settings), "task": task.name, "processes": ctx.world,
                   "device": str(ctx.device), "corpus": {"documents": len(train_corpus),
                                                         "tokens": train_corpus.num_tokens, "rows": len(train)}}
         if ctx.is_main:

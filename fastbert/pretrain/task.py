@@ -86,7 +86,7 @@ class MaskedLM(Task):
                                      self.probability, generator, starts[None] if self.whole_word else None)
         return inputs[0], documents, labels[0]
 
-    def collate_share(self, data, share, epoch, pad_id) -> dict:
+    def collate_share(self, data, share, epoch, pad_id, batch=None) -> dict:
         longest = max(data.lengths[r] for r in share)
         out = {"input_ids": torch.full((len(share), longest), self.pad_id, dtype=torch.long),
                "document_ids": torch.zeros(len(share), longest, dtype=torch.long),

@@ -159,3 +159,27 @@ def test_from_scratch_with_a_config_and_a_tokenizer(tmp_path, capsys, tiny_check
                             2, "--no-progress")
     assert code == 0, err
     assert type(transformers.AutoModelForMaskedLM.from_pretrained(out / "best")).__name__ == "BertForMaskedLM"
+
+
+def test_nsp_trains_bert_for_pretraining_with_transformers_losses(tmp_path, capsys, tiny_checkpoint, tokenizer):
+    out = tmp_path / "out"
+    code, stdout, err = pretrain(capsys, "--model", tiny_checkpoint, "--train", TRAIN, "--eval", HELD_OUT,
+                                 "--output", out, "--max-length", 64, "--max-steps", 6, "--batch-size", 16, "--lr",
+                                 2e-3, "--nsp", "--reference")
+    assert code == 0, err
+    assert "segment pairs of at most 64" in err and "nsp_accuracy=" in stdout
+    ours, theirs = (runs(out)[name] for name in ("fastbert", "transformers"))
+    assert max(abs(a - b) for a, b in zip(ours["losses"], theirs["losses"])) <= 1e-4
+    assert ours["evals"][-1]["nsp_accuracy"] == theirs["evals"][-1]["nsp_accuracy"]
+    model, info = transformers.BertForPreTraining.from_pretrained(out / "best", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+
+    roberta = tmp_path / "roberta"
+    transformers.RobertaModel(transformers.RobertaConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=40, max_position_embeddings=80, pad_token_id=0)).save_pretrained(roberta)
+    tokenizer.save_pretrained(roberta)
+    capsys.readouterr()
+    code, _, err = pretrain(capsys, "--model", roberta, "--train", TRAIN, "--output", tmp_path / "r", "--max-length",
+                            64, "--nsp")
+    assert code == 2 and "--nsp needs a BERT model" in err, err

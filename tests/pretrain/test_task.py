@@ -90,3 +90,29 @@ def test_masks_differ_by_epoch_and_repeat_for_the_same_epoch():
     task = MaskedLM(MASK, 90, seed=3)
     a, b, c = (task.collate_share(rows, [0, 1], epoch, 0)["labels"] for epoch in (0, 0, 1))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_nsp_pairs_are_half_continuations_half_random_with_bert_token_types():
+    from fastbert.pretrain.nsp import NextSentencePrediction, cut_into_chunks
+
+    data = corpus([30, 25, 40, 18, 33, 27] * 4, seed=2)
+    pairs = cut_into_chunks(data, 24, CLS, SEP)
+    task = NextSentencePrediction(MASK, 90, probability=0.15, seed=5)
+    labels_seen = []
+    for i in range(len(pairs)):
+        inputs, types, labels, maskable, random_next = task.pair(pairs, i, epoch=0)
+        original = torch.where(labels != IGNORED, labels, inputs)
+        seps = (original == SEP).nonzero().flatten().tolist()
+        first, second = original[1:seps[0]], original[seps[0] + 1:-1]
+        assert original[0] == CLS and original[-1] == SEP and len(original) <= 24
+        assert types.tolist() == [0] * (seps[0] + 1) + [1] * (len(original) - seps[0] - 1)
+        assert not (labels[~maskable] != IGNORED).any()
+        document, start, end = pairs.chunks[i].tolist()
+        assert first.tolist() == data.tokens[start:start + len(first)].tolist()
+        if not random_next:
+            assert second.tolist() == data.tokens[start + len(first):end].tolist()
+        labels_seen.append(random_next)
+    assert 0.35 < sum(labels_seen) / len(labels_seen) < 0.65
+    again = task.collate_share(pairs, [0, 1, 2], 0, 0)
+    assert torch.equal(again["labels"], task.collate_share(pairs, [0, 1, 2], 0, 0)["labels"])
+    assert torch.equal(again["next_sentence_label"], torch.tensor([task.pair(pairs, i, 0)[4] for i in range(3)]))

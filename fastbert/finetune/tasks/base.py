@@ -55,8 +55,10 @@ class Task:
     # ------------------------------------------------------------------ in the loop
     inputs = ("input_ids", "token_type_ids", "attention_mask")  # the batch entries the model takes
 
-    def collate_share(self, data: Encoded, share: list[int], epoch: int, pad_id: int) -> dict:
-        """A process's share of a batch: the tensors of :attr:`inputs` and ``labels``."""
+    def collate_share(self, data: Encoded, share: list[int], epoch: int, pad_id: int,
+                      batch: Optional[list[int]] = None) -> dict:
+        """A process's share of a batch (of the global ``batch``): the tensors of :attr:`inputs` and
+        ``labels``."""
         from fastbert.finetune.batching import pad_share
 
         return pad_share(data, share, pad_id, self.collate)
