@@ -35,8 +35,10 @@ def build_parser():
     p = ArgumentParser(prog="fastbert pretrain", description="Masked-LM pretraining of a BERT-family model, from "
                        "scratch or continued on your corpus; under torchrun, data-parallel.")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="a checkpoint folder or Hub id to continue pretraining")
-    source.add_argument("--config", help="a config.json to pretrain from scratch (with --tokenizer)")
+    source.add_argument("--model", help="a checkpoint folder or Hub id to continue pretraining (default: none; "
+                        "--model or --config)")
+    source.add_argument("--config", help="a config.json to pretrain from scratch, with --tokenizer (default: none; "
+                        "--model or --config)")
     p.add_argument("--tokenizer", default=None, help="the tokenizer's folder (default: --model's)")
     p.add_argument("--train", nargs="+", required=True, help="corpus files: plain text (documents separated by "
                    "blank lines) or .jsonl")

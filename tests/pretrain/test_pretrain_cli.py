@@ -183,3 +183,14 @@ def test_nsp_trains_bert_for_pretraining_with_transformers_losses(tmp_path, caps
     code, _, err = pretrain(capsys, "--model", roberta, "--train", TRAIN, "--output", tmp_path / "r", "--max-length",
                             64, "--nsp")
     assert code == 2 and "--nsp needs a BERT model" in err, err
+
+
+def test_command_mistakes_are_one_line_before_any_work(tmp_path, capsys, tiny_checkpoint):
+    base = ["--model", tiny_checkpoint, "--output", tmp_path / "out", "--max-length", 64]
+    code, _, err = pretrain(capsys, *base, "--train", TRAIN, tmp_path / "missing.txt")
+    assert code == 2 and f"--train {tmp_path / 'missing.txt'}: no such file" in err
+    assert pretrain(capsys, *base, "--train", HELD_OUT, "--max-steps", 1, "--no-progress")[0] == 0
+    code, _, err = pretrain(capsys, *base, "--train", HELD_OUT)
+    assert code == 2 and "holds an earlier run" in err and "--resume continues it" in err
+    code, _, err = pretrain(capsys, *base, "--train", HELD_OUT, "--resume", "--reference")
+    assert code == 2 and "--resume and --reference do not go together" in err
