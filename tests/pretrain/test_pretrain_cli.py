@@ -194,3 +194,30 @@ def test_command_mistakes_are_one_line_before_any_work(tmp_path, capsys, tiny_ch
     assert code == 2 and "holds an earlier run" in err and "--resume continues it" in err
     code, _, err = pretrain(capsys, *base, "--train", HELD_OUT, "--resume", "--reference")
     assert code == 2 and "--resume and --reference do not go together" in err
+
+
+@pytest.mark.parametrize("family", ["roberta", "distilbert"])
+def test_other_families_pretrain_with_transformers_losses(family, tmp_path, capsys, tokenizer):
+    """RoBERTa (positions from its padding index, per document) and DistilBERT (no token types) on the BERT
+    tokenizer's vocabulary: the same loop, transformers' losses step for step."""
+    sizes = dict(vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id, max_position_embeddings=80)
+    if family == "roberta":
+        config = transformers.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                            intermediate_size=72, hidden_dropout_prob=0.0,
+                                            attention_probs_dropout_prob=0.0, **sizes)
+    else:
+        config = transformers.DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=72, dropout=0.0,
+                                               attention_dropout=0.0, **sizes)
+    torch.manual_seed(0)
+    transformers.AutoModelForMaskedLM.from_config(config).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    out = tmp_path / "out"
+    code, _, err = pretrain(capsys, "--model", tmp_path / "model", "--train", HELD_OUT, "--eval", HELD_OUT,
+                            "--output", out, "--max-length", 64, "--max-steps", 4, "--batch-size", 16, "--lr", 2e-3,
+                            "--reference", "--no-progress")
+    assert code == 0, err
+    ours, theirs = (runs(out)[name] for name in ("fastbert", "transformers"))
+    assert max(abs(a - b) for a, b in zip(ours["losses"], theirs["losses"])) <= 1e-4
+    assert abs(ours["evals"][-1]["loss"] - theirs["evals"][-1]["loss"]) <= 1e-4
+    saved = transformers.AutoModelForMaskedLM.from_pretrained(out / "best")
+    assert type(saved).__name__ == ("RobertaForMaskedLM" if family == "roberta" else "DistilBertForMaskedLM")
