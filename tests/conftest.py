@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# MKL's CPU GEMMs otherwise round by the buffers' alignment: a resumed run would differ from an uninterrupted
+# one in the last bit (tests/pretrain/test_pretrain_cli.py checks them bit for bit)
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 # A fresh inductor cache per run: its keys do not cover a custom op's schema, so a cached graph from an
 # earlier version of an op could otherwise be replayed against the new one.

@@ -75,7 +75,9 @@ class PlannedBatches(Dataset):
     ``DataLoader(batch_size=None)``.
 
     ``task``: a task whose ``collate_share`` and ``global_units`` replace the padding above and the
-    features' units (masked-LM pretraining masks its rows here, per ``epoch``). ``micro_batches`` > 1
+    features' units (masked-LM pretraining masks its rows here, per ``epoch``); ``units`` is the share's
+    (the task's count where it gives one), and ``global_units`` None means the loop sums the processes'
+    ``units`` itself (a count only known after collating, such as masked tokens). ``micro_batches`` > 1
     (gradient accumulation): the share is cut into that many parts, each padded on its own, in ``micro``
     (a list of the items above without the global counts, which stay on the outer item).
     """
@@ -85,6 +87,7 @@ class PlannedBatches(Dataset):
                  task=None, epoch: int = 0, micro_batches: int = 1):
         self.data, self.plan, self.rank, self.world, self.pad_id = data, plan, rank, world, pad_id
         self.stand_in, self.task, self.epoch, self.micro_batches = stand_in, task, epoch, micro_batches
+        self.lengths = list(data.lengths)  # once: Encoded.lengths builds the whole list at every call
         labels = collate_labels or (task.collate if task is not None else None)
         self.collate_labels = labels or (lambda labels, longest: torch.tensor(labels))
 
@@ -92,9 +95,14 @@ class PlannedBatches(Dataset):
         return len(self.plan)
 
     def _collate(self, share: list[int], batch: list[int]) -> dict:
+        """The share's tensors and its ``units`` (for the task's own counts, e.g. masked tokens)."""
         if self.task is not None:
-            return self.task.collate_share(self.data, share, self.epoch, self.pad_id, batch)
-        return pad_share(self.data, share, self.pad_id, self.collate_labels)
+            out = self.task.collate_share(self.data, share, self.epoch, self.pad_id, batch)
+        else:
+            out = pad_share(self.data, share, self.pad_id, self.collate_labels)
+        if "units" not in out:
+            out["units"] = sum(self.data.units[j] for j in share)
+        return out
 
     def __getitem__(self, i: int) -> Optional[dict]:
         batch = self.plan[i]
@@ -106,7 +114,7 @@ class PlannedBatches(Dataset):
         units = (self.task.global_units(self.data, batch, self.epoch) if self.task is not None
                  else sum(self.data.units[j] for j in batch))
         totals = {"weight": weight, "global_examples": len(batch), "global_units": units,
-                  "global_tokens": sum(self.data.lengths[j] for j in batch)}
+                  "global_tokens": sum(self.lengths[j] for j in batch)}
         if self.micro_batches > 1:
             parts = [share[k::self.micro_batches] for k in range(self.micro_batches)]
             return {"micro": [{**self._collate(part, batch), "index": torch.tensor(part)} for part in parts if part],

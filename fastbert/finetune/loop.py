@@ -104,9 +104,9 @@ class Result:
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: weight decay on every weight matrix/table, none on biases and LayerNorm weights."""
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():  # 1-D: biases and LayerNorm weights of any family's naming
         if param.requires_grad:
-            (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
+            (no_decay if param.dim() < 2 else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -268,8 +268,13 @@ class FineTuner:
     def _train_step(self, batch: dict) -> torch.Tensor:
         """One optimizer step; returns the global mean loss (a device tensor, not yet read)."""
         device = self.ctx.device
-        units = max(1, batch["global_units"])  # a batch of windows without a labelled token adds nothing
         parts = batch.get("micro", [batch])
+        if batch["global_units"] is None:  # counted after collating (masked tokens): summed over the processes
+            local = sum(part["units"] for part in parts) if batch["weight"] else 0
+            units = self.ctx.sum_(torch.tensor(float(local), device=device)).clamp(min=1)
+        else:
+            units = max(1, batch["global_units"])  # a batch of windows without a labelled token adds nothing
+        totals = {"units": units, "examples": batch["global_examples"]}
         total = torch.zeros((), device=device)
         for k, part in enumerate(parts):
             # gradient accumulation: DDP all-reduces once, after the last micro-batch
@@ -280,7 +285,7 @@ class FineTuner:
                 labels = part["labels"].to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
                     outputs = self.ddp(**inputs)
-                loss_sum = self.task.loss_sum(outputs, labels, inputs.get("attention_mask")) * batch["weight"]
+                loss_sum = self.task.loss_sum(outputs, labels, inputs.get("attention_mask"), totals) * batch["weight"]
                 stats = self.task.bar_stats(outputs)
                 if stats is not None:
                     self._pending_stats.append(stats.detach())
@@ -314,7 +319,7 @@ class FineTuner:
                             batch_size=None, pin_memory=ctx.device.type == "cuda", generator=torch.Generator())
         was_training = self.model.training
         self.model.eval()
-        predictions, loss = {}, 0.0
+        predictions, loss, units = {}, 0.0, 0
         for batch in loader:
             if batch is None:
                 continue
@@ -323,13 +328,13 @@ class FineTuner:
                 outputs = self.model(**inputs)
             loss += task.loss_sum(outputs, batch["labels"].to(ctx.device), inputs.get("attention_mask")).item()
             predictions.update(zip(batch["index"].tolist(), task.predict(outputs, batch)))
+            units += batch["units"]
         self.model.train(was_training)
-        shares = ctx.gather((predictions, loss))
+        shares = ctx.gather((predictions, loss, units))
         predictions = {i: p for share in shares for i, p in share[0].items()}
-        total_loss = sum(share[1] for share in shares)
+        total_loss, total_units = sum(share[1] for share in shares), sum(share[2] for share in shares)
         scores = task.score(data, [predictions[i] for i in range(len(data))])
-        units = sum(task.global_units(data, batch, 0) for batch in plan)
-        return task.with_loss(scores, total_loss / max(1, units))
+        return task.with_loss(scores, total_loss / max(1, total_units))
 
     def _evaluate_epoch(self) -> bool:
         """Evaluates after an epoch; True when the result is the best so far."""

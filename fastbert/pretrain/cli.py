@@ -17,6 +17,7 @@ Writes ``out/best`` and ``out/last`` (``save_pretrained`` masked-LM model + toke
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import sys
@@ -28,6 +29,13 @@ from fastbert.cli import ArgumentParser
 from fastbert.finetune import checkpoint
 from fastbert.finetune.cli import (InputError, _non_negative_float, _positive_int, _ratio, _summary,
                                    comparison_table, earlier_run, remove_earlier_run)
+
+
+def _open_ratio(text: str) -> float:
+    value = _ratio(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not strictly between 0 and 1")
+    return value
 
 
 def build_parser():
@@ -49,7 +57,7 @@ def build_parser():
     p.add_argument("--line-per-document", action="store_true", help="plain text: each line is a document")
     p.add_argument("--cache-dir", default=None, help="where the tokenized corpus is kept (default: OUTPUT/cache)")
     p.add_argument("--max-length", type=_positive_int, default=128, help="tokens per packed row")
-    p.add_argument("--mlm-probability", type=_ratio, default=0.15, help="share of tokens masked")
+    p.add_argument("--mlm-probability", type=_open_ratio, default=0.15, help="share of tokens masked")
     p.add_argument("--whole-word-mask", action="store_true", help="mask whole words, not single word pieces")
     p.add_argument("--nsp", action="store_true", help="also next-sentence prediction (BERT's BertForPreTraining "
                    "head): segment pairs, half of the second segments from another document; no packing")
@@ -210,8 +218,8 @@ def run(args) -> dict:
             trajectory = ("epochs", "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "seed",
                           "precision", "max_steps", "grad_accum", "optimizer", "schedule")
             fingerprint = {"train files sha256": _fingerprint(args.train), "processes": ctx.world,
-                           "max_length": args.max_length, **{k: getattr(settings, k) for k in trajectory},
-                           **task.fingerprint()}
+                           "max_length": args.max_length, "corpus cache": train_corpus.folder.name,
+                           **{k: getattr(settings, k) for k in trajectory}, **task.fingerprint()}
             if resume is not None:
                 load_state(resume, fingerprint)
             torch.manual_seed(args.seed)

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastbert.pretrain.corpus import Corpus
-from fastbert.pretrain.head import masked_lm_head
 from fastbert.pretrain.masking import IGNORED, mask_tokens
-from fastbert.pretrain.task import MaskedLM
+from fastbert.pretrain.task import MaskedLM, masked_lm_terms, masked_scores, with_masked_index
 
 
 @dataclass
@@ -59,11 +60,11 @@ class NextSentencePrediction(MaskedLM):
     name = "masked-lm+nsp"
     auto_class = "AutoModelForPreTraining"
     metrics = ("loss", "accuracy", "nsp_accuracy")
-    inputs = ("input_ids", "token_type_ids", "attention_mask", "labels", "next_sentence_label", "nsp_weight")
+    inputs = ("input_ids", "token_type_ids", "attention_mask", "labels", "next_sentence_label", "masked_index")
 
     def pair(self, data: SegmentPairs, i: int, epoch: int) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
         """Example ``i`` in ``epoch``: ``(inputs, token_type_ids, labels, maskable, next_sentence_label)``."""
-        generator = torch.Generator().manual_seed(hash((self.seed, epoch, i, "nsp")) & (2**63 - 1))
+        generator = self.generator(epoch, i, stream=1)
         document, start, end = (int(v) for v in data.chunks[i])
         cut = start + int(torch.randint(1, end - start, (1,), generator=generator))
         tokens = data.corpus.tokens
@@ -98,24 +99,24 @@ class NextSentencePrediction(MaskedLM):
             n = len(ids)
             out["input_ids"][row, :n], out["token_type_ids"][row, :n], out["labels"][row, :n] = ids, types, labels
             out["attention_mask"][row, :n] = 1
-        batch = share if batch is None else batch
-        # BERT's loss is mean MLM + mean NSP; the loop divides the sum by the global masked tokens, so each
-        # row's NSP loss is weighted by masked tokens per row of the global batch
-        out["nsp_weight"] = torch.tensor(self.global_units(data, batch, epoch) / max(1, len(batch)))
-        return out
+        return with_masked_index(out)
 
-    def global_units(self, data, batch, epoch) -> int:
-        return sum(int((self.pair(data, i, epoch)[2] != IGNORED).sum()) for i in batch)
-
-    def bar_stats(self, outputs):
-        return torch.stack([outputs["correct"].sum(), outputs["masked"].sum()])
+    def loss_sum(self, outputs, labels, attention_mask, totals=None):
+        """BERT's mean masked-LM loss plus mean NSP loss, as a sum the loop divides by the global batch's
+        masked tokens: each row's NSP loss weighted by the masked tokens per row (``totals``, in training)."""
+        if totals is None:
+            return outputs["mlm_sum"]  # evaluation scores both means itself
+        return outputs["mlm_sum"] + outputs["nsp_sum"] * (totals["units"] / totals["examples"])
 
     def predict(self, outputs, batch) -> list:
-        return list(zip(outputs["correct"].tolist(), outputs["masked"].tolist(), outputs["nsp_correct"].tolist()))
+        return list(zip(outputs["correct"].tolist(), outputs["masked"].tolist(), outputs["mlm_rows"].tolist(),
+                        outputs["nsp_correct"].tolist(), outputs["nsp_rows"].tolist()))
 
     def score(self, data, predictions) -> dict:
-        correct, masked, nsp = (sum(p[i] for p in predictions) for i in (0, 1, 2))
-        return {"accuracy": correct / max(1, masked), "nsp_accuracy": nsp / max(1, len(predictions))}
+        correct, masked, mlm, nsp_right, nsp = (sum(p[i] for p in predictions) for i in range(5))
+        mlm, nsp = mlm / max(1, masked), nsp / max(1, len(predictions))
+        return {"accuracy": correct / max(1, masked), "nsp_accuracy": nsp_right / max(1, len(predictions)),
+                "loss": mlm + nsp, "mlm_loss": mlm, "nsp_loss": nsp, "perplexity": math.exp(min(mlm, 50.0))}
 
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "nsp": True}
@@ -137,24 +138,20 @@ class PreTrainingObjective(nn.Module):
     def save_pretrained(self, folder, **kwargs) -> None:
         self.model.save_pretrained(folder, **kwargs)
 
-    def forward(self, input_ids, token_type_ids, attention_mask, labels, next_sentence_label, nsp_weight) -> dict:
-        picked = labels != IGNORED
+    def forward(self, input_ids, token_type_ids, attention_mask, labels, next_sentence_label, masked_index) -> dict:
+        """The masked-LM terms of :func:`~fastbert.pretrain.task.masked_lm_terms`, and ``nsp_sum``, per row
+        ``nsp_rows`` and ``nsp_correct``."""
         if self.reference:
             out = self.model(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
-            scores, relationship = out.prediction_logits[picked], out.seq_relationship_logits
+            scores = out.prediction_logits.flatten(0, 1).index_select(0, masked_index)
+            scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+            relationship = out.seq_relationship_logits
         else:
             sequence, pooled = self.model.bert(input_ids=input_ids, token_type_ids=token_type_ids,
                                                attention_mask=attention_mask)[:2]
-            scores = masked_lm_head(self.model)(sequence[picked])
+            scores = masked_scores(self.model, sequence, masked_index)
             relationship = self.model.cls.seq_relationship(pooled)
-        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
         relationship = relationship.to(scores.dtype)
-        targets = labels[picked]
-        rows = picked.nonzero()[:, 0]
-        right = (scores.argmax(-1) == targets).long()
-        count = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
-        loss_sum = F.cross_entropy(scores, targets, reduction="sum") + nsp_weight * F.cross_entropy(
-            relationship, next_sentence_label, reduction="sum")
-        return {"loss_sum": loss_sum, "correct": count.index_add(0, rows, right),
-                "masked": count.index_add(0, rows, torch.ones_like(right)),
+        nsp = F.cross_entropy(relationship, next_sentence_label, reduction="none")
+        return {**masked_lm_terms(scores, labels, masked_index), "nsp_sum": nsp.sum(), "nsp_rows": nsp.detach(),
                 "nsp_correct": (relationship.argmax(-1) == next_sentence_label).long()}

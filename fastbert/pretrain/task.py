@@ -22,6 +22,31 @@ from fastbert.pretrain.masking import IGNORED, mask_tokens
 from fastbert.pretrain.rows import PackedRows
 
 
+def masked_scores(model: nn.Module, hidden: Tensor, masked_index: Tensor) -> Tensor:
+    """The masked-LM head on the masked positions only: ``hidden (rows, seqlen, hidden)``, ``masked_index``
+    int64 flat positions (computed on the host when collating, so no host sync here) -> ``(masked, vocab)``,
+    at least fp32."""
+    scores = masked_lm_head(model)(hidden.flatten(0, 1).index_select(0, masked_index))
+    return scores.to(torch.promote_types(scores.dtype, torch.float32))
+
+
+def per_row(values: Tensor, rows: Tensor, count: int) -> Tensor:
+    """Sums ``values`` of the masked positions into their rows: ``(count,)``."""
+    return torch.zeros(count, dtype=values.dtype, device=values.device).index_add(0, rows, values)
+
+
+def masked_lm_terms(scores: Tensor, labels: Tensor, masked_index: Tensor) -> dict:
+    """Per-row masked-LM loss sums, right predictions and masked counts, and the loss sum, from the head's
+    ``scores`` at ``masked_index``."""
+    rows, seqlen = labels.shape
+    targets = labels.flatten().index_select(0, masked_index)
+    losses = F.cross_entropy(scores, targets, reduction="none")
+    row = masked_index // seqlen
+    right = (scores.argmax(-1) == targets).long()
+    return {"mlm_sum": losses.sum(), "mlm_rows": per_row(losses.detach(), row, rows),
+            "correct": per_row(right, row, rows), "masked": per_row(torch.ones_like(right), row, rows)}
+
+
 class MaskedLMObjective(nn.Module):
     """``model`` (a ``*ForMaskedLM``) with the masked-LM loss of packed rows as its forward, so that the loop
     (and DDP) see one module. fastbert's model runs the rows with ``document_ids`` and its head on the masked
@@ -39,28 +64,22 @@ class MaskedLMObjective(nn.Module):
     def save_pretrained(self, folder, **kwargs) -> None:
         self.model.save_pretrained(folder, **kwargs)
 
-    def forward(self, input_ids: Tensor, document_ids: Tensor, labels: Tensor) -> dict:
-        """int64 ``(rows, seqlen)`` each -> ``loss_sum`` (fp32 scalar), ``correct`` and ``masked`` per row
-        (int64 ``(rows,)``)."""
-        picked = labels != IGNORED
+    def forward(self, input_ids: Tensor, document_ids: Tensor, labels: Tensor, masked_index: Tensor) -> dict:
+        """int64 ``(rows, seqlen)`` each, ``masked_index`` int64 ``(masked,)`` -> ``mlm_sum`` (at least fp32),
+        and per row ``mlm_rows``, ``correct``, ``masked``."""
         if self.reference:
             from fastbert.families import position_offset
 
             same = (document_ids[:, :, None] == document_ids[:, None, :]) & (document_ids[:, :, None] != 0)
             same = same | torch.eye(input_ids.shape[1], dtype=torch.bool, device=input_ids.device)
             positions = document_positions(document_ids, position_offset(self.model.config))
-            scores = self.model(input_ids=input_ids, attention_mask=same[:, None], position_ids=positions).logits
-            scores = scores[picked]
+            logits = self.model(input_ids=input_ids, attention_mask=same[:, None], position_ids=positions).logits
+            scores = logits.flatten(0, 1).index_select(0, masked_index)
+            scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
         else:
             hidden = self.model.base_model(input_ids=input_ids, document_ids=document_ids)[0]
-            scores = masked_lm_head(self.model)(hidden[picked])
-        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
-        targets = labels[picked]
-        rows = picked.nonzero()[:, 0]
-        right = (scores.argmax(-1) == targets).long()
-        count = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
-        return {"loss_sum": F.cross_entropy(scores, targets, reduction="sum"),
-                "correct": count.index_add(0, rows, right), "masked": count.index_add(0, rows, torch.ones_like(right))}
+            scores = masked_scores(self.model, hidden, masked_index)
+        return masked_lm_terms(scores, labels, masked_index)
 
 
 class MaskedLM(Task):
@@ -70,7 +89,7 @@ class MaskedLM(Task):
     name = "masked-lm"
     auto_class = "AutoModelForMaskedLM"
     metrics = ("loss", "accuracy")
-    inputs = ("input_ids", "document_ids", "labels")
+    inputs = ("input_ids", "document_ids", "labels", "masked_index")
 
     def __init__(self, mask_token_id: int, vocab_size: int, probability: float = 0.15, whole_word: bool = False,
                  seed: int = 42, pad_id: int = 0):
@@ -78,12 +97,17 @@ class MaskedLM(Task):
         self.mask_token_id, self.vocab_size, self.probability = mask_token_id, vocab_size, probability
         self.whole_word, self.seed, self.pad_id = whole_word, seed, pad_id
 
+    def generator(self, epoch: int, example: int, stream: int = 0) -> torch.Generator:
+        """The generator of one example's draws in one epoch (ints only: Python salts the hash of a str per
+        process, and every process must draw the same)."""
+        return torch.Generator().manual_seed(hash((self.seed, epoch, example, stream)) & (2**63 - 1))
+
     def masked_row(self, data: PackedRows, r: int, epoch: int) -> tuple[Tensor, Tensor, Tensor]:
         """Row ``r`` as masked in ``epoch``: ``(inputs, document_ids, labels)``."""
         ids, documents, starts, maskable = data.row(r)
-        generator = torch.Generator().manual_seed(hash((self.seed, epoch, r)) & (2**63 - 1))
         inputs, labels = mask_tokens(ids[None], maskable[None], self.mask_token_id, self.vocab_size,
-                                     self.probability, generator, starts[None] if self.whole_word else None)
+                                     self.probability, self.generator(epoch, r),
+                                     starts[None] if self.whole_word else None)
         return inputs[0], documents, labels[0]
 
     def collate_share(self, data, share, epoch, pad_id, batch=None) -> dict:
@@ -95,26 +119,33 @@ class MaskedLM(Task):
             row = self.masked_row(data, r, epoch)
             for key, values in zip(("input_ids", "document_ids", "labels"), row):
                 out[key][i, :len(values)] = values
-        return out
+        return with_masked_index(out)
 
-    def global_units(self, data, batch, epoch) -> int:
-        return sum(int((self.masked_row(data, r, epoch)[2] != IGNORED).sum()) for r in batch)
+    def global_units(self, data, batch, epoch):
+        return None  # the masked tokens, counted when collating and summed over the processes by the loop
 
-    def loss_sum(self, outputs, labels, attention_mask):
-        return outputs["loss_sum"]
+    def loss_sum(self, outputs, labels, attention_mask, totals=None):
+        return outputs["mlm_sum"]
 
     def bar_stats(self, outputs) -> Optional[Tensor]:
         return torch.stack([outputs["correct"].sum(), outputs["masked"].sum()])
 
     def predict(self, outputs, batch) -> list:
-        return list(zip(outputs["correct"].tolist(), outputs["masked"].tolist()))
+        return list(zip(outputs["correct"].tolist(), outputs["masked"].tolist(), outputs["mlm_rows"].tolist()))
 
     def score(self, data, predictions) -> dict:
-        correct, masked = (sum(p[i] for p in predictions) for i in (0, 1))
-        return {"accuracy": correct / max(1, masked)}
+        correct, masked, loss = (sum(p[i] for p in predictions) for i in (0, 1, 2))
+        mlm = loss / max(1, masked)
+        return {"accuracy": correct / max(1, masked), "loss": mlm, "perplexity": math.exp(min(mlm, 50.0))}
 
     def with_loss(self, scores, loss) -> dict:
-        return {**scores, "loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+        return scores  # its own: per masked token over the whole evaluation set
 
     def fingerprint(self) -> dict:
         return {"task": self.name, "mlm_probability": self.probability, "whole_word_mask": self.whole_word}
+
+
+def with_masked_index(batch: dict) -> dict:
+    """Adds ``units`` (the masked tokens) and ``masked_index`` (their flat positions) of a collated share."""
+    masked_index = (batch["labels"] != IGNORED).flatten().nonzero().flatten()
+    return {**batch, "masked_index": masked_index, "units": len(masked_index)}

@@ -224,3 +224,13 @@ def test_max_steps_stops_mid_epoch_with_an_evaluation_and_eval_steps_add_some(tm
     assert [e["step"] for e in result.history.evals] == [4, 8, 10]
     state = torch.load(checkpoint.find(tmp_path / "last") / checkpoint.STATE_FILE, weights_only=True)
     assert state["position"] == {"epoch": 1, "batch": 2, "step": 10}
+
+
+def test_weight_decay_skips_every_familys_layernorm_weights():
+    """DistilBERT names its LayerNorms sa_layer_norm, output_layer_norm, vocab_layer_norm."""
+    config = transformers.DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32)
+    model = fastbert.DistilBertForMaskedLM(config)
+    decay, no_decay = (set(map(id, group["params"])) for group in parameter_groups(model, 0.01))
+    for name, param in model.named_parameters():
+        assert (id(param) in no_decay) == (param.dim() == 1), name
+    assert id(model.distilbert.transformer.layer[0].sa_layer_norm.weight) in no_decay

@@ -103,10 +103,13 @@ def test_gradient_accumulation_trains_like_the_whole_batch(tmp_path, capsys, tin
     assert len(a) == len(b) == 5 and max(abs(x - y) for x, y in zip(a, b)) <= 1e-5
 
 
-def test_two_processes_train_like_one_with_the_combined_batch(tmp_path, tiny_checkpoint):
+@pytest.mark.parametrize("nsp", [False, True], ids=["mlm", "nsp"])
+def test_two_processes_train_like_one_with_the_combined_batch(nsp, tmp_path, tiny_checkpoint):
+    """Every process draws the same masks and pairs (no per-process hash salt) and the loss's denominator, the
+    global batch's masked tokens, is summed over them."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     common = ["--model", tiny_checkpoint, "--train", str(TRAIN), "--eval", str(HELD_OUT), "--max-length", "64",
-              "--max-steps", "4", "--lr", "2e-3", "--optimizer", "lamb", "--no-progress"]
+              "--max-steps", "4", "--lr", "2e-3", "--optimizer", "lamb", "--no-progress"] + (["--nsp"] if nsp else [])
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     for launcher, batch, name in ((torchrun, "8", "two"), ([sys.executable], "16", "one")):
         done = subprocess.run([*launcher, "-m", "fastbert.pretrain", *common, "--batch-size", batch, "--output",
@@ -130,7 +133,8 @@ def _tokenizer_without_mask(tmp_path, tiny_checkpoint) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("case", ["empty", "undecodable", "max length", "no mask token", "config alone"])
+@pytest.mark.parametrize("case", ["empty", "undecodable", "max length", "no mask token", "config alone",
+                                  "probability"])
 def test_bad_input_is_one_line_before_training(case, tmp_path, capsys, tiny_checkpoint):
     corpus = tmp_path / "c.txt"
     corpus.write_bytes(b"\n\n" if case == "empty" else b"fine text\n\ncaf\xe9\n" if case == "undecodable"
@@ -141,12 +145,18 @@ def test_bad_input_is_one_line_before_training(case, tmp_path, capsys, tiny_chec
             65 if case == "max length" else 64]
     if case == "config alone":
         args = ["--config", Path(tiny_checkpoint) / "config.json", "--train", corpus, "--output", tmp_path / "out"]
+    if case == "probability":
+        args += ["--mlm-probability", 0]
     expected = {"empty": f"{corpus}:1: the corpus is empty",
                 "undecodable": f"{corpus}:3: not valid UTF-8: byte 0xe9 at column 4",
                 "max length": "--max-length 65 is beyond the 64 tokens",
                 "no mask token": "has no mask token",
-                "config alone": "--config builds a new model: --tokenizer names its tokenizer"}[case]
-    code, _, err = pretrain(capsys, *args)
+                "config alone": "--config builds a new model: --tokenizer names its tokenizer",
+                "probability": "argument --mlm-probability: '0' is not strictly between 0 and 1"}[case]
+    try:
+        code, _, err = pretrain(capsys, *args)
+    except SystemExit as exit:  # an option's value refused by the parser itself
+        code, err = exit.code, capsys.readouterr().err
     assert code == 2 and err.startswith("fastbert pretrain: error: ") and expected in err, err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "best").exists() and not (tmp_path / "out" / "metrics.json").exists()

@@ -67,8 +67,9 @@ def test_a_packed_rows_loss_is_its_documents_losses_run_alone(name):
     model.load_state_dict(reference.state_dict())
     rows = pack_documents(corpus([5, 9, 2, 14, 6, 3, 11]), 24, CLS, SEP)
     task = MaskedLM(MASK, config.vocab_size, probability=0.3, seed=1)
-    batch = task.collate_share(rows, list(range(len(rows))), epoch=0, pad_id=0)
-    assert task.global_units(rows, list(range(len(rows))), 0) == (batch["labels"] != IGNORED).sum()
+    collated = task.collate_share(rows, list(range(len(rows))), epoch=0, pad_id=0)
+    assert collated["units"] == (collated["labels"] != IGNORED).sum() == len(collated["masked_index"])
+    batch = {key: collated[key] for key in task.inputs}
     with torch.no_grad():
         ours = MaskedLMObjective(model)(**batch)
         theirs = MaskedLMObjective(reference, reference=True)(**batch)
@@ -80,8 +81,9 @@ def test_a_packed_rows_loss_is_its_documents_losses_run_alone(name):
                     ids, labels = batch["input_ids"][r, where][None], batch["labels"][r, where][None]
                     logits = reference(input_ids=ids).logits[0]
                     alone += torch.nn.functional.cross_entropy(logits, labels[0], reduction="sum").item()
-    torch.testing.assert_close(ours["loss_sum"].item(), alone, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(theirs["loss_sum"], ours["loss_sum"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours["mlm_sum"].item(), alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(theirs["mlm_sum"], ours["mlm_sum"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours["mlm_rows"].sum(), ours["mlm_sum"], rtol=1e-6, atol=1e-6)
     assert torch.equal(ours["masked"], (batch["labels"] != IGNORED).sum(1))
 
 

@@ -63,16 +63,18 @@ class Task:
 
         return pad_share(data, share, pad_id, self.collate)
 
-    def global_units(self, data: Encoded, batch: list[int], epoch: int) -> int:
-        """The loss's denominator for a global batch (of every process): its features' units."""
+    def global_units(self, data: Encoded, batch: list[int], epoch: int) -> Optional[int]:
+        """The loss's denominator for a global batch (of every process): its features' units; None where
+        only collating tells (the loop then sums the shares' ``units`` over the processes)."""
         return sum(data.units[j] for j in batch)
 
     def collate(self, labels: list, longest: int) -> Tensor:
         """A process's share of targets (``labels`` of its features) as a tensor, rows padded to ``longest``."""
         return torch.tensor(labels)
 
-    def loss_sum(self, outputs, labels: Tensor, attention_mask: Tensor) -> Tensor:
-        """The loss summed over the share's units (its examples or labelled tokens), fp32."""
+    def loss_sum(self, outputs, labels: Tensor, attention_mask: Tensor, totals: Optional[dict] = None) -> Tensor:
+        """The loss summed over the share's units (its examples or labelled tokens), fp32. ``totals`` (in
+        training): the global batch's ``units`` and ``examples``, for a loss of two means (BERT's NSP)."""
         raise NotImplementedError
 
     def bar_stats(self, outputs) -> Optional[Tensor]:

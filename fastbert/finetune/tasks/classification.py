@@ -48,7 +48,7 @@ class SequenceClassification(Task):
         return [f"{cut} of {total} training examples reach --max-length {self.args.max_length} tokens and may be "
                 "truncated"]
 
-    def loss_sum(self, outputs, labels, attention_mask):
+    def loss_sum(self, outputs, labels, attention_mask, totals=None):
         return F.cross_entropy(outputs.logits.float(), labels, reduction="sum")
 
     def predict(self, outputs, batch) -> list:

@@ -245,7 +245,7 @@ class QuestionAnswering(Task):
         return {"task": self.name, "doc_stride": self.doc_stride,
                 "version_2_with_negative": self.args.version_2_with_negative}
 
-    def loss_sum(self, outputs, labels, attention_mask):
+    def loss_sum(self, outputs, labels, attention_mask, totals=None):
         padded = attention_mask == 0
         start = outputs.start_logits.float().masked_fill(padded, torch.finfo(torch.float32).min)
         end = outputs.end_logits.float().masked_fill(padded, torch.finfo(torch.float32).min)

@@ -249,7 +249,7 @@ class TokenClassification(Task):
             out[row, :len(values)] = torch.tensor(values)
         return out
 
-    def loss_sum(self, outputs, labels, attention_mask):
+    def loss_sum(self, outputs, labels, attention_mask, totals=None):
         logits = outputs.logits.float()
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORED, reduction="sum")
 
