@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(run=_check_kernels)
     sub.add_parser("bench", add_help=False, help="correctness and speed against transformers and "
                    "torch.compile on this device: tables, results.json and plots (--help for options)")
+    sub.add_parser("embed", add_help=False, help="embed or score a whole corpus (texts, JSONL, CSV, Parquet), on "
+                   "one device or under torchrun (--help for options)")
     sub.add_parser("pretrain", add_help=False, help="masked-LM pretraining, from scratch or continued on your "
                    "corpus, on one device or under torchrun (--help for options)")
     sub.add_parser("finetune", add_help=False, help="fine-tune a text classifier, a tagger (NER) or an extractive "
@@ -155,12 +157,13 @@ def parsers() -> dict:
     ``finetune`` (in place of their stand-ins); none of them imports torch."""
     from fastbert.benchmarks.command import build_parser as bench_parser
     from fastbert.finetune.cli import build_parser as finetune_parser
+    from fastbert.embed.cli import build_parser as embed_parser
     from fastbert.pretrain.cli import build_parser as pretrain_parser
 
     top = build_parser()
     subcommands = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
     found = {"fastbert": top, **{p.prog: p for p in subcommands.choices.values()}}
-    for parser in (bench_parser(), finetune_parser(), pretrain_parser()):
+    for parser in (bench_parser(), finetune_parser(), pretrain_parser(), embed_parser()):
         found[parser.prog] = parser
     return found
 
@@ -176,6 +179,10 @@ def main(argv=None) -> int:
         from fastbert.finetune.cli import main as finetune_main
 
         return finetune_main(argv[1:])
+    if argv[:1] == ["embed"]:  # its own parser (fastbert/embed/cli.py)
+        from fastbert.embed.cli import main as embed_main
+
+        return embed_main(argv[1:])
     if argv[:1] == ["pretrain"]:  # its own parser (fastbert/pretrain/cli.py)
         from fastbert.pretrain.cli import main as pretrain_main
 

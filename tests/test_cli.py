@@ -71,7 +71,7 @@ def _option_help(parser) -> dict:
 def test_every_option_shows_its_default_and_flags_none():
     parsers = cli.parsers()
     assert set(parsers) == {"fastbert", "fastbert info", "fastbert check-kernels", "fastbert bench",
-                            "fastbert finetune", "fastbert pretrain"}
+                            "fastbert finetune", "fastbert pretrain", "fastbert embed"}
     for prog, parser in parsers.items():
         entries = _option_help(parser)
         for action in parser._actions:
