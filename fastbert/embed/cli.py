@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="of the .npy rows")
     p.add_argument("--max-length", type=_positive_int, default=None,
                    help="truncate texts to this many tokens (default: the model's maximum)")
-    p.add_argument("--max-tokens-per-batch", type=_positive_int, default=16384,
-                   help="padded tokens (rows x longest) per model call")
+    p.add_argument("--max-tokens-per-batch", type=_positive_int, default=None,
+                   help="padded tokens (rows x longest) per model call (default: 4096 on a CPU, where larger "
+                   "batches run slower, 32768 on a GPU)")
     p.add_argument("--chunk-texts", type=_positive_int, default=4096,
                    help="texts per chunk: the unit that is written, resumed and shared between processes")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
@@ -137,7 +138,8 @@ def run(args) -> dict:
             print(f"note: resuming: {done} of {len(mine)} chunks of this process are done", file=sys.stderr)
         progress = Progress(sum(len(chunks[k]) for k in mine), ctx.is_main and not args.no_progress)
         started = time.perf_counter()
-        run_chunks(encoder, texts, chunks, parts, mine, args.max_tokens_per_batch, progress)
+        budget = args.max_tokens_per_batch or (32768 if ctx.device.type == "cuda" else 4096)
+        run_chunks(encoder, texts, chunks, parts, mine, budget, progress)
         progress.close()
         seconds = time.perf_counter() - started
         ctx.barrier()

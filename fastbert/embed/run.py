@@ -26,8 +26,10 @@ from fastbert.embed.inputs import Texts
 
 def plan_chunks(texts: Texts, chunk_texts: int) -> list[np.ndarray]:
     """Text indices, longest first, cut into chunks of ``chunk_texts``."""
-    order = sorted(range(len(texts)), key=lambda i: (-(len(texts.texts[i]) + len(texts.pairs[i]) if texts.pairs
-                                                      else -len(texts.texts[i])), i))
+    def length(i: int) -> int:
+        return len(texts.texts[i]) + (len(texts.pairs[i]) if texts.pairs is not None else 0)
+
+    order = sorted(range(len(texts)), key=lambda i: (-length(i), i))
     return [np.asarray(order[i:i + chunk_texts], dtype=np.int64) for i in range(0, len(order), chunk_texts)]
 
 
@@ -71,6 +73,26 @@ def run_chunks(encoder, texts: Texts, chunks: list[np.ndarray], parts: Path, min
     as ``chunk-NNNNN.npy`` (results in the chunk's order) atomically; ``on_batch(texts, tokens)`` after each
     batch, for the progress bar."""
     todo = [(k, chunks[k]) for k in mine if not (parts / f"chunk-{k:05d}.npy").exists()]
+    for k, out in encode_chunks(encoder, texts, todo, max_tokens, on_batch):
+        temporary = parts / f".chunk-{k:05d}.npy"
+        np.save(temporary, out)
+        temporary.rename(parts / f"chunk-{k:05d}.npy")
+
+
+def encode_texts(encoder, texts: Texts, max_tokens: int = 4096, chunk_texts: int = 4096) -> np.ndarray:
+    """Every text's result in input order, in memory (no part files): ``(len(texts), ...)`` float32."""
+    chunks = plan_chunks(texts, chunk_texts)
+    out = None
+    for k, result in encode_chunks(encoder, texts, list(enumerate(chunks)), max_tokens):
+        if out is None:
+            out = np.empty((len(texts), *result.shape[1:]), dtype=np.float32)
+        out[chunks[k]] = result
+    return out
+
+
+def encode_chunks(encoder, texts: Texts, todo: list, max_tokens: int,
+                  on_batch: Optional[Callable[[int, int], None]] = None):
+    """Yields ``(chunk number, results in the chunk's order)`` for the ``(number, indices)`` of ``todo``."""
     for k, features in _tokenized(encoder, texts, todo):
         mask = features["attention_mask"]
         lengths = mask.sum(1).numpy()
@@ -86,9 +108,7 @@ def run_chunks(encoder, texts: Texts, chunks: list[np.ndarray], parts: Path, min
             out[positions] = result
             if on_batch is not None:
                 on_batch(len(positions), int(lengths[positions].sum()))
-        temporary = parts / f".chunk-{k:05d}.npy"
-        np.save(temporary, out)
-        temporary.rename(parts / f"chunk-{k:05d}.npy")
+        yield k, out
 
 
 def merge(chunks: list[np.ndarray], parts: Path, total: int, dtype) -> np.ndarray:
