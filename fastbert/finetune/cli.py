@@ -303,6 +303,16 @@ def comparison_table(runs: dict) -> str:
     return "\n".join(lines)
 
 
+def write_record(output: Path, record: dict, reference: bool) -> None:
+    """Writes ``output/metrics.json``, prints the side-by-side table (with ``--reference``) and where the
+    best model is (process 0, at the end of a run)."""
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "metrics.json").write_text(json.dumps(record, indent=2))
+    if reference:
+        print(comparison_table(record["runs"]))
+    print(f"best model: {output / 'best'}")
+
+
 def run(args) -> dict:
     """Trains as ``args`` say; returns what metrics.json holds. Raises :class:`InputError` for bad input,
     found before training (options, files and the environment before torch loads where it can)."""
@@ -351,11 +361,7 @@ def run(args) -> dict:
                   "labels": [labels[i] for i in sorted(labels)],
                   "processes": ctx.world, "device": str(ctx.device)}
         if ctx.is_main:
-            output.mkdir(parents=True, exist_ok=True)
-            (output / "metrics.json").write_text(json.dumps(record, indent=2))
-            if args.reference:
-                print(comparison_table(runs))
-            print(f"best model: {output / 'best'}")
+            write_record(output, record, args.reference)
         return record
     finally:
         distributed.teardown()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -27,8 +26,8 @@ from pathlib import Path
 from fastbert import preflight
 from fastbert.cli import ArgumentParser
 from fastbert.finetune import checkpoint
-from fastbert.finetune.cli import (InputError, _non_negative_float, _positive_int, _ratio, _summary,
-                                   comparison_table, earlier_run, remove_earlier_run)
+from fastbert.finetune.cli import (InputError, _non_negative_float, _positive_int, _ratio, _summary, earlier_run,
+                                   remove_earlier_run, write_record)
 
 
 def _open_ratio(text: str) -> float:
@@ -253,11 +252,7 @@ def run(args) -> dict:
                   "device": str(ctx.device), "corpus": {"documents": len(train_corpus),
                                                         "tokens": train_corpus.num_tokens, "rows": len(train)}}
         if ctx.is_main:
-            output.mkdir(parents=True, exist_ok=True)
-            (output / "metrics.json").write_text(json.dumps(record, indent=2))
-            if args.reference:
-                print(comparison_table(runs))
-            print(f"best model: {output / 'best'}")
+            write_record(output, record, args.reference)
         return record
     finally:
         distributed.teardown()

@@ -29,6 +29,14 @@ def masked_lm_head(model: nn.Module) -> Callable[[Tensor], Tensor]:
     raise TypeError(f"{type(model).__name__} has no masked-LM head fastbert knows")
 
 
+def masked_scores(model: nn.Module, hidden: Tensor, masked_index: Tensor) -> Tensor:
+    """The masked-LM head on the masked positions only: ``hidden (rows, seqlen, hidden)``, ``masked_index``
+    int64 flat positions (computed on the host when collating, so no host sync here) -> ``(masked, vocab)``,
+    at least fp32."""
+    scores = masked_lm_head(model)(hidden.flatten(0, 1).index_select(0, masked_index))
+    return scores.to(torch.promote_types(scores.dtype, torch.float32))
+
+
 def masked_lm_loss_sum(model: nn.Module, sequence_output: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """The masked-LM cross-entropy summed over the masked positions, and how many of them the model
     predicts right, from the head run on those positions only.
@@ -39,10 +47,9 @@ def masked_lm_loss_sum(model: nn.Module, sequence_output: Tensor, labels: Tensor
     Returns:
         ``(loss_sum, correct)``: a scalar of at least fp32, an int64 scalar.
     """
-    picked = labels != IGNORED
-    targets = labels[picked]
-    scores = masked_lm_head(model)(sequence_output[picked])
-    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))  # fp16/bf16 up, float64 kept
+    masked_index = (labels != IGNORED).flatten().nonzero().flatten()
+    targets = labels.flatten().index_select(0, masked_index)
+    scores = masked_scores(model, sequence_output, masked_index)
     loss_sum = F.cross_entropy(scores, targets, reduction="sum")
     return loss_sum, (scores.argmax(-1) == targets).sum()
 

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from fastbert.pretrain.corpus import Corpus
 from fastbert.pretrain.masking import IGNORED, mask_tokens
-from fastbert.pretrain.task import MaskedLM, masked_lm_terms, masked_scores, with_masked_index
+from fastbert.pretrain.head import masked_scores
+from fastbert.pretrain.task import MaskedLM, masked_lm_terms, with_masked_index
 
 
 @dataclass

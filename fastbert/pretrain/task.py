@@ -17,17 +17,9 @@ from torch import Tensor, nn
 
 from fastbert.finetune.tasks.base import Task
 from fastbert.padding import document_positions
-from fastbert.pretrain.head import masked_lm_head
+from fastbert.pretrain.head import masked_scores
 from fastbert.pretrain.masking import IGNORED, mask_tokens
 from fastbert.pretrain.rows import PackedRows
-
-
-def masked_scores(model: nn.Module, hidden: Tensor, masked_index: Tensor) -> Tensor:
-    """The masked-LM head on the masked positions only: ``hidden (rows, seqlen, hidden)``, ``masked_index``
-    int64 flat positions (computed on the host when collating, so no host sync here) -> ``(masked, vocab)``,
-    at least fp32."""
-    scores = masked_lm_head(model)(hidden.flatten(0, 1).index_select(0, masked_index))
-    return scores.to(torch.promote_types(scores.dtype, torch.float32))
 
 
 def per_row(values: Tensor, rows: Tensor, count: int) -> Tensor:

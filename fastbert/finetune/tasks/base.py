@@ -34,11 +34,19 @@ class Task:
         run's ``config`` (its checkpoint's) does not match them."""
         return {}
 
-    def tokenizer(self, source: str):
-        """The tokenizer saved with the model at ``source``."""
+    # why the task needs a fast tokenizer (word ids, offsets), or None when any tokenizer does
+    needs_fast_tokenizer: Optional[str] = None
+
+    def tokenizer(self, source: str, **kwargs):
+        """The tokenizer saved with the model at ``source``; a ValueError where the task needs a fast one
+        and it is not."""
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        if self.needs_fast_tokenizer and not tokenizer.is_fast:
+            raise ValueError(f"{source}: {self.name} needs a fast tokenizer ({self.needs_fast_tokenizer}), and "
+                             f"{type(tokenizer).__name__} is not one")
+        return tokenizer
 
     def encode(self, examples: list, tokenizer, path, config) -> Encoded:
         """The features of ``examples`` (read from ``path``), aligned for this task."""

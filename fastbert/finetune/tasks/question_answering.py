@@ -14,6 +14,7 @@ exact match and F1 as the official SQuAD evaluation does (:mod:`.squad_metric`).
 
 from __future__ import annotations
 
+import bisect
 import json
 import json.decoder
 import json.scanner
@@ -51,8 +52,6 @@ def load_json_with_lines(text: str):
     newlines = [i for i, c in enumerate(text) if c == "\n"]
 
     def line_of(position: int) -> int:
-        import bisect
-
         return bisect.bisect_left(newlines, position) + 1
 
     def parse_object(s_and_end, strict, scan_once, object_hook, object_pairs_hook, memo=None, _w=None):
@@ -181,6 +180,7 @@ class QuestionAnswering(Task):
     name = "question-answering"
     auto_class = "AutoModelForQuestionAnswering"
     metrics = METRICS[name]
+    needs_fast_tokenizer = "its offset mappings place the answers"
 
     def __init__(self, args=None):
         super().__init__(args)
@@ -190,15 +190,6 @@ class QuestionAnswering(Task):
 
     def read(self, path) -> list:
         return read_questions(path, self.args.version_2_with_negative)
-
-    def tokenizer(self, source: str):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        if not tokenizer.is_fast:
-            raise ValueError(f"{source}: question answering needs a fast tokenizer (its offset mappings place "
-                             f"the answers), and {type(tokenizer).__name__} is not one")
-        return tokenizer
 
     def encode(self, examples, tokenizer, path, config) -> Encoded:
         args = self.args

@@ -144,6 +144,7 @@ class TokenClassification(Task):
     name = "token-classification"
     auto_class = "AutoModelForTokenClassification"
     metrics = METRICS[name]
+    needs_fast_tokenizer = "its word ids align the tags"
 
     def __init__(self, args=None):
         super().__init__(args)
@@ -163,15 +164,10 @@ class TokenClassification(Task):
                              f"{list(self.labels.names)}")
         return self.labels.config_kwargs()
 
-    def tokenizer(self, source: str):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        if not tokenizer.is_fast:
-            raise ValueError(f"{source}: token classification needs a fast tokenizer (its word ids align the "
-                             f"tags), and {type(tokenizer).__name__} is not one")
+    def tokenizer(self, source: str, **kwargs):
+        tokenizer = super().tokenizer(source, **kwargs)
         if getattr(tokenizer, "add_prefix_space", None) is False:  # byte-level BPE (RoBERTa) on words
-            tokenizer = AutoTokenizer.from_pretrained(source, add_prefix_space=True)
+            tokenizer = super().tokenizer(source, add_prefix_space=True, **kwargs)
         return tokenizer
 
     def encode(self, examples, tokenizer, path, config) -> Encoded:
