@@ -253,8 +253,14 @@ def _masks(config, batch=4, seqlen=13):
                         "an empty row": empty_row}
 
 
+@pytest.mark.parametrize("cpu_layer", ["fused encoder layer", "separate GEMMs"])
 @pytest.mark.parametrize("padding", ["right", "left", "interior", "none", "an empty row"])
-def test_inference_runs_the_layers_in_one_call_with_transformers_numbers(padding, monkeypatch):
+def test_inference_runs_the_layers_in_one_call_with_transformers_numbers(padding, cpu_layer, monkeypatch):
+    """Both ways a CPU runs a layer of the one call (chosen by size, here forced) give transformers' numbers."""
+    separate = cpu_layer == "separate GEMMs"
+    monkeypatch.setattr(torch_ops, "_CPU_SEPARATE_GEMMS_FROM", 0 if separate else 1 << 62)
+    layers, real_layer = [], torch_ops._cpu_grid_layer
+    monkeypatch.setattr(torch_ops, "_cpu_grid_layer", lambda *a: layers.append(1) or real_layer(*a))
     config = tiny_config(num_hidden_layers=3)
     reference, model = _pair_without_pooler(config)
     reference.eval(), model.eval()
@@ -265,6 +271,7 @@ def test_inference_runs_the_layers_in_one_call_with_transformers_numbers(padding
         got = model(ids, token_type_ids=types, attention_mask=mask).last_hidden_state
         want = reference(ids, token_type_ids=types, attention_mask=mask).last_hidden_state
     assert calls == [(int(mask.sum()), config.hidden_size)]
+    assert len(layers) == (config.num_hidden_layers if separate else 0)
     assert_close_on(mask, want, got)
     assert torch.count_nonzero(got[~mask.bool()]) == 0
 
