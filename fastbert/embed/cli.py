@@ -104,7 +104,7 @@ def run(args) -> dict:
     import numpy as np
 
     from fastbert.embed.encoders import load_encoder
-    from fastbert.embed.run import Progress, merge, plan_chunks, run_chunks, write_output
+    from fastbert.embed.run import Progress, default_batch_tokens, merge, plan_chunks, run_chunks, write_output
     from fastbert.finetune import distributed
 
     ctx = distributed.setup(device)
@@ -138,7 +138,7 @@ def run(args) -> dict:
             print(f"note: resuming: {done} of {len(mine)} chunks of this process are done", file=sys.stderr)
         progress = Progress(sum(len(chunks[k]) for k in mine), ctx.is_main and not args.no_progress)
         started = time.perf_counter()
-        budget = args.max_tokens_per_batch or (32768 if ctx.device.type == "cuda" else 4096)
+        budget = args.max_tokens_per_batch or default_batch_tokens(ctx.device)
         run_chunks(encoder, texts, chunks, parts, mine, budget, progress)
         progress.close()
         seconds = time.perf_counter() - started

@@ -2,9 +2,9 @@
 a plain transformers encoder with a pooling, or a classifier; each on fastbert's kernels
 (``fastbert.optimize``), padding-free.
 
-Each encoder tokenizes a list of texts (and pairs) into padded tensors without running the model, and runs
-the model on one batch of them; the result is a float32 array per text (an embedding, or a classifier's
-class scores).
+Each encoder tokenizes a list of texts (and pairs) into padded tensors on the host without running the
+model, and runs the model on one batch of them on its ``device``; the result is a float32 row per text (an
+embedding, or a classifier's class scores), left on the device.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -54,12 +53,12 @@ class SentenceTransformerEncoder:
         return dict(preprocess(texts))
 
     @torch.inference_mode()
-    def run(self, features: dict) -> np.ndarray:
-        features = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+    def run(self, features: dict) -> Tensor:
+        """``(batch, dim)`` float32 embeddings of tokenized ``features`` on the device."""
         embeddings = self.model(features)["sentence_embedding"]
         if self.normalize:
             embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=1)
-        return embeddings.float().cpu().numpy()
+        return embeddings.float()
 
 
 class PooledEncoder:
@@ -83,13 +82,13 @@ class PooledEncoder:
                                    return_tensors="pt"))
 
     @torch.inference_mode()
-    def run(self, features: dict) -> np.ndarray:
-        features = {k: v.to(self.device) for k, v in features.items()}
+    def run(self, features: dict) -> Tensor:
+        """``(batch, hidden)`` float32 pooled embeddings of tokenized ``features`` on the device."""
         hidden = self.model(**features).last_hidden_state
         embeddings = pool(hidden, features["attention_mask"], self.pooling)
         if self.normalize:
             embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=1)
-        return embeddings.float().cpu().numpy()
+        return embeddings.float()
 
 
 def pool(hidden: Tensor, mask: Tensor, pooling: str) -> Tensor:
@@ -124,7 +123,7 @@ class Classifier:
                                    return_tensors="pt"))
 
     @torch.inference_mode()
-    def run(self, features: dict) -> np.ndarray:
-        features = {k: v.to(self.device) for k, v in features.items()}
+    def run(self, features: dict) -> Tensor:
+        """``(batch, labels)`` float32 class scores of tokenized ``features`` on the device."""
         logits = self.model(**features).logits.float()
-        return (logits.sigmoid() if self.sigmoid else logits.softmax(-1)).cpu().numpy()
+        return logits.sigmoid() if self.sigmoid else logits.softmax(-1)
