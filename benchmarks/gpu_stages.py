@@ -11,10 +11,12 @@ the process group is killed, the stage is recorded as ``timeout`` and the next o
    PyTorch's LayerNorm and the copy bandwidth (their reports merged into ``results.json``);
 5. ``model_grid``: inference at the MiniLM-L6 and BERT-base geometries (random weights where the
    checkpoint is not installed) against transformers, and the models' error against float64;
-6. ``host``: host microseconds and kernels per layer at negligible compute, and CUDA-graph replay
+6. ``embed``: ``fastbert embed``'s runner against ``SentenceTransformer.encode``, texts/s on mixed-length
+   texts (:mod:`benchmarks.embed`);
+7. ``host``: host microseconds and kernels per layer at negligible compute, and CUDA-graph replay
    (:func:`fastbert.optimize` with ``cuda_graphs=True``) against eager at small batches;
-7. ``training``: one training step with the peak memory, and the bytes kept for backward;
-8. ``compile``: ``torch.compile`` of transformers and of fastbert.
+8. ``training``: one training step with the peak memory, and the bytes kept for backward;
+9. ``compile``: ``torch.compile`` of transformers and of fastbert.
 
 OUT gets at most five files, no folders: ``summary.md`` and ``results.json`` (both rewritten as every
 stage starts and ends), ``run.log`` (every stage's output, in order), ``speedup.png`` and
@@ -76,15 +78,16 @@ class StageSpec:
 
 STAGES = (
     StageSpec("environment", "nvidia-smi, versions, fastbert info", 20, 30),
-    StageSpec("smoke", "every fused op: Triton against PyTorch, fwd+bwd, bf16/fp16/fp32", 90, 45),
-    StageSpec("kernel_tests", "tests/kernels on the compiled kernels (a representative subset)", 75, 60),
+    StageSpec("smoke", "every fused op: Triton against PyTorch, fwd+bwd, bf16/fp16/fp32", 80, 45),
+    StageSpec("kernel_tests", "tests/kernels on the compiled kernels (a representative subset)", 65, 60),
     StageSpec("bench_attention", "attention kernel against SDPA", 40, 15),
     StageSpec("bench_layernorm", "residual + dropout + LayerNorm against PyTorch and the copy bandwidth", 20, 15),
     StageSpec("bench_ffn", "feed-forward kernels against cuBLAS", 40, 15),
-    StageSpec("model_grid", "inference against transformers (MiniLM-L6, BERT-base); error against float64", 65, 50),
-    StageSpec("host", "host overhead per layer and kernels per layer; CUDA-graph replay against eager", 25, 40),
+    StageSpec("model_grid", "inference against transformers (MiniLM-L6, BERT-base); error against float64", 60, 50),
+    StageSpec("embed", "fastbert embed against SentenceTransformer.encode on a mixed-length corpus", 35, 30),
+    StageSpec("host", "host overhead per layer and kernels per layer; CUDA-graph replay against eager", 20, 40),
     StageSpec("training", "a training step with peak memory; bytes kept for backward", 35, 45),
-    StageSpec("compile", "torch.compile of transformers and fastbert", 40, 45),
+    StageSpec("compile", "torch.compile of transformers and fastbert", 35, 45),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -414,6 +417,21 @@ def draw(plot) -> str:
         return f"not drawn: {error}"
 
 
+EMBED_TEXTS = {False: 10000, True: 40}  # by dry run: texts of the embed stage
+
+
+def embed_stage(ctx: StageContext) -> None:
+    """:func:`benchmarks.embed.embed_section` on the checkpoint (or the random MiniLM-L6 geometry), float32."""
+    device = ctx.device_or_skip()
+    if device is None:
+        return
+    from . import embed, plots
+
+    path, _ = ctx.model()
+    case = embed.embed_section(path, device, EMBED_TEXTS[ctx.dry_run], ctx.plan.suite.model_layers)
+    ctx.save(embed=case, markdown=plots.embed_table(case))
+
+
 def host_stage(ctx: StageContext) -> None:
     """:func:`benchmarks.host.host_section` (kernels per layer from the profiler on CUDA), then
     :func:`benchmarks.host.cuda_graphs_section` (the graphs captured on CUDA)."""
@@ -491,7 +509,7 @@ def _device_name(device) -> str:
 STAGE_FUNCTIONS = {
     "environment": environment_stage, "smoke": smoke_stage, "kernel_tests": kernel_tests_stage,
     "bench_attention": kernel_bench_stage("bench_attention"), "bench_layernorm": kernel_bench_stage("bench_layernorm"),
-    "bench_ffn": kernel_bench_stage("bench_ffn"), "model_grid": model_grid_stage, "host": host_stage,
+    "bench_ffn": kernel_bench_stage("bench_ffn"), "model_grid": model_grid_stage, "embed": embed_stage, "host": host_stage,
     "training": training_stage,
     "compile": compile_stage,
 }

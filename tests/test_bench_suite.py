@@ -11,7 +11,8 @@ from benchmarks import plots, speed, suite
 from fastbert import cli
 
 TINY = suite.Plan(batches=(2,), lengths=(16,), repeats=1, compile_models=False, train_layers=1, train_batch=2,
-                  train_len=16, correctness_layers=1, memory_batch=16, memory_len=64, dtypes=(torch.float32,))
+                  train_len=16, correctness_layers=1, memory_batch=16, memory_len=64, dtypes=(torch.float32,),
+                  embed_texts=24)
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +154,40 @@ def test_host_overhead_section_times_and_counts_both_implementations(record_and_
     assert "## Host overhead" in (folder / "results.md").read_text()
 
 
+def test_the_embed_case_times_fastbert_against_sentence_transformers_on_the_same_embeddings(record_and_folder):
+    record, folder = record_and_folder
+    case = record["embed"]
+    assert case["baseline"] == "SentenceTransformer.encode" and case["texts"] == 24
+    assert case["fastbert_texts_per_s"] > 0 and case["baseline_texts_per_s"] > 0
+    assert case["speedup"] == pytest.approx(case["fastbert_texts_per_s"] / case["baseline_texts_per_s"])
+    assert case["max_abs_diff"] < 1e-5
+    assert case["tokens"] > 24 * 3
+    assert "## Embed a corpus" in (folder / "results.md").read_text()
+
+
+def test_without_sentence_transformers_the_embed_baseline_is_its_loop_on_transformers(monkeypatch):
+    """The random-weight case (a GPU machine without the checkpoint), with and without sentence-transformers:
+    the same embeddings either way."""
+    from benchmarks import embed
+
+    with_st = embed.embed_section(None, torch.device("cpu"), 20, layers=1)
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    without = embed.embed_section(None, torch.device("cpu"), 20, layers=1)
+    assert with_st["baseline"] == "SentenceTransformer.encode"
+    assert "sentence-transformers not installed" in without["baseline"]
+    for case in (with_st, without):
+        assert case["max_abs_diff"] < 1e-5 and case["tokens"] == with_st["tokens"]
+
+
+def test_mixed_texts_are_deterministic_and_mixed():
+    from benchmarks import embed
+
+    texts = embed.mixed_texts(500)
+    assert texts == embed.mixed_texts(500) and texts != embed.mixed_texts(500, seed=1)
+    words = sorted(len(t.split()) for t in texts)
+    assert words[0] >= 3 and words[-1] <= 560 and words[-1] > 8 * words[len(words) // 2]
+
+
 def test_a_distilbert_checkpoint_runs_through_the_suite(tmp_path, tokenizer):
     """``--model`` of another family: the same sections; no pooled error where the model has no pooler."""
     import transformers
@@ -166,3 +201,4 @@ def test_a_distilbert_checkpoint_runs_through_the_suite(tmp_path, tokenizer):
     checkpoint = [r for r in record["correctness"] if r["case"] == "real checkpoint"]
     assert checkpoint and all(r["pooled"] is None and r["hidden"] < 1e-4 for r in checkpoint)
     assert "| real checkpoint |" in (tmp_path / "out" / "results.md").read_text()
+    assert record["embed"]["max_abs_diff"] < 1e-5  # a plain encoder, mean-pooled on both sides

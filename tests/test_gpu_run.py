@@ -97,6 +97,8 @@ def test_dry_run_stages_measure_what_the_gpu_run_measures(dry_run):
     assert "random MiniLM-L6" in grid["model"]
     assert {r["model"] for r in grid["inference"]} == {"MiniLM-L6 (random)", "BERT-base (random)"}
     assert grid["correctness"] and grid["plots"] == {"speedup": "speedup.png", "correctness": "correctness.png"}
+    embed = stages["embed"]["embed"]
+    assert embed["texts"] == 40 and embed["speedup"] > 0 and embed["max_abs_diff"] < 1e-5
     assert {r["impl"] for r in stages["training"]["training"]} == {"transformers-sdpa", "fastbert"}
     assert 0 < stages["training"]["memory"]["ratio"]
     assert {"compile(transformers)", "compile(fastbert)"} <= {r["impl"] for r in stages["compile"]["inference"]}
