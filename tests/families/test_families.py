@@ -159,12 +159,14 @@ def test_every_class_gives_transformers_outputs_losses_and_gradients(prefix, suf
         assert (want.loss - got.loss).abs() <= ATOL
     for loss in losses:
         loss.backward()
-    if suffix == "ForQuestionAnswering":
-        # The span bias's gradient sums softmax - one-hot over positions: zero in exact arithmetic, rounding
-        # noise on both sides. Ours must be that small; then it is left out of the relative comparison.
+    # The span bias's gradient (question answering) and the one-output choice scorer's (multiple choice) sum
+    # softmax - one-hot over positions or choices: zero in exact arithmetic, rounding noise on both sides.
+    # Ours must be that small; then it is left out of the relative comparison.
+    softmax_bias = {"ForQuestionAnswering": "qa_outputs", "ForMultipleChoice": "classifier"}.get(suffix)
+    if softmax_bias is not None:
         scale = max(p.grad.abs().max() for p in reference.parameters() if p.grad is not None)
-        assert model.qa_outputs.bias.grad.abs().max() <= 1e-6 * scale
-        reference.qa_outputs.bias.grad = model.qa_outputs.bias.grad = None
+        assert getattr(model, softmax_bias).bias.grad.abs().max() <= 1e-6 * scale
+        getattr(reference, softmax_bias).bias.grad = getattr(model, softmax_bias).bias.grad = None
     assert_grads_close(reference, model)
 
 
