@@ -47,7 +47,7 @@ def random_model_folder(folder: Path, layers: int | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join([*SPECIAL_TOKENS, ".", *WORDS]) + "\n")
-    tokenizer = transformers.BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, model_max_length=512)
+    tokenizer = transformers.BertTokenizerFast(vocab=str(vocab), do_lower_case=True, model_max_length=512)
     torch.manual_seed(0)
     config = transformers.BertConfig(**random_geometry("MiniLM-L6", layers, vocab_size=len(SPECIAL_TOKENS) + 1 +
                                                        len(WORDS)))

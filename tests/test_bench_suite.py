@@ -179,6 +179,17 @@ def test_without_sentence_transformers_the_embed_baseline_is_its_loop_on_transfo
         assert case["max_abs_diff"] < 1e-5 and case["tokens"] == with_st["tokens"]
 
 
+def test_the_random_embed_model_tokenizes_the_texts_words(tmp_path):
+    import transformers
+
+    from benchmarks import embed
+
+    folder = embed.random_model_folder(tmp_path / "model", layers=1)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer(embed.mixed_texts(20))["input_ids"]
+    assert tokenizer.unk_token_id not in {i for row in ids for i in row}
+
+
 def test_mixed_texts_are_deterministic_and_mixed():
     from benchmarks import embed
 
