@@ -459,11 +459,11 @@ def encoder_inference_fwd(hidden: Tensor, cu_seqlens: Tensor, max_seqlen: int, w
     separate = hidden.device.type == "cpu" and grid.numel() * width >= _CPU_SEPARATE_GEMMS_FROM
     key_padding = None if layout.uniform else ~layout.key_valid
     for i in range(0, len(weights), ENCODER_LAYER_TENSORS):
-        wq, bq, wk, bk, wv, bv, wo, bo, ln1_w, ln1_b, w1, b1, w2, b2, ln2_w, ln2_b = \
-            weights[i:i + ENCODER_LAYER_TENSORS]
+        layer = weights[i:i + ENCODER_LAYER_TENSORS]
         if separate:
-            grid = _cpu_grid_layer(grid, layout, heads, eps, weights[i:i + ENCODER_LAYER_TENSORS])
+            grid = _cpu_grid_layer(grid, layout, heads, eps, layer)
             continue
+        wq, bq, wk, bk, wv, bv, wo, bo, ln1_w, ln1_b, w1, b1, w2, b2, ln2_w, ln2_b = layer
         grid = torch._transformer_encoder_layer_fwd(
             grid, width, heads, torch.cat((wq, wk, wv)), torch.cat((bq, bk, bv)), wo, bo,
             True, False, eps,  # exact GELU, post-LayerNorm
