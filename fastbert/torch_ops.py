@@ -34,8 +34,11 @@ def exporting() -> bool:
 
 # ----------------------------------------------------------------------------- dropout masks
 def dropout_keep_mask(shape, p: float, seed: Tensor, device: torch.device) -> Tensor:
-    """Boolean keep-mask of ``shape``, a pure function of ``(seed, shape)``: P(keep) = 1 - p.
+    """Boolean keep-mask of ``shape``, a pure function of ``(seed, shape)``.
 
+    Each element is 16 random bits ``r`` of one 64-bit draw (four elements a draw: on a CPU half the
+    generator's work of one float per element), kept iff ``r >= t`` with ``t = min(round(65536 p), 65535)``:
+    P(keep) = 1 - t / 65536, within 2**-17 of ``1 - p``, the Triton kernels' keep rate (kernels/dropout.py).
     An exported graph cannot read the seed on the host: there the mask comes from the graph's own random
     numbers (same distribution), and autograd keeps it for backward.
     """
@@ -43,7 +46,17 @@ def dropout_keep_mask(shape, p: float, seed: Tensor, device: torch.device) -> Te
         return torch.rand(shape, device=device) >= p
     generator = _generator(device)
     generator.manual_seed(int(seed.item()))  # a (1,) tensor: one read, no view ops
-    return torch.rand(shape, generator=generator, device=device) >= p
+    count = math.prod(shape)
+    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device)
+    bits = words.random_(-2**63, None, generator=generator).view(torch.int16)  # all 64 bits uniform
+    if count % 4:
+        bits = bits[:count]
+    # r >= t on the signed view: r - 32768 >= t - 32768
+    return bits.view(shape) >= _threshold16(p) - 32768
+
+
+def _threshold16(p: float) -> int:
+    return min(int(p * 65536.0 + 0.5), 65535)
 
 
 _generators = threading.local()

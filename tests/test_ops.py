@@ -153,6 +153,23 @@ def _attention_keep_mask(lengths, heads, seed, p):
     return masks
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.93])
+def test_keep_mask_rate_is_one_minus_p_and_its_bits_are_independent(p):
+    """The PyTorch backend's masks: four elements from each 64-bit draw, 16 bits each. On 2**22 elements the
+    keep rate is 1 - p within five standard deviations (the 16-bit threshold is within 2**-17 of p), the four
+    elements of a draw agree no more than independent ones would, and shapes of any size draw their prefix."""
+    n = 1 << 22
+    keep = torch_ops.dropout_keep_mask((n,), p, torch.tensor([2024]), CPU).double()
+    sigma = math.sqrt(p * (1 - p) / n)
+    assert abs(keep.mean().item() - (1 - p)) < 5 * sigma + 2 ** -17
+    centered = (keep - keep.mean()).view(-1, 4)
+    for a, b in [(0, 1), (1, 2), (2, 3), (0, 3)]:  # within a draw
+        correlation = (centered[:, a] * centered[:, b]).mean() / (p * (1 - p))
+        assert abs(correlation.item()) < 5 / math.sqrt(n / 4)
+    odd = torch_ops.dropout_keep_mask((3, 7), p, torch.tensor([2024]), CPU)
+    assert torch.equal(odd.flatten(), keep[:21].bool())
+
+
 @pytest.mark.parametrize("p", [0.1, 0.27])
 def test_attention_dropout_keep_rate_and_determinism(p):
     torch.manual_seed(3)
