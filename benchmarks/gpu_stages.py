@@ -446,7 +446,7 @@ def host_stage(ctx: StageContext) -> None:
     # small CPU shared with other work, a descheduled thread stalls every op).
     torch.set_num_threads(1)
     repeats = 3 if ctx.dry_run else 20
-    overhead = host.host_section(device, repeats)
+    overhead = host.host_section(device, repeats, count_launches=device.type == "cuda")  # the hook: no interpreter
     markdown = plots.host_table(overhead)
     ctx.save(host=overhead, markdown=markdown)
     graphs = host.cuda_graphs_section(device, repeats, layers=2 if ctx.dry_run else host.LAYERS)

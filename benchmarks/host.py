@@ -5,11 +5,17 @@ host's: Python, dispatch and kernel launches. fastbert and transformers-sdpa on 
 interleaved run by run; each figure is a median, the ratio the median of the run-by-run ratios. Also the
 operations per layer: ATen calls dispatched (every one a kernel launch on a GPU, except views), counted
 with a dispatch mode on any device, and on CUDA the kernels the profiler sees launched (Triton's included).
+And fastbert's launches per layer on the Triton backend (:func:`launches_per_layer`): Triton's launch hook
+on a GPU, the interpreter's kernel runs on a CPU, plus the ATen calls outside them.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -17,6 +23,7 @@ import transformers
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastbert
+from fastbert.ops import interpreting
 
 LAYERS = 12
 CONFIG = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=LAYERS, num_attention_heads=2,
@@ -107,9 +114,131 @@ def kernels_per_layer(fn) -> float:
     return len(kernels) / LAYERS
 
 
-def host_section(device, repeats: int = 30) -> dict:
+class Launches(TorchDispatchMode):
+    """Counts, inside a ``with`` block, what runs as a GPU launch on the Triton backend: ``triton``, Triton
+    kernel launches (Triton's launch hook on a GPU; under ``TRITON_INTERPRET=1`` the interpreter's kernel
+    runs), and ``aten``, ATen calls outside them, shape-only ones left out (cuBLAS GEMMs, copies)."""
+
+    def __enter__(self):
+        self.triton = self.aten = 0
+        self._inside = False
+        self._undo = _count_triton_launches(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self._undo()
+
+    @property
+    def count(self) -> int:
+        return self.triton + self.aten
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self._inside and func.__name__.split(".")[0] not in _VIEWS:
+            self.aten += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _count_triton_launches(counter: Launches):
+    """Makes every Triton launch add one to ``counter.triton``; returns the function that undoes it."""
+    if interpreting():
+        from triton.runtime.interpreter import InterpretedFunction
+
+        run = InterpretedFunction.run
+
+        def counted(kernel, *args, **kwargs):
+            counter.triton, counter._inside = counter.triton + 1, True
+            try:
+                return run(kernel, *args, **kwargs)
+            finally:
+                counter._inside = False
+        InterpretedFunction.run = counted
+        return lambda: setattr(InterpretedFunction, "run", run)
+
+    def hook(*args, **kwargs):
+        counter.triton += 1
+
+    from triton import knobs
+
+    hooks = knobs.runtime.launch_enter_hook
+    if hasattr(hooks, "add"):  # a HookChain (triton 3.6, the oldest CI checks, and later)
+        hooks.add(hook)
+        return lambda: hooks.remove(hook)
+    previous = hooks  # older: one callable or None, called with the launch metadata
+
+    def chained(metadata):
+        hook()
+        if previous is not None:
+            previous(metadata)
+    knobs.runtime.launch_enter_hook = chained
+    return lambda: setattr(knobs.runtime, "launch_enter_hook", previous)
+
+
+LAUNCH_GOALS = {"inference": 6, "training forward": 6, "backward": 14}  # issue 15's, per layer
+# What launches are counted on: CONFIG (its layer count aside) and its batch, with dropout in training. The
+# count does not depend on the sizes short of the routing thresholds (attention's one-kernel backward up to
+# 128 tokens); a test counts on a smaller model, which the interpreter runs faster.
+LAUNCH_COUNT = {"config": {k: v for k, v in CONFIG.items() if k != "num_hidden_layers"}, "batch": BATCH,
+                "seqlen": SEQLEN}
+
+
+def _launches(layers: int, device, count: dict) -> dict:
+    """Launches (:class:`Launches`) of a ``layers``-layer model of ``count["config"]`` on a
+    ``count["batch"] x count["seqlen"]`` batch (one row padded), on ``device`` and the current backend:
+    ``{"inference", "training forward", "backward"}``."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(**{**count["config"], "num_hidden_layers": layers})
+    model = fastbert.BertModel(config).to(device)
+    batch, seqlen = count["batch"], count["seqlen"]
+    ids = torch.randint(1, config.vocab_size, (batch, seqlen), device=device)
+    mask = torch.ones(batch, seqlen, dtype=torch.long, device=device)
+    mask[-1, seqlen * 3 // 4:] = 0
+    counts = {}
+    for train in (False, True):
+        model.train(train)
+        with torch.set_grad_enabled(train):
+            model(input_ids=ids, attention_mask=mask)  # tuning and caches out of the way
+            with Launches() as launches:
+                out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+            counts["training forward" if train else "inference"] = launches.count
+            if train:
+                with Launches() as launches:
+                    out.float().square().mean().backward()
+                counts["backward"] = launches.count
+    return counts
+
+
+def launches_per_layer(device, count: dict | None = None) -> dict:
+    """fastbert's launches per layer on the Triton backend, the difference between a 3-layer and a 2-layer
+    model (``count``: :data:`LAUNCH_COUNT`'s keys, that constant by default): ``{"inference",
+    "training forward", "backward"}``. Counted in this process on CUDA or under the interpreter, otherwise
+    in a child process under ``TRITON_INTERPRET=1`` on the CPU (triton reads it when it loads)."""
+    count = count or LAUNCH_COUNT
+    if device.type == "cuda" or interpreting():
+        previous = os.environ.get("FASTBERT_BACKEND")
+        os.environ["FASTBERT_BACKEND"] = "triton"
+        try:
+            two, three = _launches(2, device, count), _launches(3, device, count)
+        finally:
+            if previous is None:
+                del os.environ["FASTBERT_BACKEND"]
+            else:
+                os.environ["FASTBERT_BACKEND"] = previous
+        return {case: three[case] - two[case] for case in two}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", __spec__.name, "--launches", json.dumps(count)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode:
+        raise RuntimeError(f"counting launches under the interpreter failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def host_section(device, repeats: int = 30, count_launches: bool = True) -> dict:
     """Host microseconds per layer (median) for inference and a training step, the ratios fastbert /
-    transformers, and operations (and on CUDA kernels) per layer."""
+    transformers, operations (and on CUDA kernels) per layer, and with ``count_launches`` fastbert's launches
+    per layer on the Triton backend (:func:`launches_per_layer`, with :data:`LAUNCH_GOALS`)."""
     named, ids, mask = models(device)
     result = {"config": {**CONFIG, "batch": BATCH, "seqlen": SEQLEN}, "repeats": repeats,
               "threads": torch.get_num_threads()}
@@ -123,14 +252,11 @@ def host_section(device, repeats: int = 30) -> dict:
         if device.type == "cuda":
             for name, fn in fns.items():
                 result[case][name]["kernels_per_layer"] = kernels_per_layer(fn)
+    if count_launches:
+        result["launches_per_layer"] = launches_per_layer(device)
+        result["launch_goals"] = LAUNCH_GOALS
+        result["launches_counted_by"] = "Triton's launch hook" if device.type == "cuda" else "Triton's interpreter"
     return result
-
-
-if __name__ == "__main__":
-    torch.set_num_threads(1)
-    from .plots import host_table
-
-    print("\n".join(host_table(host_section(torch.device("cuda" if torch.cuda.is_available() else "cpu")))))
 
 
 def cuda_graphs_section(device, repeats: int = 20, layers: int = LAYERS) -> dict:
@@ -168,3 +294,14 @@ def _times(fn, repeats: int) -> list:
         fn()
         times.append((time.perf_counter() - start) * 1e6)
     return times
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    here = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if sys.argv[1:2] == ["--launches"]:  # the child process of launches_per_layer
+        print(json.dumps(launches_per_layer(here, json.loads(sys.argv[2]))))
+        raise SystemExit(0)
+    from .plots import host_table
+
+    print("\n".join(host_table(host_section(here))))

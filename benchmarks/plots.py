@@ -183,6 +183,12 @@ def host_table(section: dict) -> list[str]:
             kernels = row.get("kernels_per_layer")
             lines.append(f"| {case.replace('_', ' ')} | {name} | {row['us_per_layer']:.1f} | {row['ratio']:.2f} | "
                          f"{row['ops_per_layer']:.1f} | {'n/a' if kernels is None else f'{kernels:.1f}'} |")
+    if "launches_per_layer" in section:
+        lines += ["", f"fastbert's launches per layer on the Triton backend (Triton kernels and the ATen calls between "
+                      f"them, shape-only ones left out), counted with {section['launches_counted_by']}:", "",
+                  "| pass | launches per layer | goal |", "|---|---|---|"]
+        for case, count in section["launches_per_layer"].items():
+            lines.append(f"| {case} | {count} | {section['launch_goals'][case]} |")
     return lines
 
 

@@ -7,12 +7,23 @@ import sys
 import pytest
 import torch
 
-from benchmarks import plots, speed, suite
+from benchmarks import host, plots, speed, suite
 from fastbert import cli
 
 TINY = suite.Plan(batches=(2,), lengths=(16,), repeats=1, compile_models=False, train_layers=1, train_batch=2,
                   train_len=16, correctness_layers=1, memory_batch=16, memory_len=64, dtypes=(torch.float32,),
                   embed_texts=24)
+
+
+# Launches counted on a smaller model than the bench's, which the interpreter runs faster.
+SMALL_LAUNCH_COUNT = {**host.LAUNCH_COUNT, "config": {**host.LAUNCH_COUNT["config"], "hidden_size": 32}, "seqlen": 7}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_launch_count():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(host, "LAUNCH_COUNT", SMALL_LAUNCH_COUNT)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -144,14 +155,19 @@ def test_bad_bench_options_get_one_line(capsys):
 
 def test_host_overhead_section_times_and_counts_both_implementations(record_and_folder):
     record, folder = record_and_folder
-    host = record["host"]
+    overhead = record["host"]
     for case in ("inference", "training_step"):
-        assert set(host[case]) == {"fastbert", "transformers-sdpa"}
-        for row in host[case].values():
+        assert set(overhead[case]) == {"fastbert", "transformers-sdpa"}
+        for row in overhead[case].values():
             assert row["us_per_layer"] > 0 and row["ops_per_layer"] > 1
-        assert host[case]["transformers-sdpa"]["ratio"] == pytest.approx(1.0)
-    assert host["training_step"]["fastbert"]["ops_per_layer"] > host["inference"]["fastbert"]["ops_per_layer"]
-    assert "## Host overhead" in (folder / "results.md").read_text()
+        assert overhead[case]["transformers-sdpa"]["ratio"] == pytest.approx(1.0)
+    assert overhead["training_step"]["fastbert"]["ops_per_layer"] > overhead["inference"]["fastbert"]["ops_per_layer"]
+    markdown = (folder / "results.md").read_text()
+    assert "## Host overhead" in markdown
+    launches = overhead["launches_per_layer"]
+    assert set(launches) == set(overhead["launch_goals"]) == {"inference", "training forward", "backward"}
+    assert launches["backward"] > launches["training forward"] >= launches["inference"] > 0
+    assert f"| backward | {launches['backward']} | {overhead['launch_goals']['backward']} |" in markdown
 
 
 def test_the_embed_case_times_fastbert_against_sentence_transformers_on_the_same_embeddings(record_and_folder):
