@@ -318,6 +318,30 @@ class _PaddedLayout:
             self._masks[dtype] = torch.where(self.key_valid, zero, float("-inf"))[:, None, None, :]
         return self._masks[dtype]
 
+    # Head-major: the attention of the training path, where each head's rows are one batched matrix.
+    def to_heads(self, x: Tensor) -> Tensor:
+        """``(total, groups, dim)`` -> ``(groups, batch * max_seqlen, dim)`` contiguous, zeros at padding:
+        group ``g``'s rows sequence by sequence, so ``[g].view(batch, max_seqlen, dim)`` is its grid."""
+        rows = x.transpose(0, 1)
+        if self.uniform:
+            return rows.contiguous()
+        return x.new_zeros(x.shape[1], self.batch * self.seqlen, x.shape[2]).index_copy_(1, self.slots, rows)
+
+    def from_heads(self, x: Tensor) -> Tensor:
+        """``(groups, batch * max_seqlen, dim)`` -> the packed ``(total, groups, dim)``, contiguous."""
+        rows = x.transpose(0, 1)
+        return rows.contiguous() if self.uniform else rows.index_select(0, self.slots)
+
+    def head_mask(self, heads: int, dtype: torch.dtype) -> Tensor | None:
+        """``(heads * batch, 1, max_seqlen)`` with -inf at padded keys (the rows of head-major scores), or
+        None when there is no padding."""
+        if self.uniform:
+            return None
+        if (heads, dtype) not in self._masks:
+            mask = self.additive_mask(dtype)[:, 0]  # (batch, 1, max_seqlen)
+            self._masks[heads, dtype] = mask.expand(heads, *mask.shape).reshape(heads * self.batch, 1, self.seqlen)
+        return self._masks[heads, dtype]
+
 
 _last_layout = threading.local()
 
@@ -343,10 +367,31 @@ def _split_qkv(qkv: Tensor, layout: _PaddedLayout):
     return grid.unflatten(1, (3, qkv.shape[2])).unbind(1)
 
 
-def _scores(q: Tensor, k: Tensor, layout: _PaddedLayout, scale: float) -> Tensor:
-    scores = _as(torch.matmul(q, k.transpose(-1, -2)), _stats_dtype(q)) * scale
-    mask = layout.additive_mask(scores.dtype)
+def _head_qkv(qkv: Tensor, layout: _PaddedLayout):
+    """``(total, 3, heads, dim)`` -> q, k, v each ``(heads * batch, max_seqlen, dim)`` contiguous: one
+    copy of the three, and the batched matrix products take them without another."""
+    _, _, heads, dim = qkv.shape
+    rows = layout.to_heads(qkv.flatten(1, 2))  # (3 * heads, batch * max_seqlen, dim)
+    return rows.view(3, heads * layout.batch, layout.seqlen, dim).unbind(0)
+
+
+def _head_scores(q: Tensor, k: Tensor, layout: _PaddedLayout, heads: int, scale: float) -> Tensor:
+    """``scale * q k^T`` with -inf at padded keys, ``(heads * batch, max_seqlen, max_seqlen)`` in the
+    statistics' dtype: one ``baddbmm`` (mask, product and scale) where that is q's dtype."""
+    acc = _stats_dtype(q)
+    mask = layout.head_mask(heads, acc)
+    if q.dtype == acc and mask is not None:
+        return torch.baddbmm(mask, q, k.transpose(1, 2), alpha=scale)
+    scores = _as(torch.bmm(q, k.transpose(1, 2)), acc).mul_(scale)
     return scores if mask is None else scores.add_(mask)
+
+
+def _probs_times_v(probs: Tensor, v: Tensor, scale: float) -> Tensor:
+    """``scale * probs @ v`` in v's dtype (``probs`` in the statistics' dtype, scaled before a cast)."""
+    if probs.dtype == v.dtype:
+        # beta=0: the input only lends its shape (nothing of it is read)
+        return torch.bmm(probs, v) if scale == 1.0 else torch.baddbmm(v, probs, v, beta=0.0, alpha=scale)
+    return torch.bmm((probs * scale if scale != 1.0 else probs).to(v.dtype), v)
 
 
 def attention_fwd(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, p: float, seed):
@@ -358,54 +403,59 @@ def attention_fwd(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, p: float, se
     total, _, heads, dim = qkv.shape
     scale = dim ** -0.5
     layout = _padded_layout(cu_seqlens, max_seqlen, total)
-    q, k, v = _split_qkv(qkv, layout)
     if p == 0.0 and qkv.device.type == "cpu":
         # PyTorch's fused CPU attention also returns the log-sum-exp.
+        q, k, v = _split_qkv(qkv, layout)
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q, k, v, 0.0, False, attn_mask=layout.additive_mask(q.dtype), scale=scale)
-    else:
-        scores = _scores(q, k, layout, scale)
-        lse = torch.logsumexp(scores, dim=-1)
-        # Out of place where autograd records this (an exported graph): logsumexp keeps scores for backward.
-        recorded = torch.is_grad_enabled() and qkv.requires_grad
-        probs = torch.exp(scores - lse[..., None]) if recorded else scores.sub_(lse[..., None]).exp_()
-        if p > 0.0:
-            keep = dropout_keep_mask(probs.shape, p, seed, probs.device)
-            probs = probs * keep * (1.0 / (1.0 - p)) if recorded else probs.mul_(keep).mul_(1.0 / (1.0 - p))
-        out = torch.matmul(_as(probs, v.dtype), v)
+        lse = torch.nan_to_num(lse.float(), neginf=0.0, posinf=0.0)  # rows that see no key are never read
+        return layout.from_grid(out), layout.from_grid(lse[..., None])[..., 0].t().contiguous()
+    # Head-major: q, k, v, the scores and the output are (heads * batch, ...) batched matrices.
+    q, k, v = _head_qkv(qkv, layout)
+    scores = _head_scores(q, k, layout, heads, scale)
+    lse = torch.logsumexp(scores, dim=-1)  # (heads * batch, max_seqlen)
+    # Out of place where autograd records this (an exported graph): logsumexp keeps scores for backward.
+    recorded = torch.is_grad_enabled() and qkv.requires_grad
+    probs = torch.exp(scores - lse[..., None]) if recorded else scores.sub_(lse[..., None]).exp_()
+    if p > 0.0:
+        keep = dropout_keep_mask(probs.shape, p, seed, probs.device)
+        probs = probs * keep if recorded else probs.mul_(keep)
+    out = _probs_times_v(probs, v, 1.0 / (1.0 - p))
     # Rows that see no key (padding of an empty sequence) are never read; keep their lse finite.
-    lse = torch.nan_to_num(lse.float(), neginf=0.0, posinf=0.0)
-    return layout.from_grid(out), layout.from_grid(lse[..., None])[..., 0].t().contiguous()
+    lse = torch.nan_to_num(lse.float(), neginf=0.0, posinf=0.0).view(heads, -1)
+    return (layout.from_heads(out.view(heads, -1, dim)),
+            lse if layout.uniform else lse.index_select(1, layout.slots))
 
 
 def attention_bwd(dout, qkv, out, lse, cu_seqlens, max_seqlen: int, p: float, seed):
-    """Gradient of :func:`attention_fwd` w.r.t. ``qkv``, recomputing the probabilities from ``lse``.
+    """Gradient of :func:`attention_fwd` w.r.t. ``qkv``, recomputing the probabilities from ``lse``, in
+    the forward's head-major layout (its dropout mask).
 
     FlashAttention-2's math: ``dS = P * (dP - rowsum(dO * O))``.
     """
     total, _, heads, dim = qkv.shape
     scale = dim ** -0.5
     layout = _padded_layout(cu_seqlens, max_seqlen, total)
-    q, k, v = _split_qkv(qkv, layout)
+    rows = heads * layout.batch
+    q, k, v = _head_qkv(qkv, layout)
     acc = _stats_dtype(qkv)
-    do = layout.to_grid(dout)
+    do = layout.to_heads(dout).view(rows, layout.seqlen, dim)
     delta = (_as(dout, acc) * _as(out, acc)).sum(-1)  # (tokens, heads)
     # Padded query rows have dO = 0 and delta = 0 (and finite scores): every gradient they feed is 0.
-    stats = layout.to_grid(torch.stack((_as(lse.t(), acc), delta), dim=-1))  # (batch, heads, seq, 2)
-    probs = _scores(q, k, layout, scale).sub_(stats[..., 0:1]).exp_()
-    dprobs = _as(torch.matmul(do, v.transpose(-1, -2)), acc)
+    stats = layout.to_heads(torch.stack((_as(lse.t(), acc), delta), dim=-1)).view(rows, layout.seqlen, 2)
+    probs = _head_scores(q, k, layout, heads, scale).sub_(stats[..., 0:1]).exp_()
+    dprobs = _as(torch.bmm(do, v.transpose(1, 2)), acc)
     probs_dropped = probs
     if p > 0.0:
         keep_scale = dropout_keep_mask(probs.shape, p, seed, probs.device) * (1.0 / (1.0 - p))
         probs_dropped = probs * keep_scale
         dprobs.mul_(keep_scale)
     dscores = _as(dprobs.sub_(stats[..., 1:2]).mul_(probs).mul_(scale), q.dtype)
-    dq = torch.matmul(dscores, k)
-    dk = torch.matmul(dscores.transpose(-1, -2), q)
-    dv = torch.matmul(_as(probs_dropped, v.dtype).transpose(-1, -2), do)
-    # (batch, 3, heads, seq, dim) -> packed (tokens, 3, heads, dim) in one copy and one gather.
-    grid = torch.stack((dq, dk, dv), dim=1).permute(0, 3, 1, 2, 4)
-    return _as(layout.from_rows(grid.reshape(layout.batch * layout.seqlen, 3, heads, dim)), qkv.dtype)
+    # dq, dk, dv as one (3 * heads, batch * seq, dim) tensor, gathered to packed rows at once (no bmm out=:
+    # this also runs where autograd records, an exported graph's backward).
+    grads = torch.cat((torch.bmm(dscores, k), torch.bmm(dscores.transpose(1, 2), q),
+                       torch.bmm(_as(probs_dropped, v.dtype).transpose(1, 2), do)))
+    return layout.from_heads(grads.view(3 * heads, -1, dim)).view(total, 3, heads, dim)
 
 
 # ----------------------------------------------------------------------------- the encoder stack in inference
