@@ -181,10 +181,11 @@ def residual_layernorm_fwd(x, bias, residual, weight, beta, eps: float, p: float
     """
     # Few fresh buffers: large allocations (page faults) cost as much as a pass over memory on the CPU.
     acc = _stats_dtype(x)
-    s = _as(x, acc) + _as(bias, acc) if bias is not None else x.to(acc, copy=True)
-    if p > 0.0:
-        s.mul_(dropout_keep_mask(s.shape, p, seed, s.device)).mul_(1.0 / (1.0 - p))
-    s.add_(residual)
+    h = _as(x, acc) if bias is None else _as(x, acc) + _as(bias, acc)
+    if p > 0.0:  # residual + scale * h * keep in one op (backward recomputes s with the same call)
+        s = torch.addcmul(residual, h, dropout_keep_mask(h.shape, p, seed, h.device), value=1.0 / (1.0 - p))
+    else:
+        s = h + residual if h is x else h.add_(residual)
     # weight.shape, not s.shape: a jit trace (the TorchScript ONNX exporter) keeps a parameter's shape constant.
     y, mean, rstd = torch.native_layer_norm(s, weight.shape, _as(weight, acc), _as(beta, acc), eps)
     return _as(y, x.dtype), _as(mean.view(-1), torch.float32), _as(rstd.view(-1), torch.float32)
@@ -205,18 +206,19 @@ def residual_layernorm_bwd(dy, x, bias, residual, weight, mean, rstd, p: float, 
     hidden = x.shape[-1]
     acc = _stats_dtype(x)
     h = _as(x, acc) if bias is None else _as(x, acc) + _as(bias, acc)  # the forward's sum, in its dtype
-    keep_scale = None
-    if p > 0.0:
-        keep_scale = dropout_keep_mask(h.shape, p, seed, h.device) * (1.0 / (1.0 - p))
-        h = h * keep_scale
-    s = h + _as(residual, acc)
+    keep = None
+    if p > 0.0:  # the forward's s, bit for bit
+        keep = dropout_keep_mask(h.shape, p, seed, h.device)
+        s = torch.addcmul(residual, h, keep, value=1.0 / (1.0 - p))
+    else:
+        s = h + _as(residual, acc)
     weight_acc = _as(weight, acc)
     # The bias argument only lends dbeta its dtype: its values do not enter any gradient.
     ds, dweight, dbeta = torch.ops.aten.native_layer_norm_backward(
         _as(dy, acc), s, (hidden,), _as(mean.view(-1, 1), acc), _as(rstd.view(-1, 1), acc), weight_acc,
         weight_acc, [True, True, True],
     )
-    dh = ds.clone() if keep_scale is None else ds * keep_scale  # a custom op's outputs may not alias
+    dh = ds.clone() if keep is None else torch.mul(ds, keep).mul_(1.0 / (1.0 - p))  # outputs may not alias
     dbias = _as(dh.sum(0), bias.dtype) if bias is not None else _NO_GRAD(x)
     return (_as(dh, x.dtype), dbias, _as(ds, residual.dtype), _as(dweight, weight.dtype), _as(dbeta, weight.dtype))
 
