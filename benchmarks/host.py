@@ -11,6 +11,7 @@ on a GPU, the interpreter's kernel runs on a CPU, plus the ATen calls outside th
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import statistics
@@ -188,18 +189,26 @@ def _launches(layers: int, device, count: dict) -> dict:
     """Launches (:class:`Launches`) of a ``layers``-layer model of ``count["config"]`` on a
     ``count["batch"] x count["seqlen"]`` batch (one row padded), on ``device`` and the current backend:
     ``{"inference", "training forward", "backward"}``."""
-    torch.manual_seed(0)
-    config = transformers.BertConfig(**{**count["config"], "num_hidden_layers": layers})
-    model = fastbert.BertModel(config).to(device)
-    batch, seqlen = count["batch"], count["seqlen"]
-    ids = torch.randint(1, config.vocab_size, (batch, seqlen), device=device)
-    mask = torch.ones(batch, seqlen, dtype=torch.long, device=device)
-    mask[-1, seqlen * 3 // 4:] = 0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's RNG untouched
+        torch.manual_seed(0)
+        config = transformers.BertConfig(**{**count["config"], "num_hidden_layers": layers})
+        model = fastbert.BertModel(config).to(device)
+        batch, seqlen = count["batch"], count["seqlen"]
+        ids = torch.randint(1, config.vocab_size, (batch, seqlen), device=device)
+        mask = torch.ones(batch, seqlen, dtype=torch.long, device=device)
+        mask[-1, seqlen * 3 // 4:] = 0
+        return _count_passes(model, ids, mask)
+
+
+def _count_passes(model, ids, mask) -> dict:
     counts = {}
     for train in (False, True):
         model.train(train)
         with torch.set_grad_enabled(train):
-            model(input_ids=ids, attention_mask=mask)  # tuning and caches out of the way
+            out = model(input_ids=ids, attention_mask=mask).last_hidden_state  # tuning and caches out of the way
+            if train:
+                out.float().square().mean().backward()
+                model.zero_grad(set_to_none=True)  # the counted backward assigns its gradients, as a first one
             with Launches() as launches:
                 out = model(input_ids=ids, attention_mask=mask).last_hidden_state
             counts["training forward" if train else "inference"] = launches.count
@@ -227,18 +236,31 @@ def launches_per_layer(device, count: dict | None = None) -> dict:
             else:
                 os.environ["FASTBERT_BACKEND"] = previous
         return {case: three[case] - two[case] for case in two}
-    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", __spec__.name, "--launches", json.dumps(count)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    if done.returncode:
-        raise RuntimeError(f"counting launches under the interpreter failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    # The child imports this module by the name it has here, on this process's import path.
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    module = __spec__.name if __spec__ is not None else "fastbert.benchmarks.host"
+    try:
+        done = subprocess.run([sys.executable, "-m", module, "--launches", json.dumps(count)], env=env,
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode:
+            raise RuntimeError(done.stderr[-2000:])
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (RuntimeError, subprocess.TimeoutExpired, IndexError, ValueError) as e:
+        raise RuntimeError(f"counting launches under Triton's interpreter (python -m {module} --launches) "
+                           f"failed: {e}") from None
+
+
+def triton_available() -> bool:
+    """Whether triton can be imported here (fastbert runs without it on a CPU; the launch count needs it)."""
+    return importlib.util.find_spec("triton") is not None
 
 
 def host_section(device, repeats: int = 30, count_launches: bool = True) -> dict:
     """Host microseconds per layer (median) for inference and a training step, the ratios fastbert /
-    transformers, operations (and on CUDA kernels) per layer, and with ``count_launches`` fastbert's launches
-    per layer on the Triton backend (:func:`launches_per_layer`, with :data:`LAUNCH_GOALS`)."""
+    transformers, operations (and on CUDA kernels) per layer, and with ``count_launches`` (where triton is
+    installed) fastbert's launches per layer on the Triton backend (:func:`launches_per_layer`, with
+    :data:`LAUNCH_GOALS`)."""
     named, ids, mask = models(device)
     result = {"config": {**CONFIG, "batch": BATCH, "seqlen": SEQLEN}, "repeats": repeats,
               "threads": torch.get_num_threads()}
@@ -252,7 +274,7 @@ def host_section(device, repeats: int = 30, count_launches: bool = True) -> dict
         if device.type == "cuda":
             for name, fn in fns.items():
                 result[case][name]["kernels_per_layer"] = kernels_per_layer(fn)
-    if count_launches:
+    if count_launches and triton_available():
         result["launches_per_layer"] = launches_per_layer(device)
         result["launch_goals"] = LAUNCH_GOALS
         result["launches_counted_by"] = "Triton's launch hook" if device.type == "cuda" else "Triton's interpreter"

@@ -5,9 +5,10 @@ masks are regenerated from a seed (never stored), LayerNorm statistics are fp32,
 only the fp32 log-sum-exp per row. These functions run without autograd; :mod:`fastbert.ops` wires
 them into ``torch.library`` custom ops.
 
-Attention works on packed tokens (``cu_seqlens``); this backend scatters them into a padded
-``(batch, heads, max_seqlen, head_dim)`` layout internally, which costs nothing on the matmul-bound
-CPU path and keeps the math in a few batched matmuls.
+Attention works on packed tokens (``cu_seqlens``); this backend scatters them into a padded layout
+internally, which costs nothing on the matmul-bound CPU path and keeps the math in a few batched
+matmuls: ``(batch, heads, max_seqlen, head_dim)`` for PyTorch's fused CPU attention (no dropout), and
+head-major ``(heads * batch, max_seqlen, head_dim)`` batched matrices otherwise (one copy of q, k, v).
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ def exporting() -> bool:
 def dropout_keep_mask(shape, p: float, seed: Tensor, device: torch.device) -> Tensor:
     """Boolean keep-mask of ``shape``, a pure function of ``(seed, shape)``.
 
-    Each element is 16 random bits ``r`` of one 64-bit draw (four elements a draw: on a CPU half the
-    generator's work of one float per element), kept iff ``r >= t`` with ``t = min(round(65536 p), 65535)``:
-    P(keep) = 1 - t / 65536, within 2**-17 of ``1 - p``, the Triton kernels' keep rate (kernels/dropout.py).
+    Each element is 16 random bits of one 64-bit draw (four elements a draw: on a CPU half the generator's
+    work of one float per element), read as a signed int16 ``r`` and kept iff ``r >= t - 32768`` with
+    ``t = min(round(65536 p), 65535)`` (the unsigned ``(bits ^ 0x8000) >= t``): P(keep) = 1 - t / 65536,
+    within 2**-17 of ``1 - p``, the Triton kernels' keep rate (kernels/dropout.py, which rounds in fp32).
     An exported graph cannot read the seed on the host: there the mask comes from the graph's own random
     numbers (same distribution), and autograd keeps it for backward.
     """
@@ -51,8 +53,7 @@ def dropout_keep_mask(shape, p: float, seed: Tensor, device: torch.device) -> Te
     bits = words.random_(-2**63, None, generator=generator).view(torch.int16)  # all 64 bits uniform
     if count % 4:
         bits = bits[:count]
-    # r >= t on the signed view: r - 32768 >= t - 32768
-    return bits.view(shape) >= _threshold16(p) - 32768
+    return bits.view(shape) >= _threshold16(p) - 32768  # uniform bits: any fixed 16-bit reading keeps 1 - t/65536
 
 
 def _threshold16(p: float) -> int:
@@ -179,16 +180,24 @@ def residual_layernorm_fwd(x, bias, residual, weight, beta, eps: float, p: float
 
     Returns ``(y, mean, rstd)``; ``mean``/``rstd`` are fp32 ``(rows,)``; ``y`` has ``x``'s dtype.
     """
-    # Few fresh buffers: large allocations (page faults) cost as much as a pass over memory on the CPU.
     acc = _stats_dtype(x)
     h = _as(x, acc) if bias is None else _as(x, acc) + _as(bias, acc)
-    if p > 0.0:  # residual + scale * h * keep in one op (backward recomputes s with the same call)
-        s = torch.addcmul(residual, h, dropout_keep_mask(h.shape, p, seed, h.device), value=1.0 / (1.0 - p))
-    else:
-        s = h + residual if h is x else h.add_(residual)
+    keep = dropout_keep_mask(h.shape, p, seed, h.device) if p > 0.0 else None
+    s = _residual_sum(h, h is not x, residual, keep, p, acc)
     # weight.shape, not s.shape: a jit trace (the TorchScript ONNX exporter) keeps a parameter's shape constant.
     y, mean, rstd = torch.native_layer_norm(s, weight.shape, _as(weight, acc), _as(beta, acc), eps)
     return _as(y, x.dtype), _as(mean.view(-1), torch.float32), _as(rstd.view(-1), torch.float32)
+
+
+def _residual_sum(h: Tensor, fresh: bool, residual: Tensor, keep: Tensor | None, p: float, acc: torch.dtype) -> Tensor:
+    """``s = dropout(h) + residual`` in ``acc``: ``residual + scale * h * keep`` in one op with dropout,
+    else added into ``h`` when ``fresh`` (few fresh buffers: on a CPU large allocations cost as much as a
+    pass over memory). LayerNorm's forward and backward both take s from here: the same bits."""
+    if keep is not None:
+        s = torch.addcmul(residual, h, keep, value=1.0 / (1.0 - p))
+    else:
+        s = h.add_(residual) if fresh else h + residual
+    return _as(s, acc)  # a float64 residual of lower-precision x promotes the sum
 
 
 def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -206,12 +215,8 @@ def residual_layernorm_bwd(dy, x, bias, residual, weight, mean, rstd, p: float, 
     hidden = x.shape[-1]
     acc = _stats_dtype(x)
     h = _as(x, acc) if bias is None else _as(x, acc) + _as(bias, acc)  # the forward's sum, in its dtype
-    keep = None
-    if p > 0.0:  # the forward's s, bit for bit
-        keep = dropout_keep_mask(h.shape, p, seed, h.device)
-        s = torch.addcmul(residual, h, keep, value=1.0 / (1.0 - p))
-    else:
-        s = h + _as(residual, acc)
+    keep = dropout_keep_mask(h.shape, p, seed, h.device) if p > 0.0 else None
+    s = _residual_sum(h, h is not x, residual, keep, p, acc)  # the forward's s, bit for bit
     weight_acc = _as(weight, acc)
     # The bias argument only lends dbeta its dtype: its values do not enter any gradient.
     ds, dweight, dbeta = torch.ops.aten.native_layer_norm_backward(
@@ -405,7 +410,7 @@ def attention_fwd(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, p: float, se
     total, _, heads, dim = qkv.shape
     scale = dim ** -0.5
     layout = _padded_layout(cu_seqlens, max_seqlen, total)
-    if p == 0.0 and qkv.device.type == "cpu":
+    if p == 0.0 and qkv.device.type == "cpu" and max_seqlen > 0:  # (it dies of a division by zero at 0)
         # PyTorch's fused CPU attention also returns the log-sum-exp.
         q, k, v = _split_qkv(qkv, layout)
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(

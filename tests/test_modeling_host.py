@@ -7,8 +7,6 @@ import functools
 import pytest
 import torch
 import transformers
-import triton
-import triton.language as tl
 from conftest import random_batch, tiny_config
 from test_modeling import ATOL, assert_close_on, assert_grads_close, pair
 
@@ -167,13 +165,19 @@ def _launches_in_process() -> dict:
     return host.launches_per_layer(torch.device("cpu"), SMALL_COUNT)
 
 
-@triton.jit
-def _add_one(X, Y, N: tl.constexpr):
-    offsets = tl.arange(0, N)
-    tl.store(Y + offsets, tl.load(X + offsets) + 1.0)
+def _add_one_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def add_one(X, Y, N: tl.constexpr):
+        offsets = tl.arange(0, N)
+        tl.store(Y + offsets, tl.load(X + offsets) + 1.0)
+    return add_one
 
 
 def test_launches_count_triton_kernels_and_the_aten_calls_between_them():
+    _add_one = _add_one_kernel()
     x = torch.arange(8.0)
     y = torch.empty_like(x)
     with host.Launches() as launches:
@@ -207,13 +211,23 @@ def test_launches_per_layer_stay_within_budget():
     assert not over, f"launches per layer {per_layer} over the budget {LAUNCH_BUDGET}"
 
 
-def test_outside_the_interpreter_launches_are_counted_in_a_child_process(monkeypatch):
+def test_outside_the_interpreter_launches_are_counted_in_a_child_process(monkeypatch, tmp_path):
     """`fastbert bench` on a CPU without TRITON_INTERPRET: the count runs in a child process under the
-    interpreter (triton reads the variable when it loads) and gives the in-process count."""
+    interpreter (triton reads the variable when it loads) and gives the in-process count, from any
+    working directory (the child imports this module on the parent's import path)."""
     in_process = _launches_in_process()
     monkeypatch.setattr(host, "interpreting", lambda: False)
     monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.chdir(tmp_path)
     assert host.launches_per_layer(torch.device("cpu"), SMALL_COUNT) == in_process
+    with pytest.raises(RuntimeError, match="counting launches under Triton's interpreter"):
+        host.launches_per_layer(torch.device("cpu"), {**SMALL_COUNT, "config": {"hidden_size": 33}})
+
+
+def test_without_triton_the_host_section_leaves_the_launch_count_out(monkeypatch):
+    monkeypatch.setattr(host, "triton_available", lambda: False)
+    section = host.host_section(torch.device("cpu"), repeats=1)
+    assert "launches_per_layer" not in section and section["training_step"]["fastbert"]["us_per_layer"] > 0
 
 
 # ============================================================================= the encoder stack in one call

@@ -226,6 +226,41 @@ def _rln_inputs(rows, hidden, with_bias=True):
     return x, bias, residual, weight, beta
 
 
+@pytest.mark.parametrize("p", [0.0, 0.2])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_residual_layernorm_takes_a_float64_residual_of_float32_x(p, with_bias):
+    """Mixed input dtypes: the statistics stay in x's accumulation dtype (fp32) and y in x's dtype; the
+    backward recomputes the forward's sum (dx is exactly 0 where dropped) and every gradient is near
+    float64's."""
+    torch.manual_seed(11)
+    x, bias, residual, weight, beta = _rln_inputs(7, 33, with_bias)
+    residual = residual.double()
+    seed = torch.tensor([5]) if p else None
+    keep = torch_ops.dropout_keep_mask((7, 33), p, seed, CPU) if p else None
+    xo = x.clone().requires_grad_(True)
+    y = ops.residual_layernorm(xo, bias, residual, weight, beta, 1e-5, p, seed)
+    assert y.dtype == torch.float32
+    x64 = x.double().requires_grad_(True)
+    ref = _ref_residual_layernorm(x64, None if bias is None else bias.double(), residual, weight.double(),
+                                  beta.double(), 1e-5, keep=keep, p=p)
+    _close(y, ref, 1e-5, 1e-5, "y")
+    dy = torch.randn(7, 33)
+    y.backward(dy)
+    ref.backward(dy.double())
+    _close(xo.grad, x64.grad, 2e-5, 1e-5, "dx")
+    if p:
+        assert torch.equal(xo.grad != 0, keep)
+
+
+def test_attention_without_dropout_takes_an_empty_batch_on_the_cpu():
+    """PyTorch's fused CPU attention divides by the longest length: at 0 the op runs the batched path."""
+    qkv = torch.randn(0, 3, 2, 4, requires_grad=True)
+    out = ops.attention(qkv, torch.tensor([0, 0], dtype=torch.int32), 0)
+    assert out.shape == (0, 2, 4)
+    out.sum().backward()
+    assert qkv.grad.shape == qkv.shape
+
+
 @pytest.mark.parametrize("rows", [1, 7, 129])
 @pytest.mark.parametrize("hidden", [96, 384, 1000])
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
