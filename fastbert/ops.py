@@ -223,7 +223,7 @@ def _attention(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: floa
 @_attention.register_fake
 def _(qkv, cu_seqlens, max_seqlen, dropout_p, seed):
     total, _, heads, dim = qkv.shape
-    return qkv.new_empty(total, heads, dim), qkv.new_empty(heads, total, dtype=torch.float32)
+    return qkv.new_empty(total, heads, dim), qkv.new_empty(heads, total, dtype=torch_ops.stats_dtype(qkv))
 
 
 @torch.library.custom_op("fastbert::attention_backward", mutates_args=())
@@ -374,7 +374,7 @@ def _residual_layernorm(x: Tensor, bias: Optional[Tensor], residual: Tensor, wei
 @_residual_layernorm.register_fake
 def _(x, bias, residual, weight, beta, eps, dropout_p, seed):
     rows = x.shape[0]
-    stats = x.new_empty(rows, dtype=torch.float32)
+    stats = x.new_empty(rows, dtype=torch_ops.stats_dtype(x))
     return _dense_like(x), stats, torch.empty_like(stats)
 
 
@@ -414,7 +414,7 @@ _EagerResidualLayerNorm = _eager_function("residual_layernorm", _residual_layern
 
 def residual_layernorm(x: Tensor, bias: Optional[Tensor], residual: Tensor, weight: Tensor, beta: Tensor,
                        eps: float, dropout_p: float = 0.0, seed: Optional[Tensor] = None) -> Tensor:
-    """``LayerNorm(dropout(x + bias) + residual)`` over the last dim, fp32 statistics.
+    """``LayerNorm(dropout(x + bias) + residual)`` over the last dim, fp32 statistics (float64 for float64 x).
 
     Args:
         x, residual: ``(..., hidden)``; ``bias``, ``weight``, ``beta``: ``(hidden,)``; ``bias`` may be None.
@@ -612,7 +612,7 @@ def _embeddings(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor], po
 def _(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, weight, beta, eps, dropout_p,
       seed, padding_idx, position_padding_idx):
     tokens = position_ids.shape[0]
-    stats = word.new_empty(tokens, dtype=torch.float32)
+    stats = word.new_empty(tokens, dtype=torch_ops.stats_dtype(word))
     return word.new_empty(tokens, word.shape[1]), stats, torch.empty_like(stats)
 
 

@@ -2,7 +2,8 @@
 
 Each op has an explicit forward and backward with the same contract as its Triton kernel: dropout
 masks are regenerated from a seed (never stored), LayerNorm statistics are fp32, and attention saves
-only the fp32 log-sum-exp per row. These functions run without autograd; :mod:`fastbert.ops` wires
+only the fp32 log-sum-exp per row (float64 inputs keep float64 statistics, :func:`stats_dtype`: their
+gradients are float64-accurate, as transformers' are). These functions run without autograd; :mod:`fastbert.ops` wires
 them into ``torch.library`` custom ops.
 
 Attention works on packed tokens (``cu_seqlens``); this backend scatters them into a padded layout
@@ -113,7 +114,7 @@ def linear_gelu_bwd(dy: Tensor, x: Tensor, weight: Tensor, z: Tensor, has_bias: 
     dz = gelu_backward(dy, z)
     dx = dz @ weight
     dweight = dz.t() @ x
-    dbias = dz.sum(0, dtype=torch.float32).to(weight.dtype) if has_bias else _NO_GRAD(weight)
+    dbias = dz.sum(0, dtype=stats_dtype(dz)).to(weight.dtype) if has_bias else _NO_GRAD(weight)
     return dx, dweight, dbias
 
 
@@ -140,7 +141,7 @@ def ffn_bwd(dout: Tensor, x: Tensor, w1: Tensor, w2: Tensor, z: Tensor, has_bias
     if not weight_grads:
         return dx, _NO_GRAD(w1), _NO_GRAD(w1), _NO_GRAD(w2)
     dw2 = dout.t() @ gelu(z)
-    db1 = dz.sum(0, dtype=torch.float32).to(w1.dtype) if has_bias else _NO_GRAD(w1)
+    db1 = dz.sum(0, dtype=stats_dtype(dz)).to(w1.dtype) if has_bias else _NO_GRAD(w1)
     return dx, dz.t() @ x, db1, dw2
 
 
@@ -170,7 +171,7 @@ def qkv_bwd(dout: Tensor, x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, has_bia
     dx = input_grad(dout, torch.cat((wq, wk, wv)), dx_into)
     if not weight_grads:
         return dx, _NO_GRAD(wq), _NO_GRAD(wq)
-    db = dout.sum(0, dtype=torch.float32).to(wq.dtype) if has_bias else _NO_GRAD(wq)
+    db = dout.sum(0, dtype=stats_dtype(dout)).to(wq.dtype) if has_bias else _NO_GRAD(wq)
     return dx, dout.t() @ x, db
 
 
@@ -178,15 +179,16 @@ def qkv_bwd(dout: Tensor, x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, has_bia
 def residual_layernorm_fwd(x, bias, residual, weight, beta, eps: float, p: float, seed):
     """``y = LayerNorm(dropout(x + bias) + residual)`` over the last dim of ``(rows, hidden)``.
 
-    Returns ``(y, mean, rstd)``; ``mean``/``rstd`` are fp32 ``(rows,)``; ``y`` has ``x``'s dtype.
+    Returns ``(y, mean, rstd)``; ``mean``/``rstd`` are ``(rows,)`` in :func:`stats_dtype` (fp32, float64 for
+    float64 x); ``y`` has ``x``'s dtype.
     """
-    acc = _stats_dtype(x)
+    acc = stats_dtype(x)
     h = _as(x, acc) if bias is None else _as(x, acc) + _as(bias, acc)
     keep = dropout_keep_mask(h.shape, p, seed, h.device) if p > 0.0 else None
     s = _residual_sum(h, h is not x, residual, keep, p, acc)
     # weight.shape, not s.shape: a jit trace (the TorchScript ONNX exporter) keeps a parameter's shape constant.
     y, mean, rstd = torch.native_layer_norm(s, weight.shape, _as(weight, acc), _as(beta, acc), eps)
-    return _as(y, x.dtype), _as(mean.view(-1), torch.float32), _as(rstd.view(-1), torch.float32)
+    return _as(y, x.dtype), mean.view(-1), rstd.view(-1)  # statistics in acc
 
 
 def _residual_sum(h: Tensor, fresh: bool, residual: Tensor, keep: Tensor | None, p: float, acc: torch.dtype) -> Tensor:
@@ -205,15 +207,16 @@ def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def _stats_dtype(x: Tensor) -> torch.dtype:
-    """fp32 statistics for fp32 and lower precisions; float64 inputs keep float64."""
+def stats_dtype(x: Tensor) -> torch.dtype:
+    """The dtype of a backend's statistics and sums (LayerNorm mean/rstd, attention's log-sum-exp, bias
+    gradients) for inputs like ``x``: fp32 for fp32 and lower precisions; float64 inputs keep float64."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def residual_layernorm_bwd(dy, x, bias, residual, weight, mean, rstd, p: float, seed):
     """Gradients ``(dx, dbias, dresidual, dweight, dbeta)``; the dropout mask is regenerated."""
     hidden = x.shape[-1]
-    acc = _stats_dtype(x)
+    acc = stats_dtype(x)
     h = _as(x, acc) if bias is None else _as(x, acc) + _as(bias, acc)  # the forward's sum, in its dtype
     keep = dropout_keep_mask(h.shape, p, seed, h.device) if p > 0.0 else None
     s = _residual_sum(h, h is not x, residual, keep, p, acc)  # the forward's s, bit for bit
@@ -229,9 +232,9 @@ def residual_layernorm_bwd(dy, x, bias, residual, weight, mean, rstd, p: float, 
 
 
 # ----------------------------------------------------------------------------- embeddings
-def _embedding_sum(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types):
+def _embedding_sum(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, acc):
     base = inputs_embeds if inputs_embeds is not None else F.embedding(input_ids, word)
-    return base.float() + F.embedding(token_type_ids, types).float() + F.embedding(position_ids, pos).float()
+    return _as(base, acc) + _as(F.embedding(token_type_ids, types), acc) + _as(F.embedding(position_ids, pos), acc)
 
 
 def embeddings_fwd(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types,
@@ -239,12 +242,14 @@ def embeddings_fwd(input_ids, inputs_embeds, position_ids, token_type_ids, word,
     """``dropout(LayerNorm(word[ids] + pos[pids] + types[tids]))`` for ``(tokens,)`` index vectors.
 
     ``inputs_embeds`` ``(tokens, hidden)`` replaces the word lookup when given. Returns
-    ``(y, mean, rstd)`` with fp32 ``(tokens,)`` statistics; ``y`` has the tables' dtype.
+    ``(y, mean, rstd)`` with ``(tokens,)`` statistics in :func:`stats_dtype` of the tables; ``y`` has the
+    tables' dtype.
     """
-    s = _embedding_sum(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types)
-    y, mean, rstd = torch.native_layer_norm(s, weight.shape, weight.float(), beta.float(), eps)
+    acc = stats_dtype(word)
+    s = _embedding_sum(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, acc)
+    y, mean, rstd = torch.native_layer_norm(s, weight.shape, _as(weight, acc), _as(beta, acc), eps)
     y = _apply_dropout(y, p, seed)
-    return y.to(word.dtype), mean.view(-1), rstd.view(-1)
+    return _as(y, word.dtype), mean.view(-1), rstd.view(-1)
 
 
 def embeddings_bwd(dy, input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types,
@@ -256,26 +261,27 @@ def embeddings_bwd(dy, input_ids, inputs_embeds, position_ids, token_type_ids, w
     ``nn.Embedding(padding_idx=...)``.
     """
     hidden = word.shape[-1]
-    s = _embedding_sum(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types)
-    dln = dy.float()
+    acc = stats_dtype(word)
+    s = _embedding_sum(input_ids, inputs_embeds, position_ids, token_type_ids, word, pos, types, acc)
+    dln = _as(dy, acc)
     if p > 0.0:
         dln = dln * dropout_keep_mask(dln.shape, p, seed, dln.device) * (1.0 / (1.0 - p))
     ds, dweight, dbeta = torch.ops.aten.native_layer_norm_backward(
-        dln, s, (hidden,), mean.view(-1, 1), rstd.view(-1, 1), weight.float(),
-        torch.zeros_like(weight, dtype=torch.float32), [True, True, True],
+        dln, s, (hidden,), _as(mean.view(-1, 1), acc), _as(rstd.view(-1, 1), acc), _as(weight, acc),
+        torch.zeros_like(weight, dtype=acc), [True, True, True],
     )
     dinputs_embeds = dword = _NO_GRAD(word)
     if inputs_embeds is not None:
         dinputs_embeds = ds.to(inputs_embeds.dtype)
     else:
-        dword = torch.zeros(word.shape, dtype=torch.float32, device=ds.device).index_add_(0, input_ids, ds)
+        dword = torch.zeros(word.shape, dtype=acc, device=ds.device).index_add_(0, input_ids, ds)
         if 0 <= padding_idx < word.shape[0]:
             dword[padding_idx] = 0
         dword = dword.to(word.dtype)
-    dpos = torch.zeros(pos.shape, dtype=torch.float32, device=ds.device).index_add_(0, position_ids, ds)
+    dpos = torch.zeros(pos.shape, dtype=acc, device=ds.device).index_add_(0, position_ids, ds)
     if 0 <= position_padding_idx < pos.shape[0]:
         dpos[position_padding_idx] = 0
-    dtypes = torch.zeros(types.shape, dtype=torch.float32, device=ds.device).index_add_(0, token_type_ids, ds)
+    dtypes = torch.zeros(types.shape, dtype=acc, device=ds.device).index_add_(0, token_type_ids, ds)
     return (dinputs_embeds, dword, dpos.to(pos.dtype), dtypes.to(types.dtype),
             dweight.to(weight.dtype), dbeta.to(weight.dtype))
 
@@ -385,7 +391,7 @@ def _head_qkv(qkv: Tensor, layout: _PaddedLayout):
 def _head_scores(q: Tensor, k: Tensor, layout: _PaddedLayout, heads: int, scale: float) -> Tensor:
     """``scale * q k^T`` with -inf at padded keys, ``(heads * batch, max_seqlen, max_seqlen)`` in the
     statistics' dtype: one ``baddbmm`` (mask, product and scale) where that is q's dtype."""
-    acc = _stats_dtype(q)
+    acc = stats_dtype(q)
     mask = layout.head_mask(heads, acc)
     if q.dtype == acc and mask is not None:
         return torch.baddbmm(mask, q, k.transpose(1, 2), alpha=scale)
@@ -405,7 +411,8 @@ def attention_fwd(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, p: float, se
     """Softmax attention of packed sequences, scale ``1/sqrt(head_dim)``, dropout ``p`` on the probs.
 
     qkv: ``(tokens, 3, heads, head_dim)``; cu_seqlens: int32 ``(batch + 1,)``.
-    Returns ``(out (tokens, heads, head_dim), lse (heads, tokens) fp32)``.
+    Returns ``(out (tokens, heads, head_dim), lse (heads, tokens))``, lse in :func:`stats_dtype` (fp32,
+    float64 for float64 qkv).
     """
     total, _, heads, dim = qkv.shape
     scale = dim ** -0.5
@@ -415,7 +422,7 @@ def attention_fwd(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, p: float, se
         q, k, v = _split_qkv(qkv, layout)
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q, k, v, 0.0, False, attn_mask=layout.additive_mask(q.dtype), scale=scale)
-        lse = torch.nan_to_num(lse.float(), neginf=0.0, posinf=0.0)  # rows that see no key are never read
+        lse = torch.nan_to_num(_as(lse, stats_dtype(qkv)), neginf=0.0, posinf=0.0)  # rows that see no key are never read
         return layout.from_grid(out), layout.from_grid(lse[..., None])[..., 0].t().contiguous()
     # Head-major: q, k, v, the scores and the output are (heads * batch, ...) batched matrices.
     q, k, v = _head_qkv(qkv, layout)
@@ -429,7 +436,7 @@ def attention_fwd(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, p: float, se
         probs = probs * keep if recorded else probs.mul_(keep)
     out = _probs_times_v(probs, v, 1.0 / (1.0 - p))
     # Rows that see no key (padding of an empty sequence) are never read; keep their lse finite.
-    lse = torch.nan_to_num(lse.float(), neginf=0.0, posinf=0.0).view(heads, -1)
+    lse = torch.nan_to_num(_as(lse, stats_dtype(qkv)), neginf=0.0, posinf=0.0).view(heads, -1)
     return (layout.from_heads(out.view(heads, -1, dim)),
             lse if layout.uniform else lse.index_select(1, layout.slots))
 
@@ -445,7 +452,7 @@ def attention_bwd(dout, qkv, out, lse, cu_seqlens, max_seqlen: int, p: float, se
     layout = _padded_layout(cu_seqlens, max_seqlen, total)
     rows = heads * layout.batch
     q, k, v = _head_qkv(qkv, layout)
-    acc = _stats_dtype(qkv)
+    acc = stats_dtype(qkv)
     do = layout.to_heads(dout).view(rows, layout.seqlen, dim)
     delta = (_as(dout, acc) * _as(out, acc)).sum(-1)  # (tokens, heads)
     # Padded query rows have dO = 0 and delta = 0 (and finite scores): every gradient they feed is 0.

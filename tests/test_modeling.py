@@ -330,6 +330,31 @@ def test_low_precision_error_at_most_twice_transformers(dtype):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+@pytest.mark.parametrize("path", ["one call", "module by module"])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_float64_matches_transformers_to_float64_precision(path, train):
+    """A float64 model is float64-accurate: the loss and every parameter gradient equal transformers' in
+    float64 to 1e-12 of the largest (statistics, log-sum-exp and bias sums are kept in float64), on the
+    layers' one-call paths and module by module (recorded hidden states)."""
+    config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    reference, model = pair(transformers.BertForSequenceClassification, fastbert.BertForSequenceClassification,
+                            config)
+    reference, model = reference.double().train(train), model.double().train(train)
+    ids, types, mask = random_batch(config)
+    labels = torch.tensor([0, 1, 2, 1])
+    kwargs = dict(token_type_ids=types, attention_mask=mask, labels=labels,
+                  output_hidden_states=path == "module by module")
+    want, got = reference(ids, **kwargs), model(ids, **kwargs)
+    torch.testing.assert_close(got.logits, want.logits, rtol=0, atol=1e-12)
+    want.loss.backward()
+    got.loss.backward()
+    grads = dict(model.named_parameters())
+    scale = max(p.grad.abs().max().item() for p in reference.parameters() if p.grad is not None)
+    for name, p in reference.named_parameters():
+        if p.grad is not None:
+            assert (grads[name].grad - p.grad).abs().max().item() <= 1e-12 * scale, name
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_autocast_bf16_training_step_errs_at_most_twice_transformers(backend, monkeypatch):
     """fp32 weights under bf16 autocast (the fine-tuning setup): the loss and every parameter gradient
