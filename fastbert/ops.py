@@ -167,6 +167,8 @@ def _eager_function(op: str, setup: Callable, grad: Callable) -> type:
         return outputs
 
     def backward(ctx, *grads):
+        if grads[0] is None:  # the differentiable output got no gradient: neither does any input
+            return (None,) * len(ctx.needs_input_grad)
         return grad(ctx, *grads)
 
     return type(f"Eager_{op}", (torch.autograd.Function,),
