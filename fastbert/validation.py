@@ -140,11 +140,13 @@ def _check_mask(mask: Tensor, batch: int, seqlen: int, heads: int) -> None:
     ok = {
         2: shape == (batch, seqlen),
         3: shape == (batch, seqlen, seqlen),
-        4: len(shape) == 4 and shape[0] in (1, batch) and shape[1] in (1, heads) and shape[2:] == (seqlen, seqlen),
+        # transformers uses a 4-D mask as is (broadcast over batch, heads and queries)
+        4: (len(shape) == 4 and shape[0] in (1, batch) and shape[1] in (1, heads) and shape[2] in (1, seqlen)
+            and shape[3] == seqlen),
     }.get(mask.dim(), False)
     if not ok:
         raise ValueError(f"attention_mask has shape {shape}; expected ({batch}, {seqlen}), ({batch}, {seqlen}, "
-                         f"{seqlen}) or ({batch} or 1, {heads} or 1, {seqlen}, {seqlen}) to match input_ids")
+                         f"{seqlen}) or ({batch} or 1, {heads} or 1, {seqlen} or 1, {seqlen}) to match input_ids")
 
 
 ATTENTION_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

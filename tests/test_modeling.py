@@ -221,6 +221,26 @@ def test_unfused_masks_match_transformers(kind):
     assert_close_on(real, want.last_hidden_state, got.last_hidden_state)
 
 
+@pytest.mark.parametrize("shape", ["batch,1,1,seq", "1,1,1,seq", "batch,heads,1,seq"])
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_key_padding_4d_masks_broadcast_over_queries_as_in_transformers(shape, kind):
+    """A 4-D mask with one query row (the "extended" key-padding mask) is used as is, broadcast over the
+    queries, as transformers-sdpa does: True (bool) or the added value (float) per key."""
+    config = tiny_config()
+    reference, model = pair(transformers.BertModel, fastbert.BertModel, config)
+    reference.eval(), model.eval()
+    ids, types, mask = random_batch(config)
+    keys = mask.bool()[:, None, None, :]  # (batch, 1, 1, seq)
+    keys = {"batch,1,1,seq": keys, "1,1,1,seq": keys[-1:],
+            "batch,heads,1,seq": keys.expand(-1, config.num_attention_heads, -1, -1)}[shape]
+    extended = keys if kind == "bool" else torch.zeros(keys.shape).masked_fill(~keys, -1e9)
+    want = reference(ids, attention_mask=extended).last_hidden_state
+    for grad in (False, True):  # the one-call inference path and the training one
+        with torch.set_grad_enabled(grad):
+            got = model(ids, attention_mask=extended).last_hidden_state
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
 def test_all_zero_mask_row_is_finite_and_transformers_where_read():
     config = tiny_config()
     reference, model = pair(transformers.BertForSequenceClassification, fastbert.BertForSequenceClassification,
