@@ -44,10 +44,15 @@ def models(device):
     reference = transformers.BertModel(config).to(device)
     ours = fastbert.BertModel(config).to(device)
     ours.load_state_dict(reference.state_dict())
-    ids = torch.randint(1, config.vocab_size, (BATCH, SEQLEN), device=device)
-    mask = torch.ones(BATCH, SEQLEN, dtype=torch.long, device=device)
-    mask[1, SEQLEN * 3 // 4:] = 0
-    return {"fastbert": ours, "transformers-sdpa": reference}, ids, mask
+    return {"fastbert": ours, "transformers-sdpa": reference}, *_batch(config.vocab_size, BATCH, SEQLEN, device)
+
+
+def _batch(vocab_size: int, batch: int, seqlen: int, device) -> tuple:
+    """Random ids ``(batch, seqlen)`` and a mask whose last row is padded from 3/4 of its length on."""
+    ids = torch.randint(1, vocab_size, (batch, seqlen), device=device)
+    mask = torch.ones(batch, seqlen, dtype=torch.long, device=device)
+    mask[-1, seqlen * 3 // 4:] = 0
+    return ids, mask
 
 
 def _inference(model, ids, mask):
@@ -193,11 +198,7 @@ def _launches(layers: int, device, count: dict) -> dict:
         torch.manual_seed(0)
         config = transformers.BertConfig(**{**count["config"], "num_hidden_layers": layers})
         model = fastbert.BertModel(config).to(device)
-        batch, seqlen = count["batch"], count["seqlen"]
-        ids = torch.randint(1, config.vocab_size, (batch, seqlen), device=device)
-        mask = torch.ones(batch, seqlen, dtype=torch.long, device=device)
-        mask[-1, seqlen * 3 // 4:] = 0
-        return _count_passes(model, ids, mask)
+        return _count_passes(model, *_batch(config.vocab_size, count["batch"], count["seqlen"], device))
 
 
 def _count_passes(model, ids, mask) -> dict:
